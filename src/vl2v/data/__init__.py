@@ -1,0 +1,1 @@
+"""Data layer: dataset registry, folder scanning and validation, splits, transforms."""
