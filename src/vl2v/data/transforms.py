@@ -1,0 +1,158 @@
+"""Seeded, replayable augmentations and the evaluation view.
+
+An augmentation is split into *parameters* (sampled once from a seeded RNG)
+and their *application* at a requested output size. The same parameters
+rendered at the student's size and at the teacher's size give the same view
+of the image, so a teacher embedding computed (and paid for) once can be
+replayed exactly when the student sees that view again.
+
+Train augmentation (the VL2V authors' DomainBed settings):
+RandomResizedCrop(scale 0.7-1, ratio 3/4-4/3), horizontal flip,
+ColorJitter(0.3, 0.3, 0.3, 0.3), RandomGrayscale(0.1).
+Evaluation view: resize to S x S.
+
+Images travel as uint8 tensors [3, H, W]; outputs are float tensors in [0, 1].
+Normalisation (ImageNet, CLIP, ...) belongs to each model, not to the data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+
+@dataclass(frozen=True)
+class AugParams:
+    # crop box as fractions of the image height/width
+    top: float
+    left: float
+    height: float
+    width: float
+    flip: bool
+    jitter_order: tuple[int, ...]  # order of brightness(0), contrast(1), saturation(2), hue(3)
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    grayscale: bool
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["jitter_order"] = list(self.jitter_order)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AugParams":
+        d = dict(d)
+        d["jitter_order"] = tuple(d["jitter_order"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    scale: tuple[float, float] = (0.7, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.3
+    grayscale_p: float = 0.1
+
+
+def sample_aug_params(gen: torch.Generator, cfg: AugConfig = AugConfig(), aspect: float = 1.0) -> AugParams:
+    """Sample augmentation parameters for an image with ``aspect = width / height``.
+
+    Follows torchvision's RandomResizedCrop sampling (10 tries, then a central
+    fallback), on a unit-area image.
+    """
+
+    def u(a: float, b: float) -> float:
+        return float(torch.empty(1).uniform_(a, b, generator=gen))
+
+    H, W = 1.0, float(aspect)
+    area = H * W
+    log_ratio = (math.log(cfg.ratio[0]), math.log(cfg.ratio[1]))
+    box = None
+    for _ in range(10):
+        target_area = area * u(cfg.scale[0], cfg.scale[1])
+        ar = math.exp(u(*log_ratio))
+        w = math.sqrt(target_area * ar)
+        h = math.sqrt(target_area / ar)
+        if 0 < w <= W and 0 < h <= H:
+            top = u(0.0, H - h)
+            left = u(0.0, W - w)
+            box = (top / H, left / W, h / H, w / W)
+            break
+    if box is None:
+        in_ratio = W / H
+        if in_ratio < cfg.ratio[0]:
+            w, h = W, W / cfg.ratio[0]
+        elif in_ratio > cfg.ratio[1]:
+            h, w = H, H * cfg.ratio[1]
+        else:
+            w, h = W, H
+        box = ((H - h) / 2 / H, (W - w) / 2 / W, h / H, w / W)
+    flip = u(0, 1) < cfg.flip_p
+    order = tuple(int(i) for i in torch.randperm(4, generator=gen))
+    b = u(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
+    c = u(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)
+    s = u(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation)
+    h_ = u(-cfg.hue, cfg.hue)
+    gray = u(0, 1) < cfg.grayscale_p
+    return AugParams(*box, flip, order, b, c, s, h_, gray)
+
+
+def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    return TF.resize(img, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+
+
+def apply_aug(img: torch.Tensor, p: AugParams, size: int) -> torch.Tensor:
+    """Render augmentation ``p`` of uint8 image ``img`` [3,H,W] at ``size`` x ``size``; float [0,1]."""
+    _, H, W = img.shape
+    top = int(round(p.top * H))
+    left = int(round(p.left * W))
+    h = max(1, min(H - top, int(round(p.height * H))))
+    w = max(1, min(W - left, int(round(p.width * W))))
+    x = TF.resized_crop(img, top, left, h, w, [size, size],
+                        interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    if p.flip:
+        x = TF.horizontal_flip(x)
+    x = x.float().div_(255.0)
+    for i in p.jitter_order:
+        if i == 0:
+            x = TF.adjust_brightness(x, p.brightness)
+        elif i == 1:
+            x = TF.adjust_contrast(x, p.contrast)
+        elif i == 2:
+            x = TF.adjust_saturation(x, p.saturation)
+        else:
+            x = TF.adjust_hue(x, p.hue)
+    if p.grayscale:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    return x.clamp(0.0, 1.0).contiguous()
+
+
+def eval_view(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The un-augmented view: resize uint8 [3,H,W] to ``size`` x ``size``; float [0,1]."""
+    return _resize(img, size).float().div_(255.0)
+
+
+def render_view(img: torch.Tensor, params: AugParams | None, size: int) -> torch.Tensor:
+    """``params=None`` is the evaluation view (view 0)."""
+    return eval_view(img, size) if params is None else apply_aug(img, params, size)
+
+
+def center_view(img: torch.Tensor, size: int) -> torch.Tensor:
+    """CLIP-style evaluation view: shorter side to ``size``, centre crop; float [0,1]."""
+    x = TF.resize(img, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    x = TF.center_crop(x, [size, size])
+    return x.float().div_(255.0).clamp_(0.0, 1.0)
+
+
+def teacher_view(img: torch.Tensor, params: AugParams | None, size: int) -> torch.Tensor:
+    """What a teacher is shown: its own evaluation view, or augmentation ``params`` at its size."""
+    return center_view(img, size) if params is None else apply_aug(img, params, size)

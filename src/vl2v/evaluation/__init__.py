@@ -1,0 +1,1 @@
+"""Evaluation: leave-one-domain-out protocol, records, selection, tables and reports."""

@@ -1,0 +1,97 @@
+"""Result tables in DomainBed's layout: algorithms x target domains (+ Avg), mean +- SE over trials.
+
+Standard error here is the sample standard deviation (ddof=1) over trial seeds
+divided by sqrt(n); DomainBed prints the population standard deviation
+(ddof=0) over sqrt(n), which is smaller for few trials. "Avg" is, per trial,
+the mean over target domains, then mean +- SE over trials (only when every
+target has the trial).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return float("nan"), float("nan")
+    m = float(np.mean(xs))
+    se = float(np.std(xs, ddof=1) / math.sqrt(len(xs))) if len(xs) > 1 else 0.0
+    return m, se
+
+
+def fmt(xs: list[float], latex: bool = False) -> str:
+    if not xs:
+        return "-"
+    m, se = mean_se(xs)
+    pm = r" $\pm$ " if latex else " ± "
+    return f"{100 * m:.1f}{pm}{100 * se:.1f}" if len(xs) > 1 else f"{100 * m:.1f}"
+
+
+@dataclass
+class ResultTable:
+    """acc[row][target][seed] -> accuracy; rows are algorithm names (or "adip + SWAD")."""
+
+    domains: list[str]
+    acc: dict[str, dict[int, dict[int, float]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(dict)))
+
+    def add(self, row: str, target: int, seed: int, value: float) -> None:
+        self.acc[row][target][seed] = value
+
+    def rows(self) -> list[str]:
+        return list(self.acc.keys())
+
+    def avg_values(self, row: str) -> list[float]:
+        cells = self.acc[row]
+        targets = list(range(len(self.domains)))
+        if any(t not in cells for t in targets):
+            return []
+        seeds = set.intersection(*(set(cells[t]) for t in targets))
+        return [float(np.mean([cells[t][s] for t in targets])) for s in sorted(seeds)]
+
+    def cell(self, row: str, t: int) -> list[float]:
+        return [v for _, v in sorted(self.acc[row].get(t, {}).items())]
+
+    def markdown(self, title: str = "") -> str:
+        head = ["Algorithm"] + self.domains + ["Avg"]
+        lines = [f"**{title}**", ""] if title else []
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+        for r in self.rows():
+            cells = [fmt(self.cell(r, t)) for t in range(len(self.domains))]
+            lines.append("| " + " | ".join([r] + cells + [fmt(self.avg_values(r))]) + " |")
+        return "\n".join(lines)
+
+    def latex(self, caption: str = "") -> str:
+        cols = "l" + "c" * (len(self.domains) + 1)
+        esc = lambda s: s.replace("_", r"\_")  # noqa: E731
+        out = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+               " & ".join(["Algorithm"] + [esc(d) for d in self.domains] + ["Avg"]) + r" \\", r"\midrule"]
+        for r in self.rows():
+            cells = [fmt(self.cell(r, t), latex=True) for t in range(len(self.domains))]
+            out.append(" & ".join([esc(r)] + cells + [fmt(self.avg_values(r), latex=True)]) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}"]
+        if caption:
+            out.append(rf"\caption{{{esc(caption)}}}")
+        out.append(r"\end{table}")
+        return "\n".join(out)
+
+
+def build_tables(finals: Iterable[dict[str, Any]], domains: list[str]) -> dict[str, ResultTable]:
+    """OOD and ID tables from runs' ``final.json`` summaries (selected checkpoint and SWAD rows)."""
+    ood, idt = ResultTable(domains), ResultTable(domains)
+    for f in finals:
+        algo, t, s = f["algorithm"], int(f["target"]), int(f["trial_seed"])
+        label = f.get("label", algo)
+        if "selected" in f:
+            ood.add(label, t, s, f["selected"]["ood_acc"])
+            idt.add(label, t, s, f["selected"]["id_acc"])
+        if "swad" in f and "ood_acc" in f["swad"]:
+            ood.add(f"{label} + SWAD", t, s, f["swad"]["ood_acc"])
+            idt.add(f"{label} + SWAD", t, s, f["swad"]["id_acc"])
+    return {"ood": ood, "id": idt}

@@ -1,0 +1,76 @@
+"""VL2V-ADiP: Align, Distill, Predict (Addepalli et al., CVPR 2024).
+
+* Align: projection ``P`` (Linear d_student -> d_teacher, bias) trained alone,
+  backbone and BatchNorm frozen.
+* Distill: from the best Align checkpoint, ``P`` frozen, backbone trained.
+* Both stages: ``lam * (1 - cos(z, f_I(x))) + (1 - lam) * (1 - cos(z, T_y))``,
+  ``z = normalize(P(g(x)))``.
+* Predict: ``100 * cos(P(g(x)), T_c)``; the text classifier is never trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from vl2v.methods.base import (Algorithm, Batch, Stage, cat_batches, cosine_logits, register_algorithm,
+                               set_student_trainable, set_trainable)
+from vl2v.methods.losses import vl2v_loss
+
+
+@dataclass
+class ADiPHParams:
+    lam: float = 0.5  # weight of the image-embedding term; 1 - lam weights the text term
+    align_lr: float = 0.0  # 0 -> the run's schedule
+    align_steps: int = 0
+    distill_lr: float = 0.0
+    distill_steps: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"adip lam (lambda) must be in [0, 1], got {self.lam}")
+
+
+@register_algorithm("adip", ADiPHParams, "VL2V-ADiP: Align (projection) -> Distill (backbone) -> Predict (100 cos to T_c)")
+class ADiP(Algorithm):
+    uses_teacher_images = True
+
+    def __init__(self, ctx, student, hparams: ADiPHParams) -> None:
+        super().__init__(ctx, student, hparams)
+        if ctx.text_classifier is None or ctx.teacher_dim is None:
+            raise ValueError("adip needs a teacher (text classifier and embedding size)")
+        self.projection = nn.Linear(student.feature_dim, ctx.teacher_dim, bias=True)
+        self.register_buffer("text", ctx.text_classifier.clone())
+
+    def stages(self) -> list[Stage]:
+        s, hp = self.ctx.schedule, self.hparams
+        return [
+            Stage("align", hp.align_steps or s.frozen_steps, hp.align_lr or s.frozen_lr, True, s.weight_decay),
+            Stage("distill", hp.distill_steps or s.steps, hp.distill_lr or s.lr, False, s.weight_decay),
+        ]
+
+    def begin_stage(self, stage: Stage) -> None:
+        if stage.name == "align":
+            set_trainable(self.student, False)
+            set_trainable(self.projection, True)
+        else:
+            set_student_trainable(self.student, self.ctx.schedule.freeze_stages)
+            set_trainable(self.projection, False)
+        super().begin_stage(stage)
+
+    def embed(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.projection(feats)
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(self.embed(feats), self.text)
+
+    def update(self, minibatches: Sequence[Batch]) -> dict[str, float]:
+        b = cat_batches(minibatches)
+        assert b.t_img is not None
+        z = self.embed(self.features(b))
+        loss = vl2v_loss(z, b.t_img, self.text[b.y], self.hparams.lam)
+        self.step(loss)
+        return {"loss": float(loss.detach())}

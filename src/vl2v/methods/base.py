@@ -1,0 +1,224 @@
+"""The algorithm interface and registry.
+
+An algorithm owns a student (and its heads) and knows its loss. It exposes
+DomainBed's ``update(minibatches)`` and ``predict(x)``, plus the list of
+:class:`Stage` s it trains in (ADiP: align then distill; LP-FT: lp then ft).
+The training loop runs the stages in order, restoring the best
+(source-validation) checkpoint of a stage before the next one starts; it
+never knows which algorithm it runs.
+
+A stage with ``backbone_frozen=True`` lets the loop feed cached backbone
+features (``Batch.feats``) instead of images: identical results, far faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vl2v.registry import Registry
+from vl2v.students.registry import Student
+
+
+@dataclass
+class Batch:
+    """One domain's minibatch. ``x``: images [B,3,S,S] in [0,1]; ``feats``: cached
+    backbone features (frozen stages); ``t_img``: the teacher's normalised
+    embeddings of the same views (algorithms with ``uses_teacher_images``)."""
+
+    y: torch.Tensor
+    x: torch.Tensor | None = None
+    feats: torch.Tensor | None = None
+    t_img: torch.Tensor | None = None
+    domain: int = -1
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    steps: int
+    lr: float
+    backbone_frozen: bool
+    weight_decay: float = 0.0
+    swad: bool = True  # SWAD may average this stage (only the last stage is averaged)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Steps and learning rates per stage kind (the run's budget; algorithms may override)."""
+
+    steps: int = 5001  # each fine-tuning stage (backbone trainable)
+    lr: float = 5e-5
+    frozen_steps: int = 5001  # each frozen-backbone stage (linear probe, Align)
+    frozen_lr: float = 5e-5
+    weight_decay: float = 0.0
+    freeze_stages: int = 0  # early backbone stages kept frozen while fine-tuning (speed)
+
+
+@dataclass
+class TaskContext:
+    num_classes: int
+    class_names: list[str]
+    source_domains: list[str]
+    text_classifier: torch.Tensor | None = None  # T_c [C, D], normalised (teacher text space)
+    teacher_dim: int | None = None
+    prompts: Any = None  # callable(list[str]) -> [N, D] text embeddings (RISE anchors)
+    teacher_encoder: nn.Module | None = None  # white-box teachers only (VL2V-SD)
+    teacher_image_size: int | None = None
+    schedule: Schedule = field(default_factory=Schedule)
+
+
+class Algorithm(nn.Module):
+    """Base class. Subclasses define ``stages``, ``begin_stage``, ``update``, ``logits``."""
+
+    name: str = ""
+    uses_teacher_images: bool = False  # needs Batch.t_img for training
+    needs_training: bool = True
+    has_student: bool = True
+
+    def __init__(self, ctx: TaskContext, student: Student | None, hparams: Any) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.student = student
+        self.hparams = hparams
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.stage: Stage | None = None
+
+    # -- stages ---------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        return []
+
+    def begin_stage(self, stage: Stage) -> None:
+        self.stage = stage
+        trainable = self.trainable_parameters(stage)
+        self.optimizer = torch.optim.Adam(trainable, lr=stage.lr, weight_decay=stage.weight_decay) if trainable else None
+
+    def trainable_parameters(self, stage: Stage) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- training -------------------------------------------------------
+    def features(self, b: Batch) -> torch.Tensor:
+        if b.feats is not None:
+            return b.feats
+        assert self.student is not None and b.x is not None
+        return self.student(b.x)
+
+    def update(self, minibatches: Sequence[Batch]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def step(self, loss: torch.Tensor) -> None:
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    # -- prediction -----------------------------------------------------
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Class logits from backbone features."""
+        raise NotImplementedError
+
+    def predict_batch(self, b: Batch) -> torch.Tensor:
+        return self.logits(self.features(b))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """DomainBed's interface: images [B,3,S,S] in [0,1] -> logits [B, C]."""
+        return self.predict_batch(Batch(y=torch.zeros(x.shape[0], dtype=torch.long), x=x))
+
+
+def set_trainable(module: nn.Module | None, flag: bool) -> None:
+    if module is None:
+        return
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def set_student_trainable(student: Student, frozen_prefix: int) -> None:
+    """Backbone trainable except its first ``frozen_prefix`` stages."""
+    set_trainable(student, True)
+    if frozen_prefix:
+        student.freeze_prefix(frozen_prefix)
+
+
+def cat_batches(minibatches: Sequence[Batch]) -> Batch:
+    def cat(attr: str) -> torch.Tensor | None:
+        vals = [getattr(b, attr) for b in minibatches]
+        return None if any(v is None for v in vals) else torch.cat(vals)
+
+    y = torch.cat([b.y for b in minibatches])
+    return Batch(y=y, x=cat("x"), feats=cat("feats"), t_img=cat("t_img"))
+
+
+def cosine_logits(z: torch.Tensor, text: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
+    """``scale * cos(z, T_c)``: VL2V's Predict rule."""
+    return scale * F.normalize(z, dim=-1) @ F.normalize(text, dim=-1).t()
+
+
+# ---------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    name: str
+    cls: type
+    hparams_cls: type
+    summary: str
+    needs_white_box: bool = False
+
+
+ALGORITHMS: Registry[AlgorithmInfo] = Registry("algorithm")
+
+
+def register_algorithm(name: str, hparams_cls: type, summary: str, needs_white_box: bool = False) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        cls.name = name
+        ALGORITHMS.register(name)(AlgorithmInfo(name, cls, hparams_cls, summary, needs_white_box))
+        return cls
+
+    return deco
+
+
+def _load_builtin() -> None:
+    from vl2v.methods import adip, erm, kd, zeroshot  # noqa: F401
+
+
+def get_algorithm(name: str) -> AlgorithmInfo:
+    _load_builtin()
+    return ALGORITHMS.get(name)
+
+
+def list_algorithms() -> list[AlgorithmInfo]:
+    _load_builtin()
+    return [e.obj for e in ALGORITHMS.entries()]
+
+
+def make_hparams(hparams_cls: type, overrides: dict[str, Any] | None = None) -> Any:
+    """Build an algorithm's hparams dataclass from string/number overrides, with clear errors."""
+    overrides = dict(overrides or {})
+    known = {f.name: f for f in fields(hparams_cls)}
+    kwargs: dict[str, Any] = {}
+    for k, v in overrides.items():
+        if k not in known:
+            raise ValueError(f"{hparams_cls.__name__} has no hyperparameter {k!r}; known: {', '.join(known)}")
+        default = known[k].default
+        if isinstance(v, str) and default is not None and not isinstance(default, str):
+            try:
+                v = type(default)(v) if not isinstance(default, bool) else v.lower() in ("1", "true", "yes")
+            except ValueError as exc:
+                raise ValueError(f"hyperparameter {k}={v!r}: expected {type(default).__name__}") from exc
+        kwargs[k] = v
+    hp = hparams_cls(**kwargs)
+    validate = getattr(hp, "validate", None)
+    if callable(validate):
+        validate()
+    return hp
+
+
+def create_algorithm(name: str, ctx: TaskContext, student: Student | None, overrides: dict[str, Any] | None = None) -> Algorithm:
+    info = get_algorithm(name)
+    hp = make_hparams(info.hparams_cls, overrides)
+    return info.cls(ctx, student, hp)

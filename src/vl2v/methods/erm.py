@@ -1,0 +1,76 @@
+"""ERM baselines: linear probe, full fine-tune, and LP-FT (probe, then fine-tune from it).
+
+Loss: cross-entropy of a linear classifier on the student's features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vl2v.methods.base import (Algorithm, Batch, Stage, cat_batches, register_algorithm, set_student_trainable,
+                               set_trainable)
+
+
+@dataclass
+class ERMHParams:
+    """``lr``/``steps`` of 0 take the run's schedule."""
+
+    lr: float = 0.0
+    steps: int = 0
+    lp_lr: float = 0.0
+    lp_steps: int = 0
+
+
+class _ERMBase(Algorithm):
+    plan: tuple[str, ...] = ()
+
+    def __init__(self, ctx, student, hparams: ERMHParams) -> None:
+        super().__init__(ctx, student, hparams)
+        self.classifier = nn.Linear(student.feature_dim, ctx.num_classes)
+
+    def stages(self) -> list[Stage]:
+        s, hp = self.ctx.schedule, self.hparams
+        out = []
+        for kind in self.plan:
+            if kind == "lp":
+                out.append(Stage("lp", hp.lp_steps or s.frozen_steps, hp.lp_lr or s.frozen_lr, True, s.weight_decay))
+            else:
+                out.append(Stage("ft", hp.steps or s.steps, hp.lr or s.lr, False, s.weight_decay))
+        return out
+
+    def begin_stage(self, stage: Stage) -> None:
+        if stage.backbone_frozen:
+            set_trainable(self.student, False)
+        else:
+            set_student_trainable(self.student, self.ctx.schedule.freeze_stages)
+        set_trainable(self.classifier, True)
+        super().begin_stage(stage)
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.classifier(feats)
+
+    def update(self, minibatches: Sequence[Batch]) -> dict[str, float]:
+        b = cat_batches(minibatches)
+        loss = F.cross_entropy(self.logits(self.features(b)), b.y)
+        self.step(loss)
+        return {"loss": float(loss.detach())}
+
+
+@register_algorithm("erm_lp", ERMHParams, "ERM linear probe: frozen backbone, linear classifier, cross-entropy")
+class ERMLinearProbe(_ERMBase):
+    plan = ("lp",)
+
+
+@register_algorithm("erm_ft", ERMHParams, "ERM full fine-tune (DomainBed ERM): backbone + linear classifier, cross-entropy")
+class ERMFineTune(_ERMBase):
+    plan = ("ft",)
+
+
+@register_algorithm("lp_ft", ERMHParams, "LP-FT: linear probe, then fine-tune everything from the best probe")
+class LPFT(_ERMBase):
+    plan = ("lp", "ft")

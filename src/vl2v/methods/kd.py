@@ -1,0 +1,64 @@
+"""Standard (Hinton) knowledge distillation from the teacher's zero-shot probabilities.
+
+``loss = (1 - alpha) * CE(student, y) + alpha * T^2 * KL(p_teacher^T || p_student^T)``
+with teacher logits ``100 * cos(f_I(x), T_c)`` (CLIP's logit scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, register_algorithm, set_student_trainable
+from vl2v.methods.losses import kd_loss
+
+
+@dataclass
+class KDHParams:
+    alpha: float = 0.5  # weight of the distillation term
+    temperature: float = 4.0
+    lr: float = 0.0
+    steps: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"kd alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ValueError(f"kd temperature must be > 0, got {self.temperature}")
+
+
+@register_algorithm("kd", KDHParams, "KD: cross-entropy + T^2 KL to the teacher's zero-shot probabilities")
+class KD(Algorithm):
+    uses_teacher_images = True
+
+    def __init__(self, ctx, student, hparams: KDHParams) -> None:
+        super().__init__(ctx, student, hparams)
+        if ctx.text_classifier is None:
+            raise ValueError("kd needs the teacher's text classifier")
+        self.classifier = nn.Linear(student.feature_dim, ctx.num_classes)
+        self.register_buffer("text", ctx.text_classifier.clone())
+
+    def stages(self) -> list[Stage]:
+        s, hp = self.ctx.schedule, self.hparams
+        return [Stage("ft", hp.steps or s.steps, hp.lr or s.lr, False, s.weight_decay)]
+
+    def begin_stage(self, stage: Stage) -> None:
+        set_student_trainable(self.student, self.ctx.schedule.freeze_stages)
+        super().begin_stage(stage)
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.classifier(feats)
+
+    def update(self, minibatches: Sequence[Batch]) -> dict[str, float]:
+        b = cat_batches(minibatches)
+        assert b.t_img is not None
+        logits = self.logits(self.features(b))
+        ce = F.cross_entropy(logits, b.y)
+        kl = kd_loss(logits, cosine_logits(b.t_img, self.text), self.hparams.temperature)
+        loss = (1 - self.hparams.alpha) * ce + self.hparams.alpha * kl
+        self.step(loss)
+        return {"loss": float(loss.detach()), "ce": float(ce.detach()), "kl": float(kl.detach())}

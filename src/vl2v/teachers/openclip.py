@@ -1,0 +1,136 @@
+"""open_clip teachers: any open_clip architecture with a pretrained tag or a local checkpoint.
+
+``openclip:ViT-B-16:openai`` downloads OpenAI's CLIP ViT-B/16 through
+open_clip's own loader (internet needed once; open_clip caches it);
+``openclip:ViT-B-16:/path/to/weights.safetensors`` (or ``.pt``/``.bin``) loads a
+local checkpoint; ``openclip:ViT-B-16:none`` builds random weights (tests,
+speed benchmarks). The preprocessing is open_clip's own for that model:
+shortest-side resize + centre crop for the evaluation view, the model's mean
+and std, its input size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vl2v.students.efficientnet_lite import file_digest
+from vl2v.teachers.base import Teacher, TeacherError, check_embeddings
+
+
+class OpenCLIPImageEncoder(nn.Module):
+    """[B,3,S,S] in [0,1] -> unnormalised image embedding, with the model's own normalisation."""
+
+    def __init__(self, visual: nn.Module, mean, std, image_size: int) -> None:
+        super().__init__()
+        self.visual = visual
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.image_size = image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        out = self.visual((x - self.mean) / self.std)
+        if isinstance(out, (tuple, list)):  # CoCa-style towers return (pooled, tokens)
+            out = out[0]
+        return out
+
+
+class OpenCLIPTeacher(Teacher):
+    backend = "openclip"
+    white_box = True
+
+    def __init__(self, model: str = "ViT-B-16", pretrained: str | None = "openai", device: str = "cpu",
+                 batch_size: int = 64, cache_dir: str | None = None) -> None:
+        try:
+            import open_clip
+        except ImportError as exc:  # pragma: no cover - dependency of the package
+            raise TeacherError("the openclip teacher needs open-clip-torch (pip install open-clip-torch)") from exc
+        if model not in open_clip.list_models():
+            raise TeacherError(f"open_clip has no model {model!r}; see `vl2v teachers` or open_clip.list_models()")
+        self.model_name = model
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        weights: str
+        if pretrained in (None, "", "none", "random"):
+            clip = open_clip.create_model(model, pretrained=None)
+            weights = "random"
+        elif Path(pretrained).expanduser().exists():
+            path = Path(pretrained).expanduser()
+            clip = open_clip.create_model(model, pretrained=None)
+            try:
+                open_clip.load_checkpoint(clip, str(path), strict=True, weights_only=True)
+            except Exception as exc:
+                raise TeacherError(f"cannot load open_clip checkpoint {path} into {model}: {exc}") from exc
+            weights = f"{path.name}:{file_digest(path)[:12]}"
+        else:
+            tags = [t for m, t in open_clip.list_pretrained() if m == model]
+            if pretrained not in tags:
+                raise TeacherError(
+                    f"{pretrained!r} is neither a local file nor a pretrained tag of {model} "
+                    f"(tags: {', '.join(tags) or 'none'})")
+            clip = open_clip.create_model(model, pretrained=pretrained, cache_dir=cache_dir)
+            weights = f"{pretrained}"
+        clip.eval()
+        self.clip = clip.to(self.device)
+        self.tokenizer = open_clip.get_tokenizer(model)
+        cfg = getattr(clip.visual, "preprocess_cfg", {}) or {}
+        size = cfg.get("size", getattr(clip.visual, "image_size", 224))
+        size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+        self._size = size
+        self.encoder = OpenCLIPImageEncoder(clip.visual, mean, std, size).to(self.device).eval()
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            dim = int(self.clip.encode_text(self.tokenizer(["a"]).to(self.device)).shape[-1])
+            img_dim = int(self.encoder(torch.zeros(1, 3, size, size, device=self.device)).shape[-1])
+        if dim != img_dim:
+            raise TeacherError(f"open_clip {model}: image ({img_dim}) and text ({dim}) embedding sizes differ")
+        self._dim = dim
+        interp = cfg.get("interpolation", "bicubic")
+        self._identity = (f"openclip({model};weights={weights};input={size}px-{interp}-shortest-centercrop;"
+                          f"mean={tuple(round(m, 6) for m in mean)};std={tuple(round(s, 6) for s in std)})")
+
+    @property
+    def embed_dim(self) -> int:
+        return self._dim
+
+    @property
+    def image_size(self) -> int:
+        return self._size
+
+    def identity(self) -> str:
+        return self._identity
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        outs = [F.normalize(self.encoder(c.to(self.device).float()).float(), dim=-1).cpu()
+                for c in images.split(self.batch_size)]
+        out = torch.cat(outs) if outs else torch.empty(0, self.embed_dim)
+        return check_embeddings(out, images.shape[0], self.embed_dim, "image")
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        outs = []
+        texts = list(texts)
+        for i in range(0, len(texts), 256):
+            tok = self.tokenizer(texts[i:i + 256]).to(self.device)
+            outs.append(F.normalize(self.clip.encode_text(tok).float(), dim=-1).cpu())
+        out = torch.cat(outs) if outs else torch.empty(0, self.embed_dim)
+        return check_embeddings(out, len(texts), self.embed_dim, "text")
+
+    def image_encoder(self) -> nn.Module:
+        return self.encoder
+
+    def to(self, device: torch.device | str) -> "OpenCLIPTeacher":
+        self.device = torch.device(device)
+        self.clip.to(self.device)
+        self.encoder.to(self.device)
+        return self

@@ -1,0 +1,82 @@
+"""Teacher registry: ``backend[:spec]`` strings -> :class:`Teacher` instances.
+
+Examples::
+
+    conse                               offline ConSE teacher (default)
+    openclip:ViT-B-16:openai            OpenAI CLIP ViT-B/16 via open_clip (downloads once)
+    openclip:ViT-B-16:/path/model.pt    a local open_clip checkpoint
+    openclip:ViT-B-16:none              random weights (tests, speed)
+
+Options (``--teacher-opt key=value``) go to the backend's constructor, e.g.
+``k=5`` for ConSE. ``blackbox=True`` wraps any teacher so that only the embed
+functions are reachable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from vl2v.registry import Registry
+from vl2v.teachers.base import Teacher, TeacherError
+
+TEACHERS: Registry[Callable[..., Teacher]] = Registry("teacher")
+
+
+@TEACHERS.register("conse", white_box=True, offline=True,
+                   summary="ConSE: EfficientNet-Lite2 ImageNet probabilities x MiniLM class-name embeddings (offline, NOT CLIP)")
+def _conse(spec: str | None = None, **opts: Any) -> Teacher:
+    from vl2v.teachers.conse import ConSETeacher
+
+    if spec:
+        opts.setdefault("classifier", spec)
+    if "k" in opts:
+        opts["k"] = int(opts["k"])
+    return ConSETeacher(**opts)
+
+
+@TEACHERS.register("openclip", white_box=True, offline=False,
+                   summary="any open_clip model: openclip:MODEL:TAG or openclip:MODEL:/path/to/checkpoint")
+def _openclip(spec: str | None = None, **opts: Any) -> Teacher:
+    from vl2v.teachers.openclip import OpenCLIPTeacher
+
+    model, pretrained = "ViT-B-16", "openai"
+    if spec:
+        parts = spec.split(":", 1)
+        model = parts[0]
+        if len(parts) > 1:
+            pretrained = parts[1]
+    return OpenCLIPTeacher(model=model, pretrained=pretrained, **opts)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    backend: str
+    spec: str | None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str, options: dict[str, Any] | None = None) -> "TeacherSpec":
+        backend, _, rest = text.partition(":")
+        TEACHERS.entry(backend)  # raises a clear error for unknown backends
+        return cls(TEACHERS.canonical(backend), rest or None, tuple(sorted((options or {}).items())))
+
+    def __str__(self) -> str:
+        return self.backend + (f":{self.spec}" if self.spec else "")
+
+
+def create_teacher(text: str, blackbox: bool = False, **options: Any) -> Teacher:
+    spec = TeacherSpec.parse(text, options)
+    try:
+        teacher = TEACHERS.get(spec.backend)(spec.spec, **dict(spec.options))
+    except TypeError as exc:
+        raise TeacherError(f"bad options for teacher {text!r}: {exc}") from exc
+    if blackbox:
+        from vl2v.teachers.blackbox import BlackBoxTeacher
+
+        teacher = BlackBoxTeacher(teacher)
+    return teacher
+
+
+def list_teachers() -> list[tuple[str, dict[str, Any]]]:
+    return [(e.name, e.meta) for e in TEACHERS.entries()]

@@ -1,0 +1,414 @@
+"""The one training loop every algorithm uses.
+
+For one (algorithm, target domain, trial seed) it: builds the algorithm, runs
+its stages with per-domain balanced minibatches from the source domains'
+"in" splits, evaluates every ``eval_every`` steps (and at each stage's last
+step) on every domain's "out" split and the target's "in" split, appends each
+evaluation to ``results.jsonl`` with DomainBed's keys, keeps the best
+source-validation checkpoint (restored before the next stage), optionally
+averages the last stage with SWAD, and writes ``final.json`` and ``done``.
+
+It never knows which algorithm it runs: algorithms declare their stages and
+whether they need the teacher's image embeddings; everything else is here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vl2v.data.dataset import DomainData
+from vl2v.data.splits import seed_hash
+from vl2v.data.transforms import render_view, sample_aug_params, teacher_view
+from vl2v.evaluation.records import RunRecorder
+from vl2v.evaluation.selection import select_record, summarize
+from vl2v.methods.base import Algorithm, Batch, Schedule, Stage, TaskContext, create_algorithm, get_algorithm
+from vl2v.students.registry import Student
+from vl2v.teachers.prompts import DEFAULT_TEMPLATES, prompts_for, text_classifier
+from vl2v.training.checkpoint import load_state, load_weights, save_state, save_weights
+from vl2v.training.resources import SharedResources
+from vl2v.training.swad import LossValley, SWADConfig
+from vl2v.utils.io import atomic_write_json, atomic_write_text
+from vl2v.utils.progress import bar
+
+
+@dataclass
+class TrainConfig:
+    schedule: Schedule = field(default_factory=Schedule)
+    batch_size: int = 32  # per source domain
+    eval_every: int = 200
+    image_size: int = 224  # student input side
+    teacher_mode: str = "cached"  # "cached": K stored views (see views); "online": query every step
+    swad: bool = False
+    swad_cfg: SWADConfig = field(default_factory=SWADConfig)
+    eval_source_in: bool = False  # also evaluate the sources' training ("in") splits
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    device: str = "cpu"
+    eval_batch_size: int = 128
+    save_checkpoints: bool = True
+
+    def validate(self) -> None:
+        if self.teacher_mode not in ("cached", "online"):
+            raise ValueError(f"teacher_mode must be 'cached' or 'online', got {self.teacher_mode!r}")
+        if self.batch_size < 1 or self.eval_every < 1 or self.image_size < 16:
+            raise ValueError("batch_size and eval_every must be >= 1 and image_size >= 16")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    algorithm: str
+    target: int
+    trial_seed: int = 0
+    hparams_seed: int = 0
+    hparams: tuple[tuple[str, Any], ...] = ()
+
+    def run_name(self, domains: list[str]) -> str:
+        hp = "".join(f"_{k}{v}" for k, v in self.hparams)
+        return f"{self.algorithm}{hp}/target-{self.target}-{domains[self.target]}/seed{self.trial_seed}"
+
+
+class DomainSampler:
+    """Per-domain shuffled epochs, deterministic from the seed and resumable."""
+
+    def __init__(self, pools: dict[int, list[int]], batch_size: int, seed: int) -> None:
+        self.pools = pools
+        self.batch_size = batch_size
+        self.rngs = {d: np.random.RandomState(seed_hash(seed, "sampler", d)) for d in pools}
+        self.perm: dict[int, list[int]] = {d: [] for d in pools}
+        self.pos: dict[int, int] = {d: 0 for d in pools}
+
+    def next(self, d: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < self.batch_size:
+            if self.pos[d] >= len(self.perm[d]):
+                self.perm[d] = [int(i) for i in self.rngs[d].permutation(len(self.pools[d]))]
+                self.pos[d] = 0
+            take = min(self.batch_size - len(out), len(self.perm[d]) - self.pos[d])
+            out.extend(self.pools[d][j] for j in self.perm[d][self.pos[d]:self.pos[d] + take])
+            self.pos[d] += take
+        return out
+
+    def state_dict(self) -> dict:
+        return {"rng": {str(d): list(map(_np_state_to_list, [r.get_state()]))[0] for d, r in self.rngs.items()},
+                "perm": {str(d): p for d, p in self.perm.items()}, "pos": {str(d): p for d, p in self.pos.items()}}
+
+    def load_state_dict(self, s: dict) -> None:
+        for d in self.pools:
+            st = s["rng"][str(d)]
+            self.rngs[d].set_state((st[0], np.array(st[1], dtype=np.uint32), int(st[2]), int(st[3]), float(st[4])))
+            self.perm[d] = list(s["perm"][str(d)])
+            self.pos[d] = int(s["pos"][str(d)])
+
+
+def _np_state_to_list(st: tuple) -> list:
+    return [st[0], [int(x) for x in st[1]], int(st[2]), int(st[3]), float(st[4])]
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    final: dict[str, Any]
+
+
+def _accuracy_and_loss(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    acc = float((logits.argmax(dim=-1) == y).float().mean()) if len(y) else float("nan")
+    loss = float(F.cross_entropy(logits.float(), y)) if len(y) else float("nan")
+    return acc, loss
+
+
+class Trainer:
+    def __init__(self, spec: RunSpec, cfg: TrainConfig, res: SharedResources, make_student: Callable[[], Student],
+                 run_dir: Path, args_record: dict[str, Any], student_key: tuple = (),
+                 data: DomainData | None = None) -> None:
+        cfg.validate()
+        self.spec, self.cfg, self.res = spec, cfg, res
+        self.run_dir = Path(run_dir)
+        self.data = data if data is not None else res.data  # same images as res.data; splits of this trial seed
+        self.device = torch.device(cfg.device)
+        self.info = get_algorithm(spec.algorithm)
+        D = len(self.data.domains)
+        if D < 2:
+            raise ValueError(f"leave-one-domain-out needs at least 2 domains; the dataset has {D}")
+        if not 0 <= spec.target < D:
+            raise ValueError(f"target domain index {spec.target} out of range: the dataset has domains "
+                             f"0..{D - 1} ({', '.join(self.data.domains)})")
+        self.sources = [d for d in range(D) if d != spec.target]
+        self.pools = {d: self.data.split_items(d, "in") for d in self.sources}
+        self.train_indices = sorted(i for p in self.pools.values() for i in p)
+        self.labels = self.data.labels
+        self.args_record = args_record
+        self.student_key = student_key
+        self.make_student = make_student
+        self.seed = seed_hash(spec.trial_seed, spec.hparams_seed, spec.algorithm, spec.target)
+
+    # ------------------------------------------------------------ set-up
+    def _context(self) -> TaskContext:
+        store = self.res.store
+        text = None
+        dim = None
+        prompts = None
+        if store is not None:
+            tpl = list(self.cfg.templates)
+            emb = self.res.text_embeddings(prompts_for(self.data.classes, tpl))
+            text = text_classifier(emb, len(self.data.classes), len(tpl))
+            dim = store.dim
+            prompts = self.res.text_embeddings
+        return TaskContext(num_classes=len(self.data.classes), class_names=list(self.data.classes),
+                           source_domains=[self.data.domains[d] for d in self.sources],
+                           text_classifier=text, teacher_dim=dim, prompts=prompts,
+                           teacher_encoder=None, teacher_image_size=store.teacher.image_size if store else None,
+                           schedule=self.cfg.schedule)
+
+    def _eval_sets(self) -> list[tuple[int, str]]:
+        sets = [(d, "out") for d in range(len(self.data.domains))] + [(self.spec.target, "in")]
+        if self.cfg.eval_source_in:
+            sets += [(d, "in") for d in self.sources]
+        return sets
+
+    # ---------------------------------------------------------- batches
+    def _batch(self, algo: Algorithm, d: int, idx: list[int], use_feats: bool) -> Batch:
+        res, cfg = self.res, self.cfg
+        y = self.labels[idx]
+        n_views = res.n_views
+        needs_t = algo.uses_teacher_images
+        b = Batch(y=y, domain=d)
+        if needs_t and cfg.teacher_mode == "online":
+            params = [sample_aug_params(self.gen, res.aug, res.data.bank.images[i].shape[2] / res.data.bank.images[i].shape[1]) for i in idx]
+            b.x = torch.stack([render_view(res.data.bank.images[i], p, cfg.image_size) for i, p in zip(idx, params)])
+            size = res.store.teacher.image_size
+            b.t_img = res.online_targets(torch.stack([teacher_view(res.data.bank.images[i], p, size) for i, p in zip(idx, params)]))
+            return b
+        if use_feats or needs_t:
+            v = torch.randint(0, n_views, (len(idx),), generator=self.gen).tolist()
+            if use_feats:
+                f = self.train_feats  # [N_train, V, d]
+                rows = [self.train_pos[i] for i in idx]
+                b.feats = f[rows, v]
+            else:
+                b.x = torch.stack([render_view(res.data.bank.images[i], res.view_list(i)[k], cfg.image_size) for i, k in zip(idx, v)])
+            if needs_t:
+                rows = [self.train_pos[i] for i in idx]
+                b.t_img = self.targets[rows, v]
+            return b
+        # no teacher, fine-tuning: fresh augmentation every step
+        params = [sample_aug_params(self.gen, res.aug, res.data.bank.images[i].shape[2] / res.data.bank.images[i].shape[1]) for i in idx]
+        b.x = torch.stack([render_view(res.data.bank.images[i], p, cfg.image_size) for i, p in zip(idx, params)])
+        return b
+
+    def _to_device(self, b: Batch) -> Batch:
+        dev = self.device
+        if b.x is not None:
+            b.x = b.x.to(dev).contiguous(memory_format=torch.channels_last)
+        if b.feats is not None:
+            b.feats = b.feats.to(dev)
+        if b.t_img is not None:
+            b.t_img = b.t_img.to(dev)
+        b.y = b.y.to(dev)
+        return b
+
+    # ------------------------------------------------------------ eval
+    @torch.no_grad()
+    def evaluate(self, algo: Algorithm, use_feats: bool) -> dict[str, float]:
+        algo.eval()
+        out: dict[str, float] = {}
+        bs = self.cfg.eval_batch_size
+        for d, which in self._eval_sets():
+            idx = self.data.split_items(d, which)
+            logits = []
+            for s in range(0, len(idx), bs):
+                chunk = idx[s:s + bs]
+                b = Batch(y=self.labels[chunk])
+                if not algo.has_student:
+                    b.t_img = self.res.teacher_center(chunk)
+                elif use_feats:
+                    b.feats = self.res.frozen_features(algo.student, chunk, "eval", self.student_key)
+                else:
+                    b.x = self.res.eval_inputs(chunk, self.cfg.image_size).float().div_(255.0)
+                logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
+            lg = torch.cat(logits) if logits else torch.empty(0, len(self.data.classes))
+            acc, loss = _accuracy_and_loss(lg, self.labels[idx])
+            out[f"env{d}_{which}_acc"] = acc
+            out[f"env{d}_{which}_loss"] = loss
+        out["val_acc"] = float(np.mean([out[f"env{d}_out_acc"] for d in self.sources]))
+        out["val_loss"] = float(np.mean([out[f"env{d}_out_loss"] for d in self.sources]))
+        algo.train()
+        return out
+
+    # ------------------------------------------------------------- run
+    def run(self, resume: bool = False) -> RunOutcome:
+        cfg, spec, res = self.cfg, self.spec, self.res
+        run_dir = self.run_dir
+        ckpt_dir = run_dir / "checkpoints"
+        if (run_dir / "done").exists():
+            final = json.loads((run_dir / "final.json").read_text())
+            return RunOutcome(run_dir, final)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(self.seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
+        ctx = self._context()
+        student = self.make_student() if self.info.cls.has_student else None
+        if student is not None:
+            student.to(self.device).to(memory_format=torch.channels_last)
+        algo = create_algorithm(spec.algorithm, ctx, student, dict(spec.hparams)).to(self.device)
+        stages = algo.stages() if algo.needs_training else []
+        hparams = asdict(algo.hparams)
+        recorder = RunRecorder(run_dir, args={**self.args_record, "algorithm": self.info.name,
+                                              "test_envs": [spec.target], "trial_seed": spec.trial_seed,
+                                              "hparams_seed": spec.hparams_seed, "output_dir": str(run_dir)},
+                               hparams={**hparams, **{f"schedule_{k}": v for k, v in asdict(cfg.schedule).items()},
+                                        "batch_size": cfg.batch_size, "image_size": cfg.image_size,
+                                        "teacher_mode": cfg.teacher_mode, "views": res.views, "swad": cfg.swad})
+        config = {"spec": asdict(spec), "train": _jsonable(asdict(cfg)), "args": recorder.args, "hparams": recorder.hparams,
+                  "stages": [asdict(s) for s in stages], "domains": self.data.domains, "classes": self.data.classes}
+        atomic_write_json(run_dir / "config.json", config)
+
+        store = res.store
+        stats0 = store.stats.as_dict() if store else {}
+        t_start = time.time()
+        # Teacher targets for every training view, paid once (cached mode).
+        self.train_pos = {i: r for r, i in enumerate(self.train_indices)}
+        if algo.uses_teacher_images and algo.needs_training and cfg.teacher_mode == "cached":
+            self.targets = res.teacher_targets(self.train_indices)
+        state = {"global_step": 0, "stage_index": 0, "stage_step": 0, "best": None, "stage_best": None,
+                 "loss_sum": 0.0, "loss_n": 0, "elapsed": 0.0}
+        swad: LossValley | None = None
+        sampler = DomainSampler(self.pools, cfg.batch_size, self.seed)
+        last_path = ckpt_dir / "last.pt"
+        resume_state = load_state(last_path) if resume and last_path.exists() else None
+        if resume_state is not None:
+            st = resume_state
+            algo.load_state_dict(st["algorithm"])
+            state.update(st["loop"])
+            sampler.load_state_dict(st["sampler"])
+            self.gen.set_state(st["gen"])
+            torch.set_rng_state(st["torch_rng"])
+            recorder.truncate_after(state["global_step"] - 1)
+            t_start -= state["elapsed"]
+        backbone_pristine = True
+        if not stages:  # zero-shot and other training-free algorithms: one evaluation
+            ev = self.evaluate(algo, use_feats=False)
+            recorder.write(step=0, stage="none", stage_step=0, loss=None, evals=ev, wall=time.time() - t_start,
+                           queries=_diff(store, stats0))
+        for si, stage in enumerate(stages):
+            if si < state["stage_index"]:
+                backbone_pristine = backbone_pristine and stage.backbone_frozen
+                continue
+            resuming_stage = si == state["stage_index"] and state["stage_step"] > 0
+            algo.begin_stage(stage)
+            if resuming_stage and resume_state is not None and algo.optimizer is not None and resume_state.get("optimizer"):
+                algo.optimizer.load_state_dict(resume_state["optimizer"])
+            use_feats = stage.backbone_frozen and backbone_pristine and cfg.teacher_mode == "cached"
+            if use_feats:
+                self.train_feats = res.frozen_features(algo.student, self.train_indices, "train", self.student_key)
+            last_stage = si == len(stages) - 1
+            swad = LossValley(algo, cfg.swad_cfg) if (cfg.swad and last_stage and not stage.backbone_frozen) else None
+            if swad is not None and resuming_stage and resume_state is not None and resume_state.get("swad"):
+                swad.load_state_dict(resume_state["swad"])
+            pbar = bar(stage.steps, desc=f"{spec.algorithm}/{self.data.domains[spec.target]}/{stage.name}", unit="step")
+            pbar.update(state["stage_step"])
+            algo.train()
+            for s in range(state["stage_step"], stage.steps):
+                mbs = [self._to_device(self._batch(algo, d, sampler.next(d), use_feats)) for d in self.sources]
+                logs = algo.update(mbs)
+                state["loss_sum"] += logs.get("loss", 0.0)
+                state["loss_n"] += 1
+                if swad is not None:
+                    swad.observe(algo, state["global_step"])
+                pbar.update(1)
+                if s % cfg.eval_every == 0 or s == stage.steps - 1:
+                    ev = self.evaluate(algo, use_feats)
+                    loss = state["loss_sum"] / max(1, state["loss_n"])
+                    state["loss_sum"], state["loss_n"] = 0.0, 0
+                    recorder.write(step=state["global_step"], stage=stage.name, stage_step=s, loss=loss, evals=ev,
+                                         wall=time.time() - t_start, queries=_diff(store, stats0), extra=logs)
+                    pbar.set_postfix(loss=f"{loss:.3f}", val=f"{ev['val_acc']:.3f}",
+                                     tgt=f"{ev[f'env{spec.target}_in_acc']:.3f}")
+                    if swad is not None:
+                        swad.close_segment(ev["val_loss"], state["global_step"])
+                    if state["stage_best"] is None or ev["val_acc"] > state["stage_best"]["val_acc"]:
+                        state["stage_best"] = {"step": state["global_step"], "val_acc": ev["val_acc"]}
+                        if cfg.save_checkpoints:
+                            save_weights(ckpt_dir / "stage_best.safetensors", algo.state_dict(),
+                                         {"step": state["global_step"], "stage": stage.name})
+                        self._stage_best_mem = copy.deepcopy(algo.state_dict())
+                    if state["best"] is None or ev["val_acc"] > state["best"]["val_acc"]:
+                        state["best"] = {"step": state["global_step"], "val_acc": ev["val_acc"]}
+                        if cfg.save_checkpoints:
+                            save_weights(ckpt_dir / "best.safetensors", algo.state_dict(),
+                                         {"step": state["global_step"], "stage": stage.name, "val_acc": ev["val_acc"]})
+                    state["global_step"] += 1
+                    state["stage_step"] = s + 1
+                    state["elapsed"] = time.time() - t_start
+                    if cfg.save_checkpoints:
+                        save_state(last_path, {"algorithm": algo.state_dict(), "loop": _plain(state),
+                                               "optimizer": algo.optimizer.state_dict() if algo.optimizer else {},
+                                               "sampler": sampler.state_dict(), "gen": self.gen.get_state(),
+                                               "torch_rng": torch.get_rng_state(),
+                                               "swad": swad.state_dict() if swad is not None else None})
+                else:
+                    state["global_step"] += 1
+                    state["stage_step"] = s + 1
+            pbar.close()
+            if not stage.backbone_frozen:
+                backbone_pristine = False
+            if not last_stage:  # next stage starts from this stage's best checkpoint
+                best_state = getattr(self, "_stage_best_mem", None)
+                if best_state is None and (ckpt_dir / "stage_best.safetensors").exists():
+                    best_state = load_weights(ckpt_dir / "stage_best.safetensors")[0]
+                if best_state is not None:
+                    algo.load_state_dict(best_state)
+            state["stage_index"] = si + 1
+            state["stage_step"] = 0
+            state["stage_best"] = None
+            self._stage_best_mem = None
+
+        final: dict[str, Any] = {"run_dir": str(run_dir), "algorithm": self.info.name, "target": spec.target,
+                                 "target_name": self.data.domains[spec.target], "trial_seed": spec.trial_seed}
+        chosen = select_record(recorder.records())
+        if chosen is not None:
+            final["selected"] = summarize(chosen)
+        if swad is not None:
+            summary = swad.summary()
+            if swad.apply_to(algo):
+                ev = self.evaluate(algo, use_feats=False)
+                final["swad"] = {**summarize({**ev, "args": recorder.args, "step": state["global_step"], "stage": "swad"}),
+                                 **summary}
+                if cfg.save_checkpoints:
+                    save_weights(run_dir / "swad.safetensors", algo.state_dict(), {"swad": summary})
+            else:
+                final["swad"] = {"note": "SWAD found no loss valley (validation loss never converged); not averaged", **summary}
+        if cfg.save_checkpoints and (ckpt_dir / "best.safetensors").exists():
+            os.replace(ckpt_dir / "best.safetensors", run_dir / "model.safetensors")
+        final["queries"] = _diff(store, stats0)
+        final["n_train_images"] = len(self.train_indices)
+        final["wall_time"] = time.time() - t_start
+        atomic_write_json(run_dir / "final.json", final)
+        for p in (last_path, ckpt_dir / "stage_best.safetensors"):
+            if p.exists():
+                p.unlink()
+        atomic_write_text(run_dir / "done", "done")
+        return RunOutcome(run_dir, final)
+
+
+def _diff(store, stats0: dict) -> dict[str, float]:
+    if store is None:
+        return {}
+    now = store.stats.as_dict()
+    return {k: now[k] - stats0.get(k, 0) for k in now}
+
+
+def _plain(state: dict) -> dict:
+    return json.loads(json.dumps(state))
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))

@@ -1,0 +1,166 @@
+"""What runs on the same data share: views, cached student features, teacher targets, eval inputs.
+
+A LODO sweep trains many (algorithm, target) runs on one dataset. Anything
+that does not depend on the run is computed once here:
+
+* the **view plan**: K seeded augmentation views per image (``views=K``),
+  independent of target, algorithm and trial seed, so each teacher embedding is
+  paid for once and replayed by every run;
+* **teacher targets**: the teacher's embeddings of those views (through the
+  :class:`TeacherStore`, so also across processes);
+* **frozen features**: the pretrained student's features of the same views
+  (frozen-backbone stages train on these instead of images);
+* **eval inputs**: every image's evaluation view at the student's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from vl2v.data.dataset import DomainData
+from vl2v.data.splits import seed_hash
+from vl2v.data.transforms import AugConfig, AugParams, eval_view, render_view, sample_aug_params, teacher_view
+from vl2v.students.registry import Student
+from vl2v.teachers.store import TeacherStore
+from vl2v.utils.progress import bar
+
+
+def view_params(content_hash: str, k: int, view_seed: int = 0, aug: AugConfig = AugConfig(), aspect: float = 1.0) -> AugParams:
+    """Augmentation parameters of view ``k`` (1-based) of an image: a pure function of its content."""
+    g = torch.Generator().manual_seed(seed_hash("view", view_seed, content_hash, k))
+    return sample_aug_params(g, aug, aspect)
+
+
+@dataclass
+class SharedResources:
+    data: DomainData
+    store: TeacherStore | None
+    views: int = 0  # K; 0 = the un-augmented view only
+    view_seed: int = 0
+    aug: AugConfig = field(default_factory=AugConfig)
+    batch_size: int = 64
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _params: dict[int, list[AugParams | None]] = field(default_factory=dict)
+    _targets: dict[int, torch.Tensor] = field(default_factory=dict)  # bank idx -> [V, D]
+    _center: dict[int, torch.Tensor] = field(default_factory=dict)  # bank idx -> [D] (teacher's eval view)
+    _features: dict[tuple, dict[int, torch.Tensor]] = field(default_factory=dict)
+    _eval_inputs: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)  # size -> idx -> uint8
+    _text: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- views
+    def view_list(self, i: int) -> list[AugParams | None]:
+        """The views used for training image ``i``: [None] (un-augmented) if K=0, else K augmentations."""
+        if i not in self._params:
+            if self.views == 0:
+                self._params[i] = [None]
+            else:
+                img = self.data.bank.images[i]
+                aspect = img.shape[2] / img.shape[1]
+                h = self.data.bank.hashes[i]
+                self._params[i] = [view_params(h, k, self.view_seed, self.aug, aspect) for k in range(1, self.views + 1)]
+        return self._params[i]
+
+    @property
+    def n_views(self) -> int:
+        return max(1, self.views)
+
+    # ------------------------------------------------------- teacher side
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        assert self.store is not None
+        key = tuple(texts)
+        if key not in self._text:
+            self._text[key] = self.store.text_embeddings(texts)
+        return self._text[key]
+
+    def teacher_targets(self, indices: list[int], desc: str = "teacher embeddings") -> torch.Tensor:
+        """[len(indices), V, D] teacher embeddings of every training view (cached, paid once)."""
+        assert self.store is not None
+        todo = [i for i in indices if i not in self._targets]
+        if todo:
+            keys, owners = [], []
+            for i in todo:
+                for p in self.view_list(i):
+                    keys.append((self.data.bank.hashes[i], p))
+                    owners.append(i)
+            size = self.store.teacher.image_size
+            pbar = bar(len(keys), desc=desc, unit="view")
+            try:
+                emb = self.store.image_embeddings(
+                    keys, lambda j: teacher_view(self.data.bank.images[owners[j]], keys[j][1], size),
+                    batch_size=self.batch_size, on_batch=pbar.update)
+            finally:
+                pbar.close()
+            pos = 0
+            for i in todo:
+                v = len(self.view_list(i))
+                self._targets[i] = emb[pos:pos + v]
+                pos += v
+        return torch.stack([self._targets[i] for i in indices])
+
+    def teacher_center(self, indices: list[int], desc: str = "teacher eval embeddings") -> torch.Tensor:
+        """[len(indices), D] teacher embeddings of the teacher's own evaluation view."""
+        assert self.store is not None
+        todo = [i for i in indices if i not in self._center]
+        if todo:
+            size = self.store.teacher.image_size
+            keys = [(self.data.bank.hashes[i], None) for i in todo]
+            pbar = bar(len(keys), desc=desc, unit="img")
+            try:
+                emb = self.store.image_embeddings(
+                    keys, lambda j: teacher_view(self.data.bank.images[todo[j]], None, size),
+                    batch_size=self.batch_size, on_batch=pbar.update)
+            finally:
+                pbar.close()
+            for i, e in zip(todo, emb):
+                self._center[i] = e
+        return torch.stack([self._center[i] for i in indices])
+
+    def online_targets(self, images: torch.Tensor) -> torch.Tensor:
+        """Query the teacher for freshly augmented views (the authors' online mode; not cached)."""
+        assert self.store is not None
+        return self.store.query_images(images)
+
+    # ------------------------------------------------------- student side
+    @torch.no_grad()
+    def frozen_features(self, student: Student, indices: list[int], kind: str, key: tuple) -> torch.Tensor:
+        """Pretrained-student features: ``kind="train"`` -> [N, V, d] over the views; ``"eval"`` -> [N, d]."""
+        cache = self._features.setdefault(key + (kind,), {})
+        todo = [i for i in indices if i not in cache]
+        if todo:
+            was = student.training
+            student.eval()
+            size = student.image_size
+            jobs: list[tuple[int, int, AugParams | None]] = []
+            for i in todo:
+                if kind == "eval":
+                    jobs.append((i, 0, None))
+                else:
+                    jobs.extend((i, k, p) for k, p in enumerate(self.view_list(i)))
+            pbar = bar(len(jobs), desc=f"student features ({kind})", unit="img")
+            out: dict[tuple[int, int], torch.Tensor] = {}
+            for b in range(0, len(jobs), self.batch_size):
+                chunk = jobs[b:b + self.batch_size]
+                x = torch.stack([render_view(self.data.bank.images[i], p, size) for i, _, p in chunk]).to(self.device)
+                f = student(x.contiguous(memory_format=torch.channels_last)).float().cpu()
+                for (i, k, _), fi in zip(chunk, f):
+                    out[(i, k)] = fi
+                pbar.update(len(chunk))
+            pbar.close()
+            for i in todo:
+                if kind == "eval":
+                    cache[i] = out[(i, 0)]
+                else:
+                    cache[i] = torch.stack([out[(i, k)] for k in range(len(self.view_list(i)))])
+            student.train(was)
+        return torch.stack([cache[i] for i in indices])
+
+    def eval_inputs(self, indices: list[int], size: int) -> torch.Tensor:
+        """uint8 [N, 3, size, size] evaluation views (resize to size x size, DomainBed's eval transform)."""
+        cache = self._eval_inputs.setdefault(size, {})
+        for i in indices:
+            if i not in cache:
+                cache[i] = (eval_view(self.data.bank.images[i], size) * 255.0).round().to(torch.uint8)
+        return torch.stack([cache[i] for i in indices])
