@@ -23,16 +23,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import http.client
 import json
 import os
 import shutil
 import sys
 import tarfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -93,6 +90,10 @@ def http_fetch(url: str, dest: Path, *, progress: bool = True, timeout: float = 
     with an HTTP ``Range`` request) and are renamed onto ``dest`` only when the
     transfer is complete, so ``dest`` existing means the download finished.
     """
+    import http.client
+    import urllib.error
+    import urllib.request
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
