@@ -403,3 +403,15 @@ def test_cli_download_failure_is_a_clean_error(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert db.VLCS_SOURCE.url in err and "Traceback" not in err
+
+
+def test_disk_errors_while_unpacking_are_download_errors(tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(db, "_build_terra", full_disk)
+    monkeypatch.setattr(db, "download_terra_incognita",
+                        db._downloader(lambda: db.TERRAINCOGNITA, lambda: dict(db.TERRA_SOURCES), db._build_terra))
+    with pytest.raises(DownloadError, match="No space left"):
+        db.download_terra_incognita(tmp_path / "d", fetch=LocalFetch(make_terra(tmp_path / "src")), progress=False)
+    assert not (tmp_path / "d" / "terra_incognita").exists()

@@ -150,7 +150,13 @@ def run_download(spec: DatasetSpec, root: str | Path, sources: dict[str, Source]
 
         staging = dl.fresh_staging(root, spec.subdir)
         _say(f"{spec.name}: unpacking into {staging}", progress)
-        built = build(archives, staging, progress)
+        try:
+            built = build(archives, staging, progress)
+        except OSError as exc:
+            raise DownloadError(
+                f"{spec.name}: unpacking into {staging} failed: {exc}. Free some space or fix the "
+                "permissions, then run the command again (the archives already fetched are reused)."
+            ) from None
         errors, warnings, counts = _validate(built, spec, strict_counts)
         if errors:
             raise DownloadError(
