@@ -157,8 +157,9 @@ def gdrive_fetch(url: str, dest: Path, *, progress: bool = True) -> None:
         ) from None
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    hint = (f"Google Drive refuses popular files for a while after many downloads: wait and retry, or open "
-            f"{url} in a browser, save the file as {dest} and run the command again.")
+    hint = (f"If the network is fine, Google Drive may be refusing the file for a while (it does after many "
+            f"downloads): wait and retry, or open {url} in a browser, save the file as {dest} and run the "
+            "command again.")
     try:
         out = gdown.download(id=file_id, output=str(dest), quiet=not progress, resume=True)
     except Exception as exc:  # gdown raises several types (FileURLRetrievalError, requests errors, ...)
@@ -267,43 +268,33 @@ def extract_archive(archive: Path, dest: Path, *, progress: bool = True) -> list
     kind = _check_archive(archive)
     dest.mkdir(parents=True, exist_ok=True)
     tops: set[str] = set()
+
+    def place(name: str, is_dir: bool, is_file: bool, open_member: Callable[[], IO[bytes] | None]) -> None:
+        rel = safe_member_path(name)
+        if rel is None:
+            raise DownloadError(f"{archive} has an unsafe member path {name!r}; refusing to unpack it")
+        if rel == PurePosixPath("."):
+            return
+        tops.add(rel.parts[0])
+        target = dest.joinpath(*rel.parts)
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+        elif is_file:  # links, devices and fifos are skipped on purpose
+            src = open_member()
+            assert src is not None
+            with src:
+                _write_member(src, target)
+
+    bar = dict(desc=f"unpacking {archive.name}", unit="file", disable=not progress, leave=False)
     try:
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:
-                infos = zf.infolist()
-                for info in tqdm(infos, desc=f"unpacking {archive.name}", unit="file",
-                                 disable=not progress, leave=False):
-                    rel = safe_member_path(info.filename)
-                    if rel is None:
-                        raise DownloadError(f"{archive} has an unsafe member path {info.filename!r}; refusing to unpack it")
-                    if rel == PurePosixPath("."):
-                        continue
-                    tops.add(rel.parts[0])
-                    target = dest.joinpath(*rel.parts)
-                    if info.is_dir():
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    with zf.open(info) as src:
-                        _write_member(src, target)
+                for info in tqdm(zf.infolist(), **bar):
+                    place(info.filename, info.is_dir(), not info.is_dir(), lambda i=info: zf.open(i))
         else:
             with tarfile.open(archive, "r:*") as tf:
-                for member in tqdm(tf, desc=f"unpacking {archive.name}", unit="file",
-                                   disable=not progress, leave=False):
-                    rel = safe_member_path(member.name)
-                    if rel is None:
-                        raise DownloadError(f"{archive} has an unsafe member path {member.name!r}; refusing to unpack it")
-                    if rel == PurePosixPath("."):
-                        continue
-                    tops.add(rel.parts[0])
-                    target = dest.joinpath(*rel.parts)
-                    if member.isdir():
-                        target.mkdir(parents=True, exist_ok=True)
-                    elif member.isfile():
-                        src = tf.extractfile(member)
-                        assert src is not None
-                        with src:
-                            _write_member(src, target)
-                    # links, devices and fifos are skipped on purpose
+                for member in tqdm(tf, **bar):
+                    place(member.name, member.isdir(), member.isfile(), lambda m=member: tf.extractfile(m))
     except DownloadError:
         raise
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, ValueError) as exc:
