@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vl2v.data.download import DownloadError
     from vl2v.data.folder import FolderError
     from vl2v.registry import UnknownNameError
 
@@ -123,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except DownloadError as exc:
+        print(f"vl2v: download failed: {exc}", file=sys.stderr)
+        return 1
     except (CLIError, FolderError, UnknownNameError, FileNotFoundError) as exc:
         print(f"vl2v: error: {exc}", file=sys.stderr)
         return 2

@@ -89,7 +89,8 @@ def _walk_guarded(class_dir: Path, issues: list[FolderIssue], root: Path) -> lis
         d = stack.pop()
         real = os.path.realpath(d)
         if real in seen:
-            issues.append(FolderIssue(_rel(d, root), "symlink loop (folder already visited); not followed"))
+            issues.append(FolderIssue(_rel(d, root), "symlink loop or second link to a folder already "
+                                      "scanned; not followed"))
             continue
         seen.add(real)
         try:
@@ -125,7 +126,23 @@ def _rel(p: Path, root: Path) -> str:
 
 
 def list_subdirs(path: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    """Sorted names of the sub-folders of ``path``, hidden (dot) folders left out."""
+    return sorted(e.name for e in os.scandir(path) if _is_dir(e) and not e.name.startswith("."))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # e.g. a symlink loop (ELOOP)
+        return False
+
+
+def _stray_images(domain_dir: Path) -> list[str]:
+    """Image files lying directly in a domain folder, outside any class folder."""
+    try:
+        return sorted(e.name for e in os.scandir(domain_dir) if is_image_file(e.name) and not _is_dir(e))
+    except OSError:
+        return []
 
 
 def scan_folder(
@@ -152,9 +169,22 @@ def scan_folder(
     if not domains:
         raise FolderError(f"dataset folder {root} has no domain sub-folders (expected ROOT/domain/class/image)")
 
-    per_domain_classes: dict[str, list[str]] = {d: list_subdirs(root / d) for d in domains}
+    per_domain_classes: dict[str, list[str]] = {}
+    unreadable: set[str] = set()
+    for d in domains:
+        try:
+            per_domain_classes[d] = list_subdirs(root / d)
+        except OSError as exc:
+            per_domain_classes[d] = []
+            unreadable.add(d)
+            issues.append(FolderIssue(d, f"cannot list domain folder ({exc.strerror or exc})", fatal=True))
+        for name in _stray_images(root / d):
+            issues.append(FolderIssue(f"{d}/{name}", "image outside a class folder (expected "
+                                      "domain/class/image); ignored"))
     all_classes = sorted(set().union(*per_domain_classes.values()))
     for d in domains:
+        if d in unreadable:
+            continue
         if not per_domain_classes[d]:
             issues.append(FolderIssue(d, "empty domain: no class folders", fatal=True))
             continue
