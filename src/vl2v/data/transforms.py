@@ -20,8 +20,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageEnhance
 
 
 @dataclass(frozen=True)
@@ -110,30 +112,42 @@ def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
     return TF.resize(img, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
 
 
+def _hue_shift(pil: Image.Image, hue: float) -> Image.Image:
+    """Shift hue by ``hue`` (fraction of the circle) in HSV space, as torchvision does for PIL images."""
+    h, s, v = pil.convert("HSV").split()
+    arr = np.asarray(h, dtype=np.uint8)
+    with np.errstate(over="ignore"):
+        arr = (arr + np.uint8(int(hue * 255) % 256)).astype(np.uint8)
+    return Image.merge("HSV", (Image.fromarray(arr, "L"), s, v)).convert("RGB")
+
+
 def apply_aug(img: torch.Tensor, p: AugParams, size: int) -> torch.Tensor:
-    """Render augmentation ``p`` of uint8 image ``img`` [3,H,W] at ``size`` x ``size``; float [0,1]."""
+    """Render augmentation ``p`` of uint8 image ``img`` [3,H,W] at ``size`` x ``size``; float [0,1].
+
+    Uses Pillow's C routines (the same operations torchvision's ColorJitter
+    applies to PIL images): ~10x faster than tensor ops for one image on a CPU.
+    """
     _, H, W = img.shape
     top = int(round(p.top * H))
     left = int(round(p.left * W))
     h = max(1, min(H - top, int(round(p.height * H))))
     w = max(1, min(W - left, int(round(p.width * W))))
-    x = TF.resized_crop(img, top, left, h, w, [size, size],
-                        interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    pil = Image.fromarray(np.ascontiguousarray(img.permute(1, 2, 0).numpy()), "RGB")
+    pil = pil.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
     if p.flip:
-        x = TF.horizontal_flip(x)
-    x = x.float().div_(255.0)
+        pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     for i in p.jitter_order:
         if i == 0:
-            x = TF.adjust_brightness(x, p.brightness)
+            pil = ImageEnhance.Brightness(pil).enhance(p.brightness)
         elif i == 1:
-            x = TF.adjust_contrast(x, p.contrast)
+            pil = ImageEnhance.Contrast(pil).enhance(p.contrast)
         elif i == 2:
-            x = TF.adjust_saturation(x, p.saturation)
+            pil = ImageEnhance.Color(pil).enhance(p.saturation)
         else:
-            x = TF.adjust_hue(x, p.hue)
+            pil = _hue_shift(pil, p.hue)
     if p.grayscale:
-        x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    return x.clamp(0.0, 1.0).contiguous()
+        pil = pil.convert("L").convert("RGB")
+    return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 def eval_view(img: torch.Tensor, size: int) -> torch.Tensor:
