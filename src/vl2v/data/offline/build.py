@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from vl2v.utils.io import atomic_write_json, atomic_write_text, read_jsonl, sha256_bytes, vl2v_home
+from vl2v.utils.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl, sha256_bytes,
+                           vl2v_home)
 
 BUILDER_VERSION = 1
+RENDER_VERSION = 1  # bump when rendering or preprocessing changes: cached renders are then redone
 DOMAINS = ("clipart", "emoji", "photo", "sketch")
 NEAR_DUPLICATE_BITS = 4  # dHash distance (of 64 bits) reported as a possible near-duplicate
 
@@ -74,19 +76,47 @@ def render_candidate(args: tuple[Any, int]) -> Rendered:
         return Rendered(cand.id, None, error=f"{type(exc).__name__}: {exc}"[:300])
 
 
-def render_all(cands: list, size: int, workers: int) -> list[Rendered]:
-    jobs = [(c, size) for c in cands]
-    if workers <= 1:
-        return [render_candidate(j) for j in _progress(jobs, desc="rendering", unit="img")]
-    with ProcessPoolExecutor(max_workers=workers) as ex:
-        return list(_progress(ex.map(render_candidate, jobs, chunksize=4), total=len(jobs),
-                              desc="rendering", unit="img"))
+def _render_key(cand: Any, size: int) -> str:
+    blob = json.dumps([RENDER_VERSION, cand.kind, cand.source_sha256, cand.text, size]).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def render_all(cands: list, size: int, workers: int, cache_dir: Path | None = None) -> list[Rendered]:
+    """Render every candidate, reusing earlier renders of the same bytes kept in ``cache_dir``."""
+    from vl2v.data.offline import imaging as im
+
+    out: list[Rendered | None] = [None] * len(cands)
+    todo = []
+    for i, c in enumerate(cands):
+        f = cache_dir / _render_key(c, size)[:2] / f"{_render_key(c, size)}.png" if cache_dir else None
+        if f is not None and f.is_file():
+            png = f.read_bytes()
+            from PIL import Image
+            import io
+            out[i] = Rendered(c.id, png, dhash=im.dhash(Image.open(io.BytesIO(png))))
+        else:
+            todo.append(i)
+    jobs = [(cands[i], size) for i in todo]
+    if jobs:
+        if workers <= 1:
+            results = [render_candidate(j) for j in _progress(jobs, desc="rendering", unit="img")]
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as ex:
+                results = list(_progress(ex.map(render_candidate, jobs, chunksize=4), total=len(jobs),
+                                         desc="rendering", unit="img"))
+        for i, r in zip(todo, results):
+            out[i] = r
+            if cache_dir is not None and r.png is not None:
+                key = _render_key(cands[i], size)
+                atomic_write_bytes(cache_dir / key[:2] / f"{key}.png", r.png)
+    return [r for r in out if r is not None]
 
 
 # --------------------------------------------------------------------- helpers
 def fingerprint(pins: list, rules: dict, curation: dict, image_size: int) -> str:
     blob = json.dumps({
         "builder": BUILDER_VERSION,
+        "render": RENDER_VERSION,
         "pins": [(p.name, p.version, p.sha256) for p in pins],
         "rules": rules,
         "curation": sorted((c.id, c.action) for c in curation.values()),
@@ -216,7 +246,9 @@ def build_offline_pacs(dest: Path, *, cache_dir: Path | None = None, image_size:
              for p in _progress(pins, desc="unpacking", unit="pkg")}
     pin_of = {p.key: p for p in pins}
 
-    col = sources.collect_all(roots, rules, curation)
+    # Curation applies after de-duplication, to the copy that is kept (the first in sorted order),
+    # so an excluded picture cannot come back through another copy of the same file.
+    col = sources.collect_all(roots, rules, {})
     cands = col.candidates
     skipped = [dict(package=s.pkg, member=s.member, id=s.id, reason=s.reason) for s in col.skipped]
 
@@ -230,14 +262,21 @@ def build_offline_pacs(dest: Path, *, cache_dir: Path | None = None, image_size:
             skipped.append(dict(package=c.pkg, member=c.member, id=c.id, reason=f"same bytes as {seen_src[k]}"))
             continue
         seen_src[k] = c.id
+        dec = labels.apply_curation(curation, c.id, labels.Decision(c.cls, c.reason))
+        if dec.cls is None:
+            skipped.append(dict(package=c.pkg, member=c.member, id=c.id, reason=dec.reason))
+            continue
+        c.cls, c.reason = dec.cls, dec.reason
         unique.append(c)
+    seen_ids = set(seen_src.values()) | {s.id for s in col.skipped}
+    unused_curation = sorted(set(curation) - seen_ids)
     ids = Counter(c.id for c in unique)
     dup_ids = [i for i, n in ids.items() if n > 1]
     if dup_ids:
         raise RuntimeError(f"image ids are not unique: {dup_ids[:5]}")
 
     n_workers = workers if workers is not None else max(1, min(4, os.cpu_count() or 1))
-    rendered = render_all(unique, image_size, n_workers)
+    rendered = render_all(unique, image_size, n_workers, cache.root / "rendered")
 
     tmp = dest.parent / f".{dest.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -294,6 +333,7 @@ def build_offline_pacs(dest: Path, *, cache_dir: Path | None = None, image_size:
                           "licence": p.licence} for p in pins],
             "skipped": sorted(skipped, key=lambda s: (s["package"], s["member"], s["id"])),
             "possible_near_duplicates": near,
+            "unused_curation_entries": unused_curation,
             "seconds": {"fetch": round(t_fetch, 1), "total": round(t_total, 1)},
         }
         atomic_write_json(tmp / "build_info.json", info)
@@ -323,7 +363,8 @@ def build_offline_pacs(dest: Path, *, cache_dir: Path | None = None, image_size:
         "",
         f"skipped {len(skipped)} files (" + ", ".join(f"{k}: {n}" for k, n in reasons.most_common(6)) + "); "
         f"details in build_info.json",
-        f"possible near-duplicates to look at: {len(near)}" + (f" (list in {sheets_dir}/near_duplicates.txt)" if contact_sheets else ""),
+        (f"curation entries that match no file: {', '.join(unused_curation)}\n" if unused_curation else "")
+        + f"possible near-duplicates to look at: {len(near)}" + (f" (list in {sheets_dir}/near_duplicates.txt)" if contact_sheets else ""),
         (f"contact sheets: {sheets_dir}" if contact_sheets else ""),
         f"build time: {t_total:.1f} s (fetch {t_fetch:.1f} s)",
     ])

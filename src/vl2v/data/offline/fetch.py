@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import shutil
 import subprocess
 import tarfile
@@ -28,6 +29,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from vl2v.utils.io import atomic_write_json, sha256_file
+
+
+EXTRACT_VERSION = 2  # bump when the unpacking changes, so cached unpacked trees are redone
 
 
 class FetchError(FileNotFoundError):
@@ -241,12 +245,19 @@ def _safe_member(name: str) -> str | None:
 
 
 def _extract_tar(tf: tarfile.TarFile, pin: PackagePin, dest: Path) -> int:
+    """Extract wanted regular files; symlinks (Debian packages share files that way) become copies."""
     n = 0
+    links: dict[str, str] = {}
     for m in tf:
-        if not m.isfile():
-            continue
         rel = _safe_member(m.name)
         if rel is None or not pin.wants(rel):
+            continue
+        if m.issym():
+            target = _safe_member(posixpath.normpath(posixpath.join(posixpath.dirname(rel), m.linkname)))
+            if target is not None and not m.linkname.startswith("/"):
+                links[rel] = target
+            continue
+        if not m.isfile():
             continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -255,13 +266,24 @@ def _extract_tar(tf: tarfile.TarFile, pin: PackagePin, dest: Path) -> int:
         with open(target, "wb") as fh:
             shutil.copyfileobj(src, fh)
         n += 1
+    progress = True
+    while links and progress:  # resolve chains of links, inside the extracted tree only
+        progress = False
+        for rel, target in sorted(links.items()):
+            src = dest / target
+            if src.is_file():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest / rel)
+                del links[rel]
+                n += 1
+                progress = True
     return n
 
 
 def extract_package(pin: PackagePin, archive: Path, cache: PackageCache) -> Path:
     """Unpack the wanted members of ``archive`` once; return the folder (reused while the bytes match)."""
     digest = cache.expected_sha256(pin) or sha256_file(archive)
-    spec = hashlib.sha256(json.dumps([digest, pin.extract, pin.skip_ext]).encode()).hexdigest()[:12]
+    spec = hashlib.sha256(json.dumps([EXTRACT_VERSION, digest, pin.extract, pin.skip_ext]).encode()).hexdigest()[:12]
     dest = cache.root / "extracted" / f"{pin.key}-{spec}"
     if (dest / ".complete").is_file():
         return dest

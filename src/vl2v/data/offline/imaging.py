@@ -120,10 +120,12 @@ def render_svg(svg: bytes | str, longest: int) -> Image.Image:
     import cairosvg  # heavy; only when rendering
 
     data = svg.encode("utf-8") if isinstance(svg, str) else svg
-    png = cairosvg.svg2png(bytestring=data, output_width=longest, unsafe=False)
+    # parent_* resolve percentage sizes ('100%') of the root element
+    kw = dict(unsafe=False, parent_width=longest, parent_height=longest)
+    png = cairosvg.svg2png(bytestring=data, output_width=longest, **kw)
     im = Image.open(io.BytesIO(png))
     if im.height > 4 * longest:
-        png = cairosvg.svg2png(bytestring=data, output_height=longest, unsafe=False)
+        png = cairosvg.svg2png(bytestring=data, output_height=longest, **kw)
         im = Image.open(io.BytesIO(png))
     im.load()
     return to_rgba(im)
