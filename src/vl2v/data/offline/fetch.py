@@ -149,7 +149,9 @@ def _run(cmd: list[str], *, cwd: Path, what: str) -> subprocess.CompletedProcess
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-6:]
         raise FetchError(f"{what}: `{' '.join(cmd)}` failed (exit {proc.returncode}):\n    "
-                         + "\n    ".join(tail))
+                         + "\n    ".join(tail)
+                         + "\n  Check that the package registry is reachable and the pinned version still exists; "
+                         "run the command by hand to see its full output.")
     return proc
 
 
