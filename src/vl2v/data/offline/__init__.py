@@ -32,7 +32,7 @@ OFFLINE_PACS = register_dataset(DatasetSpec(
     num_classes=len(CLASSES),
     subdir="offline_pacs",
     builder=build_offline_pacs,
-    expected_images={"clipart": 346, "emoji": 659, "photo": 264, "sketch": 539},
+    expected_images={"clipart": 345, "emoji": 659, "photo": 264, "sketch": 539},
     description="PACS-like benchmark built offline from pinned npm/Debian packages: Tux Paint and "
                 "GCompris photos, OpenClipart, twemoji/noto/fluent-3d emoji, Symbola/OpenMoji/EmojiOne "
                 "line art; 9 classes.",
