@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import struct
 import tarfile
-from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
