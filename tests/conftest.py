@@ -51,3 +51,81 @@ def build_image_folder(root: Path, domains=("art", "photo", "sketch"), classes=(
 def image_folder(tmp_path: Path) -> Path:
     """A tiny valid dataset: 3 domains x 3 classes x 6 images of 32x32 px."""
     return build_image_folder(tmp_path / "tiny")
+
+
+# --------------------------------------------------------------------------- a tiny teacher
+import hashlib  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from vl2v.teachers.base import Teacher  # noqa: E402
+from vl2v.teachers.registry import TEACHERS  # noqa: E402
+
+
+class TinyEncoder(nn.Module):
+    """Fixed random conv features plus mean colour (the tiny datasets' class signal) -> dim."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.fc = nn.Linear(8 + 3, dim)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv(x - 0.5)).mean(dim=(2, 3))
+        return self.fc(torch.cat([h, 4 * (x.mean(dim=(2, 3)) - 0.5)], dim=1))
+
+
+class TinyTeacher(Teacher):
+    """A deterministic, fast white-box teacher for tests: a small conv net and hashed word vectors."""
+
+    backend = "tiny-test"
+    white_box = True
+
+    def __init__(self, dim: int = 16, size: int = 24) -> None:
+        self._dim, self._size = dim, size
+        self.encoder = TinyEncoder(dim).eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.image_calls = 0
+
+    @property
+    def embed_dim(self) -> int:
+        return self._dim
+
+    @property
+    def image_size(self) -> int:
+        return self._size
+
+    def identity(self) -> str:
+        return f"tiny-test(dim={self._dim},size={self._size})"
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        self.image_calls += 1
+        return F.normalize(self.encoder(images.float()), dim=-1)
+
+    def embed_texts(self, texts) -> torch.Tensor:
+        out = []
+        for t in texts:
+            seed = int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)
+            out.append(torch.randn(self._dim, generator=torch.Generator().manual_seed(seed)))
+        return F.normalize(torch.stack(out), dim=-1)
+
+    def image_encoder(self) -> nn.Module:
+        return self.encoder
+
+
+if "tiny-test" not in TEACHERS:
+    TEACHERS.register("tiny-test", white_box=True, summary="test-only tiny teacher")(
+        lambda spec=None, **opts: TinyTeacher(**{k: int(v) for k, v in opts.items()}))
+
+
+@pytest.fixture
+def tiny_teacher() -> TinyTeacher:
+    return TinyTeacher()

@@ -19,6 +19,7 @@ import torch
 
 from vl2v.data.dataset import DomainData, load_domain_data
 from vl2v.data.registry import resolve_dataset
+from vl2v.errors import ConfigError
 from vl2v.evaluation.tables import build_tables
 from vl2v.methods.base import Schedule, get_algorithm, make_hparams
 from vl2v.training.loop import RunSpec, TrainConfig, Trainer
@@ -42,7 +43,7 @@ class AlgoSpec:
         hp: dict[str, str] = {}
         for part in filter(None, (p.strip() for p in rest.split(","))):
             if "=" not in part:
-                raise ValueError(f"bad algorithm option {part!r} in {text!r}: expected key=value")
+                raise ConfigError(f"bad algorithm option {part!r} in {text!r}: expected key=value")
             k, v = part.split("=", 1)
             hp[k.strip()] = v.strip()
         make_hparams(info.hparams_cls, hp)  # validate now, before any work starts
@@ -81,11 +82,11 @@ class ExperimentConfig:
     def validate(self) -> list[AlgoSpec]:
         specs = [AlgoSpec.parse(a) for a in self.algorithms]
         if not specs:
-            raise ValueError("no algorithms given")
+            raise ConfigError("no algorithms given")
         if self.views < 0:
-            raise ValueError(f"views must be >= 0, got {self.views}")
+            raise ConfigError(f"views must be >= 0, got {self.views}")
         if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+            raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         from vl2v.students.registry import STUDENTS
 
         if not self.student.startswith("timm:"):
@@ -113,7 +114,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 def apply_profile(cfg: ExperimentConfig, profile: str) -> ExperimentConfig:
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     p = PROFILES[profile]
     sched = Schedule(steps=p["steps"], lr=p["lr"], frozen_steps=p["frozen_steps"], frozen_lr=p["frozen_lr"],
                      freeze_stages=p["freeze_stages"])
@@ -206,7 +207,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     targets = list(cfg.targets) if cfg.targets is not None else list(range(len(exp.data.domains)))
     for t in targets:
         if not 0 <= t < len(exp.data.domains):
-            raise ValueError(f"target {t} out of range: domains are 0..{len(exp.data.domains) - 1} ({', '.join(exp.data.domains)})")
+            raise ConfigError(f"target {t} out of range: domains are 0..{len(exp.data.domains) - 1} ({', '.join(exp.data.domains)})")
     atomic_write_json(out / "experiment.json", {"config": json.loads(json.dumps(asdict(cfg), default=str)),
                                                 "dataset": exp.dataset_name, "domains": exp.data.domains,
                                                 "classes": exp.data.classes, "teacher": exp.teacher_identity})

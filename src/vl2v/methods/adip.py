@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from vl2v.errors import ConfigError
 from vl2v.methods.base import (Algorithm, Batch, Stage, cat_batches, cosine_logits, register_algorithm,
                                set_student_trainable, set_trainable)
 from vl2v.methods.losses import vl2v_loss
@@ -31,7 +32,7 @@ class ADiPHParams:
 
     def validate(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"adip lam (lambda) must be in [0, 1], got {self.lam}")
+            raise ConfigError(f"adip lam (lambda) must be in [0, 1], got {self.lam}")
 
 
 @register_algorithm("adip", ADiPHParams, "VL2V-ADiP: Align (projection) -> Distill (backbone) -> Predict (100 cos to T_c)")

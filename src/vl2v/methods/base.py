@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vl2v.errors import ConfigError
 from vl2v.registry import Registry
 from vl2v.students.registry import Student
 
@@ -203,13 +204,13 @@ def make_hparams(hparams_cls: type, overrides: dict[str, Any] | None = None) -> 
     kwargs: dict[str, Any] = {}
     for k, v in overrides.items():
         if k not in known:
-            raise ValueError(f"{hparams_cls.__name__} has no hyperparameter {k!r}; known: {', '.join(known)}")
+            raise ConfigError(f"{hparams_cls.__name__} has no hyperparameter {k!r}; known: {', '.join(known)}")
         default = known[k].default
         if isinstance(v, str) and default is not None and not isinstance(default, str):
             try:
                 v = type(default)(v) if not isinstance(default, bool) else v.lower() in ("1", "true", "yes")
             except ValueError as exc:
-                raise ValueError(f"hyperparameter {k}={v!r}: expected {type(default).__name__}") from exc
+                raise ConfigError(f"hyperparameter {k}={v!r}: expected {type(default).__name__}") from exc
         kwargs[k] = v
     hp = hparams_cls(**kwargs)
     validate = getattr(hp, "validate", None)

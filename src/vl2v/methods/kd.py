@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vl2v.errors import ConfigError
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, register_algorithm, set_student_trainable
 from vl2v.methods.losses import kd_loss
 
@@ -26,9 +27,9 @@ class KDHParams:
 
     def validate(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"kd alpha must be in [0, 1], got {self.alpha}")
+            raise ConfigError(f"kd alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
-            raise ValueError(f"kd temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"kd temperature must be > 0, got {self.temperature}")
 
 
 @register_algorithm("kd", KDHParams, "KD: cross-entropy + T^2 KL to the teacher's zero-shot probabilities")

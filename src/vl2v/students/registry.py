@@ -20,13 +20,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from vl2v.errors import ConfigError
 from vl2v.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class StudentError(ValueError):
+class StudentError(ConfigError):
     pass
 
 

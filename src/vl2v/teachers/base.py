@@ -21,8 +21,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from vl2v.errors import ConfigError
 
-class TeacherError(ValueError):
+
+class TeacherError(ConfigError):
     """A teacher cannot be built or used as configured."""
 
 

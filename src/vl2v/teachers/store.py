@@ -106,9 +106,10 @@ class TeacherStore:
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
+        try:
+            if self.path is not None and not self.read_only:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-        try:
             if not self.read_only:
                 with conn:
                     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -177,7 +178,7 @@ class TeacherStore:
                 out[i] = found[k]
             else:
                 missing.setdefault(k, []).append(i)
-        self.stats.image_hits += len(keys) - sum(len(v) for v in missing.values())
+        self.stats.image_hits += len(keys) - len(missing)  # served without a query (stored or repeated)
         todo = list(missing.items())
         for b in range(0, len(todo), batch_size):
             chunk = todo[b:b + batch_size]

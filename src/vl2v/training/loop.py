@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from vl2v.data.dataset import DomainData
 from vl2v.data.splits import seed_hash
 from vl2v.data.transforms import render_view, sample_aug_params, teacher_view
+from vl2v.errors import ConfigError
 from vl2v.evaluation.records import RunRecorder
 from vl2v.evaluation.selection import select_record, summarize
 from vl2v.methods.base import Algorithm, Batch, Schedule, Stage, TaskContext, create_algorithm, get_algorithm
@@ -58,9 +59,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.teacher_mode not in ("cached", "online"):
-            raise ValueError(f"teacher_mode must be 'cached' or 'online', got {self.teacher_mode!r}")
+            raise ConfigError(f"teacher_mode must be 'cached' or 'online', got {self.teacher_mode!r}")
         if self.batch_size < 1 or self.eval_every < 1 or self.image_size < 16:
-            raise ValueError("batch_size and eval_every must be >= 1 and image_size >= 16")
+            raise ConfigError("batch_size and eval_every must be >= 1 and image_size >= 16")
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,9 @@ class Trainer:
         self.info = get_algorithm(spec.algorithm)
         D = len(self.data.domains)
         if D < 2:
-            raise ValueError(f"leave-one-domain-out needs at least 2 domains; the dataset has {D}")
+            raise ConfigError(f"leave-one-domain-out needs at least 2 domains; the dataset has {D}")
         if not 0 <= spec.target < D:
-            raise ValueError(f"target domain index {spec.target} out of range: the dataset has domains "
+            raise ConfigError(f"target domain index {spec.target} out of range: the dataset has domains "
                              f"0..{D - 1} ({', '.join(self.data.domains)})")
         self.sources = [d for d in range(D) if d != spec.target]
         self.pools = {d: self.data.split_items(d, "in") for d in self.sources}
@@ -395,6 +396,8 @@ class Trainer:
         for p in (last_path, ckpt_dir / "stage_best.safetensors"):
             if p.exists():
                 p.unlink()
+        if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
+            ckpt_dir.rmdir()
         atomic_write_text(run_dir / "done", "done")
         return RunOutcome(run_dir, final)
 

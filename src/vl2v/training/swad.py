@@ -21,6 +21,7 @@ are frozen in our students, so no BN re-estimation is needed.
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -147,12 +148,13 @@ class LossValley:
         def seg(s: Segment) -> dict:
             return {"params": s.params, "loss": s.loss, "start": s.start, "end": s.end}
 
-        return {"names": list(self.names), "sum": self._sum, "count": self._count, "start": self._start,
+        return copy.deepcopy({"names": list(self.names), "sum": self._sum, "count": self._count, "start": self._start,
                 "window": [seg(s) for s in self.window], "pending": [seg(s) for s in self.pending],
                 "state": self.state, "threshold": self.threshold, "valley_start": self.valley_start,
-                "valley_end": self.valley_end, "final_sum": self._final_sum, "n_segments": self.n_segments}
+                "valley_end": self.valley_end, "final_sum": self._final_sum, "n_segments": self.n_segments})
 
     def load_state_dict(self, d: dict) -> None:
+        d = copy.deepcopy(d)
         def seg(x: dict) -> Segment:
             return Segment(x["params"], float(x["loss"]), int(x["start"]), int(x["end"]))
 
