@@ -244,6 +244,27 @@ class Trainer:
         algo.train()
         return out
 
+    @torch.no_grad()
+    def _write_predictions(self, algo: Algorithm, path: Path) -> None:
+        """Per-image predictions of the selected model on the target's "in" split (confusion matrices, mistakes)."""
+        algo.eval()
+        idx = self.data.split_items(self.spec.target, "in")
+        probs = []
+        for s in range(0, len(idx), self.cfg.eval_batch_size):
+            chunk = idx[s:s + self.cfg.eval_batch_size]
+            b = Batch(y=self.labels[chunk])
+            if not algo.has_student:
+                b.t_img = self.res.teacher_center(chunk)
+            else:
+                b.x = self.res.eval_inputs(chunk, self.cfg.image_size).float().div_(255.0)
+            probs.append(algo.predict_batch(self._to_device(b)).float().softmax(-1).cpu())
+        p = torch.cat(probs)
+        recs = self.res.data.bank.records
+        items = [{"path": recs[i].path, "label": int(self.labels[i]), "pred": int(p[j].argmax()),
+                  "conf": round(float(p[j].max()), 5)} for j, i in enumerate(idx)]
+        atomic_write_json(path, {"domain": self.data.domains[self.spec.target], "split": "in",
+                                 "classes": self.data.classes, "root": str(self.data.scan.root), "items": items})
+
     # ------------------------------------------------------------- run
     def run(self, resume: bool = False) -> RunOutcome:
         cfg, spec, res = self.cfg, self.spec, self.res
@@ -389,6 +410,10 @@ class Trainer:
                 final["swad"] = {"note": "SWAD found no loss valley (validation loss never converged); not averaged", **summary}
         if cfg.save_checkpoints and (ckpt_dir / "best.safetensors").exists():
             os.replace(ckpt_dir / "best.safetensors", run_dir / "model.safetensors")
+            algo.load_state_dict(load_weights(run_dir / "model.safetensors")[0])
+            self._write_predictions(algo, run_dir / "predictions.json")
+        elif not stages:
+            self._write_predictions(algo, run_dir / "predictions.json")
         final["queries"] = _diff(store, stats0)
         final["n_train_images"] = len(self.train_indices)
         final["wall_time"] = time.time() - t_start

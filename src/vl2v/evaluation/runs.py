@@ -1,0 +1,65 @@
+"""Rebuild a trained model from a run directory (for predict, export and reports).
+
+A run directory holds ``config.json`` (algorithm, student, image size, class
+names, domains, hyperparameters) and ``model.safetensors`` (the selected
+checkpoint's ``state_dict``; ``swad.safetensors`` for the SWAD average). The
+state dict carries the teacher's text classifier (``text``) where the
+algorithm predicts with it, so no teacher is needed to predict.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vl2v.methods.base import Algorithm, Schedule, TaskContext, get_algorithm, make_hparams
+from vl2v.training.checkpoint import load_weights
+
+
+@dataclass
+class LoadedRun:
+    algorithm: Algorithm
+    config: dict[str, Any]
+    classes: list[str]
+    image_size: int
+    weights_path: Path
+
+    @property
+    def teacher_identity(self) -> str | None:
+        return self.config.get("args", {}).get("teacher_identity")
+
+
+def load_run_model(run_dir: str | Path, which: str = "selected", device: str = "cpu") -> LoadedRun:
+    """``which``: ``"selected"`` (model.safetensors) or ``"swad"`` (swad.safetensors)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a vl2v run directory (no config.json)")
+    cfg = json.loads(cfg_path.read_text())
+    name = cfg["spec"]["algorithm"]
+    info = get_algorithm(name)
+    if not info.cls.has_student:
+        raise ValueError(f"run {run_dir} is '{name}': it has no student model to load")
+    wfile = run_dir / ("swad.safetensors" if which == "swad" else "model.safetensors")
+    if not wfile.exists():
+        raise FileNotFoundError(f"{wfile} does not exist (is the run finished?)")
+    state, _ = load_weights(wfile)
+    from vl2v.students.registry import create_student
+
+    student = create_student(cfg["args"]["student"], pretrained=False)
+    student.image_size = int(cfg["train"]["image_size"])
+    text = state.get("text")
+    classes = list(cfg["classes"])
+    ctx = TaskContext(num_classes=len(classes), class_names=classes, source_domains=[],
+                      text_classifier=text if text is not None else torch.zeros(len(classes), 1),
+                      teacher_dim=int(text.shape[1]) if text is not None else 1,
+                      schedule=Schedule())
+    hp = make_hparams(info.hparams_cls, dict(cfg["spec"].get("hparams") or []))
+    algo = info.cls(ctx, student, hp)
+    algo.load_state_dict(state, strict=True)
+    algo.to(device).eval()
+    return LoadedRun(algo, cfg, classes, student.image_size, wfile)
