@@ -28,6 +28,10 @@ class TeacherError(ConfigError):
     """A teacher cannot be built or used as configured."""
 
 
+class QueryBudgetExceeded(RuntimeError):
+    """A pay-per-query teacher refused more queries: the run stops cleanly, cached embeddings kept."""
+
+
 class Teacher(abc.ABC):
     #: registry name of the backend, e.g. "conse", "openclip"
     backend: str = ""
