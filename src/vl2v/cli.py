@@ -146,7 +146,8 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
 def _cmd_compare(args: argparse.Namespace) -> int:
     from vl2v.evaluation.protocol import DEFAULT_ALGORITHMS
 
-    return _cmd_train(args, DEFAULT_ALGORITHMS)
+    # VL2V-SD joins the comparison when the teacher is configured white-box
+    return _cmd_train(args, DEFAULT_ALGORITHMS + (("sd",) if args.white_box else ()))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -285,11 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "per-target OOD accuracy, mean and ID accuracy. Finished runs are skipped on a re-run.")
     _add_train_args(q, "adip", "runs/train")
     q.set_defaults(func=_cmd_train)
-    q = sub.add_parser("compare", help="the main job: zero-shot teacher, ERM (LP, FT), KD and ADiP on every target",
-                       description="Run the comparison (zeroshot, erm_lp, erm_ft, kd, adip) leave-one-domain-out "
+    q = sub.add_parser("compare", help="the main job: zero-shot teacher, ERM (LP, FT), KD, RISE and ADiP on every target",
+                       description="Run the comparison (zeroshot, erm_lp, erm_ft, kd, rise, adip; plus sd with "
+                       "--white-box) leave-one-domain-out "
                        "and print the table. Defaults: the offline benchmark, the offline ConSE teacher, the "
                        "EfficientNet-Lite0 student and the CPU-sized 'fast' profile.")
-    _add_train_args(q, "zeroshot erm_lp erm_ft kd adip", "runs/main")
+    _add_train_args(q, "zeroshot erm_lp erm_ft kd rise adip (+ sd with --white-box)", "runs/main")
     q.set_defaults(func=_cmd_compare)
 
     # report

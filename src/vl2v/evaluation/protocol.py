@@ -26,7 +26,7 @@ from vl2v.training.loop import RunSpec, TrainConfig, Trainer
 from vl2v.training.resources import SharedResources
 from vl2v.utils.io import atomic_write_json, atomic_write_text
 
-DEFAULT_ALGORITHMS = ("zeroshot", "erm_lp", "erm_ft", "kd", "adip")
+DEFAULT_ALGORITHMS = ("zeroshot", "erm_lp", "erm_ft", "kd", "rise", "adip")
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,10 @@ class Experiment:
     student_key: tuple
     dataset_name: str
     teacher_identity: str | None
+    teacher: Any = None  # the raw teacher (white-box algorithms copy its image encoder)
+
+    def teacher_encoder(self):
+        return self.teacher.image_encoder() if self.teacher is not None else None
 
 
 def _needs_teacher(specs: list[AlgoSpec]) -> bool:
@@ -167,6 +171,7 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
 
     store = None
     identity = None
+    raw_teacher = None
     device = torch.device(cfg.train.device)
     if _needs_teacher(specs):
         from vl2v.teachers.registry import create_teacher
@@ -175,6 +180,13 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
         t0 = time.time()
         teacher = create_teacher(cfg.teacher, blackbox=cfg.blackbox, **cfg.teacher_options)
         teacher.to(device)
+        white = [s.name for s in specs if get_algorithm(s.name).needs_white_box]
+        if white:
+            if cfg.blackbox or not teacher.white_box:
+                raise ConfigError(f"{', '.join(white)} needs a white-box teacher: pass --white-box with a teacher whose "
+                                  f"weights are available (conse, openclip, ...); {cfg.teacher!r} is "
+                                  f"{'configured black-box' if cfg.blackbox else 'black-box'}")
+            raw_teacher = teacher
         path = None if cfg.store == "memory" else Path(cfg.store) if cfg.store else default_store_path()
         store = TeacherStore(teacher, path, dtype=cfg.store_dtype)
         identity = teacher.identity()
@@ -183,7 +195,7 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
     from vl2v.students.registry import create_student
 
     template = None
-    if any(get_algorithm(s.name).cls.has_student for s in specs):
+    if any(get_algorithm(s.name).cls.has_student and get_algorithm(s.name).cls.uses_registry_student for s in specs):
         template = create_student(cfg.student, pretrained=cfg.student_pretrained, weights=cfg.student_weights,
                                   freeze_bn=cfg.freeze_bn)
         log(f"student: {cfg.student} ({template.weights}), {template.feature_dim}-d features, "
@@ -196,7 +208,7 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
 
     res = SharedResources(data=data, store=store, views=cfg.views, view_seed=cfg.view_seed, device=device)
     key = (cfg.student, template.weights if template else None, cfg.train.image_size)
-    return Experiment(cfg, data, res, make_student, key, name, identity)
+    return Experiment(cfg, data, res, make_student, key, name, identity, raw_teacher)
 
 
 def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, resume: bool = True) -> dict[str, Any]:
@@ -212,7 +224,8 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
                                                 "dataset": exp.dataset_name, "domains": exp.data.domains,
                                                 "classes": exp.data.classes, "teacher": exp.teacher_identity})
     args_base = {"dataset": exp.dataset_name, "data_dir": str(exp.data.scan.root), "holdout_fraction": cfg.holdout_fraction,
-                 "teacher": cfg.teacher, "teacher_identity": exp.teacher_identity, "student": cfg.student,
+                 "teacher": cfg.teacher, "teacher_options": cfg.teacher_options,
+                 "teacher_identity": exp.teacher_identity, "student": cfg.student,
                  "views": cfg.views}
     finals = []
     t0 = time.time()
@@ -222,7 +235,8 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
             for a in specs:
                 rs = RunSpec(a.name, t, seed, 0, a.hparams)
                 run_dir = out / rs.run_name(exp.data.domains)
-                trainer = Trainer(rs, cfg.train, exp.res, exp.make_student, run_dir, args_base, exp.student_key, data=data)
+                trainer = Trainer(rs, cfg.train, exp.res, exp.make_student, run_dir, args_base, exp.student_key, data=data,
+                                  teacher_encoder=exp.teacher_encoder)
                 outcome = trainer.run(resume=resume)
                 f = dict(outcome.final)
                 f["label"] = a.label

@@ -50,16 +50,25 @@ def load_run_model(run_dir: str | Path, which: str = "selected", device: str = "
     state, _ = load_weights(wfile)
     from vl2v.students.registry import create_student
 
-    student = create_student(cfg["args"]["student"], pretrained=False)
-    student.image_size = int(cfg["train"]["image_size"])
+    size = int(cfg.get("input_size") or cfg["train"]["image_size"])
     text = state.get("text")
+    encoder = None
+    if info.cls.uses_registry_student:
+        student = create_student(cfg["args"]["student"], pretrained=False)
+        student.image_size = size
+    else:  # VL2V-SD: the student is a copy of the teacher's image encoder; rebuild the architecture
+        from vl2v.teachers.registry import create_teacher
+
+        teacher = create_teacher(cfg["args"]["teacher"], **(cfg["args"].get("teacher_options") or {}))
+        encoder = teacher.image_encoder()
+        student = None
     classes = list(cfg["classes"])
     ctx = TaskContext(num_classes=len(classes), class_names=classes, source_domains=[],
                       text_classifier=text if text is not None else torch.zeros(len(classes), 1),
                       teacher_dim=int(text.shape[1]) if text is not None else 1,
-                      schedule=Schedule())
+                      teacher_encoder=encoder, teacher_image_size=size, schedule=Schedule())
     hp = make_hparams(info.hparams_cls, dict(cfg["spec"].get("hparams") or []))
     algo = info.cls(ctx, student, hp)
     algo.load_state_dict(state, strict=True)
     algo.to(device).eval()
-    return LoadedRun(algo, cfg, classes, student.image_size, wfile)
+    return LoadedRun(algo, cfg, classes, size, wfile)

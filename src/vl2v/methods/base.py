@@ -83,6 +83,8 @@ class Algorithm(nn.Module):
     uses_teacher_images: bool = False  # needs Batch.t_img for training
     needs_training: bool = True
     has_student: bool = True
+    uses_registry_student: bool = True  # False: the algorithm builds its own student (VL2V-SD)
+    image_size: int | None = None  # input size the algorithm needs (None: the run's --image-size)
 
     def __init__(self, ctx: TaskContext, student: Student | None, hparams: Any) -> None:
         super().__init__()
@@ -184,7 +186,7 @@ def register_algorithm(name: str, hparams_cls: type, summary: str, needs_white_b
 
 
 def _load_builtin() -> None:
-    from vl2v.methods import adip, erm, kd, zeroshot  # noqa: F401
+    from vl2v.methods import adip, erm, kd, rise, sd, zeroshot  # noqa: F401
 
 
 def get_algorithm(name: str) -> AlgorithmInfo:

@@ -42,7 +42,11 @@ def imagenet_class_names() -> list[str]:
 def load_sentence_encoder(path: str | os.PathLike[str] | None = None, device: str = "cpu"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     if path is None:
         try:
@@ -105,7 +109,7 @@ class ConSETeacher(Teacher):
             p.requires_grad_(False)
         self._identity = (
             f"conse(k={k};classifier=tf_{classifier}:{wtag};text=all-MiniLM-L6-v2:{ttag};"
-            f"labels=imagenet1k-first-lemma;label_prompt={label_template!r};input={self._size}px-bilinear;norm=(255x-127)/128)"
+            f"labels=imagenet1k-first-lemma;label_prompt={label_template!r};input={self._size}px;norm=(255x-127)/128)"
         )
 
     @property

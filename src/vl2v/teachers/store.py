@@ -49,8 +49,13 @@ def view_id(params: AugParams | None) -> str:
     return "aug:" + hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+# Bump when the way vl2v renders a view (vl2v.data.transforms) changes: cached
+# embeddings of the old renderings then stop matching.
+RENDER_VERSION = 1
+
+
 def teacher_key(identity: str) -> str:
-    return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(f"{identity}|render=v{RENDER_VERSION}".encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass

@@ -129,7 +129,7 @@ def _accuracy_and_loss(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, fl
 class Trainer:
     def __init__(self, spec: RunSpec, cfg: TrainConfig, res: SharedResources, make_student: Callable[[], Student],
                  run_dir: Path, args_record: dict[str, Any], student_key: tuple = (),
-                 data: DomainData | None = None) -> None:
+                 data: DomainData | None = None, teacher_encoder: Callable[[], Any] | None = None) -> None:
         cfg.validate()
         self.spec, self.cfg, self.res = spec, cfg, res
         self.run_dir = Path(run_dir)
@@ -149,6 +149,7 @@ class Trainer:
         self.args_record = args_record
         self.student_key = student_key
         self.make_student = make_student
+        self.teacher_encoder = teacher_encoder
         self.seed = seed_hash(spec.trial_seed, spec.hparams_seed, spec.algorithm, spec.target)
 
     # ------------------------------------------------------------ set-up
@@ -166,7 +167,8 @@ class Trainer:
         return TaskContext(num_classes=len(self.data.classes), class_names=list(self.data.classes),
                            source_domains=[self.data.domains[d] for d in self.sources],
                            text_classifier=text, teacher_dim=dim, prompts=prompts,
-                           teacher_encoder=None, teacher_image_size=store.teacher.image_size if store else None,
+                           teacher_encoder=self.teacher_encoder() if (self.info.needs_white_box and self.teacher_encoder) else None,
+                           teacher_image_size=store.teacher.image_size if store else None,
                            schedule=self.cfg.schedule)
 
     def _eval_sets(self) -> list[tuple[int, str]]:
@@ -184,7 +186,7 @@ class Trainer:
         b = Batch(y=y, domain=d)
         if needs_t and cfg.teacher_mode == "online":
             params = [sample_aug_params(self.gen, res.aug, res.data.bank.images[i].shape[2] / res.data.bank.images[i].shape[1]) for i in idx]
-            b.x = torch.stack([render_view(res.data.bank.images[i], p, cfg.image_size) for i, p in zip(idx, params)])
+            b.x = torch.stack([render_view(res.data.bank.images[i], p, self.input_size) for i, p in zip(idx, params)])
             size = res.store.teacher.image_size
             b.t_img = res.online_targets(torch.stack([teacher_view(res.data.bank.images[i], p, size) for i, p in zip(idx, params)]))
             return b
@@ -195,14 +197,14 @@ class Trainer:
                 rows = [self.train_pos[i] for i in idx]
                 b.feats = f[rows, v]
             else:
-                b.x = torch.stack([render_view(res.data.bank.images[i], res.view_list(i)[k], cfg.image_size) for i, k in zip(idx, v)])
+                b.x = torch.stack([render_view(res.data.bank.images[i], res.view_list(i)[k], self.input_size) for i, k in zip(idx, v)])
             if needs_t:
                 rows = [self.train_pos[i] for i in idx]
                 b.t_img = self.targets[rows, v]
             return b
         # no teacher, fine-tuning: fresh augmentation every step
         params = [sample_aug_params(self.gen, res.aug, res.data.bank.images[i].shape[2] / res.data.bank.images[i].shape[1]) for i in idx]
-        b.x = torch.stack([render_view(res.data.bank.images[i], p, cfg.image_size) for i, p in zip(idx, params)])
+        b.x = torch.stack([render_view(res.data.bank.images[i], p, self.input_size) for i, p in zip(idx, params)])
         return b
 
     def _to_device(self, b: Batch) -> Batch:
@@ -233,7 +235,7 @@ class Trainer:
                 elif use_feats:
                     b.feats = self.res.frozen_features(algo.student, chunk, "eval", self.student_key)
                 else:
-                    b.x = self.res.eval_inputs(chunk, self.cfg.image_size).float().div_(255.0)
+                    b.x = self.res.eval_inputs(chunk, self.input_size).float().div_(255.0)
                 logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
             lg = torch.cat(logits) if logits else torch.empty(0, len(self.data.classes))
             acc, loss = _accuracy_and_loss(lg, self.labels[idx])
@@ -256,7 +258,7 @@ class Trainer:
             if not algo.has_student:
                 b.t_img = self.res.teacher_center(chunk)
             else:
-                b.x = self.res.eval_inputs(chunk, self.cfg.image_size).float().div_(255.0)
+                b.x = self.res.eval_inputs(chunk, self.input_size).float().div_(255.0)
             probs.append(algo.predict_batch(self._to_device(b)).float().softmax(-1).cpu())
         p = torch.cat(probs)
         recs = self.res.data.bank.records
@@ -277,20 +279,22 @@ class Trainer:
         torch.manual_seed(self.seed)
         self.gen = torch.Generator().manual_seed(self.seed)
         ctx = self._context()
-        student = self.make_student() if self.info.cls.has_student else None
-        if student is not None:
-            student.to(self.device).to(memory_format=torch.channels_last)
+        student = self.make_student() if (self.info.cls.has_student and self.info.cls.uses_registry_student) else None
         algo = create_algorithm(spec.algorithm, ctx, student, dict(spec.hparams)).to(self.device)
+        if algo.student is not None:
+            algo.student.to(memory_format=torch.channels_last)
+        self.input_size = algo.image_size or cfg.image_size
         stages = algo.stages() if algo.needs_training else []
         hparams = asdict(algo.hparams)
         recorder = RunRecorder(run_dir, args={**self.args_record, "algorithm": self.info.name,
                                               "test_envs": [spec.target], "trial_seed": spec.trial_seed,
                                               "hparams_seed": spec.hparams_seed, "output_dir": str(run_dir)},
                                hparams={**hparams, **{f"schedule_{k}": v for k, v in asdict(cfg.schedule).items()},
-                                        "batch_size": cfg.batch_size, "image_size": cfg.image_size,
+                                        "batch_size": cfg.batch_size, "image_size": self.input_size,
                                         "teacher_mode": cfg.teacher_mode, "views": res.views, "swad": cfg.swad})
         config = {"spec": asdict(spec), "train": _jsonable(asdict(cfg)), "args": recorder.args, "hparams": recorder.hparams,
-                  "stages": [asdict(s) for s in stages], "domains": self.data.domains, "classes": self.data.classes}
+                  "stages": [asdict(s) for s in stages], "domains": self.data.domains, "classes": self.data.classes,
+                  "input_size": self.input_size}
         atomic_write_json(run_dir / "config.json", config)
 
         store = res.store

@@ -1,0 +1,75 @@
+"""VL2V-SD: the white-box variant. The student *is* a copy of the teacher's image encoder.
+
+No projection and no Align stage: the copy is fine-tuned with the VL2V loss on
+its own normalised output, ``lam * (1 - cos(z, f_I(x))) + (1 - lam) * (1 - cos(z, T_y))``,
+and predicts with ``100 * cos(z, T_c)``. The copy is independent of the frozen
+teacher (a deep copy made before training), so training never changes the
+teacher's outputs. Inputs are rendered at the teacher's own input size.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from vl2v.errors import ConfigError
+from vl2v.methods.base import (Algorithm, Batch, Stage, cat_batches, cosine_logits, register_algorithm,
+                               set_trainable)
+from vl2v.methods.losses import vl2v_loss
+from vl2v.students.registry import Student
+
+
+@dataclass
+class SDHParams:
+    lam: float = 0.5
+    lr: float = 0.0
+    steps: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.lam <= 1.0:
+            raise ConfigError(f"sd lam (lambda) must be in [0, 1], got {self.lam}")
+
+
+def student_from_encoder(encoder: nn.Module, dim: int, image_size: int, freeze_bn: bool = True) -> Student:
+    """Wrap a (copied) teacher image encoder as a Student; it normalises its input itself."""
+    return Student("teacher-copy", encoder, dim, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), image_size,
+                   lambda m: [m], lambda m, x: m(x), "teacher-copy", freeze_bn)
+
+
+@register_algorithm("sd", SDHParams, "VL2V-SD (white box): fine-tune a copy of the teacher's image encoder, predict with T_c",
+                    needs_white_box=True)
+class SD(Algorithm):
+    uses_teacher_images = True
+    uses_registry_student = False
+
+    def __init__(self, ctx, student, hparams: SDHParams) -> None:
+        if ctx.teacher_encoder is None or ctx.text_classifier is None or ctx.teacher_dim is None:
+            raise ConfigError("sd (VL2V-SD) needs a white-box teacher: use a teacher whose weights are available "
+                              "(conse, openclip, transformers) and pass --white-box")
+        own = student_from_encoder(copy.deepcopy(ctx.teacher_encoder), ctx.teacher_dim, ctx.teacher_image_size or 224)
+        super().__init__(ctx, own, hparams)
+        self.register_buffer("text", ctx.text_classifier.clone())
+        self.image_size = own.image_size
+
+    def stages(self) -> list[Stage]:
+        s, hp = self.ctx.schedule, self.hparams
+        return [Stage("finetune", hp.steps or s.steps, hp.lr or s.lr, False, s.weight_decay)]
+
+    def begin_stage(self, stage: Stage) -> None:
+        set_trainable(self.student, True)
+        super().begin_stage(stage)
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(feats, self.text)
+
+    def update(self, minibatches: Sequence[Batch]) -> dict[str, float]:
+        b = cat_batches(minibatches)
+        assert b.t_img is not None
+        z = self.features(b)
+        loss = vl2v_loss(z, b.t_img, self.text[b.y], self.hparams.lam)
+        self.step(loss)
+        return {"loss": float(loss.detach())}

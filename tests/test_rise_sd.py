@@ -1,0 +1,124 @@
+"""RISE and VL2V-SD: losses on hand-computed values, trainable parts, teacher independence."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vl2v.errors import ConfigError
+from vl2v.methods.base import Batch, Schedule, TaskContext, create_algorithm
+from vl2v.methods.rise import relative_distance
+from vl2v.students import create_student
+
+C, D = 3, 16
+
+
+def ctx(encoder=None, size=24):
+    text = F.normalize(torch.randn(C, D, generator=torch.Generator().manual_seed(1)), dim=-1)
+
+    def prompts(texts):
+        g = torch.Generator().manual_seed(len(texts))
+        return F.normalize(torch.randn(len(texts), D, generator=g), dim=-1)
+
+    return TaskContext(num_classes=C, class_names=["cat", "dog", "horse"], source_domains=["art_painting", "photo"],
+                       text_classifier=text, teacher_dim=D, prompts=prompts, teacher_encoder=encoder,
+                       teacher_image_size=size, schedule=Schedule(steps=3, lr=1e-2))
+
+
+def batch(size=32, n=4, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return [Batch(y=torch.randint(0, C, (n,), generator=g), x=torch.rand(n, 3, size, size, generator=g),
+                  t_img=F.normalize(torch.randn(n, D, generator=g), dim=-1))]
+
+
+def test_relative_distance_hand_values():
+    # two anchors; student at 0 deg, anchors at 0 and 90 deg -> cos (1, 0); teacher cos (0, 1)
+    z = torch.tensor([[1.0, 0.0]])
+    t = torch.tensor([[0.0, 1.0]])
+    anchors = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    e = math.e
+    s = torch.tensor([e / (e + 1), 1 / (e + 1)])
+    expected = 10 * float(((s - s.flip(0)) ** 2).mean())
+    assert relative_distance(z, t, anchors).item() == pytest.approx(expected, abs=1e-6)
+    assert relative_distance(t, t, anchors).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_rise_classifier_starts_from_text_embeddings_and_anchors_are_source_domains():
+    c = ctx()
+    algo = create_algorithm("rise", c, create_student("efficientnet_lite0", pretrained=False))
+    assert torch.equal(algo.classifier.weight, c.text_classifier)
+    assert torch.all(algo.classifier.bias == 0)
+    assert algo.anchor_names == ["art painting", "photo"]
+    assert algo.anchor_text.shape == (C, 2, D)
+    custom = create_algorithm("rise", c, create_student("efficientnet_lite0", pretrained=False),
+                              {"anchors": "bright photo, dark photo, sketch"})
+    assert custom.anchor_names == ["bright photo", "dark photo", "sketch"]
+
+
+def test_rise_loss_is_the_weighted_sum_and_trains_everything():
+    c = ctx()
+    algo = create_algorithm("rise", c, create_student("efficientnet_lite0", pretrained=False),
+                            {"w1": "0.9", "w2": "0.1", "w3": "1"})
+    algo.begin_stage(algo.stages()[0])
+    before = {k: v.clone() for k, v in algo.state_dict().items()}
+    logs = algo.update(batch())
+    assert logs["loss"] == pytest.approx(0.9 * logs["kl"] + 0.1 * logs["ce"] + logs["abs"] + logs["rel"], rel=1e-5)
+    after = algo.state_dict()
+    for key in ("projection.weight", "classifier.weight", "student.backbone.conv_head.weight"):
+        assert not torch.equal(before[key], after[key]), key
+    assert torch.equal(before["text"], after["text"]) and torch.equal(before["anchor_text"], after["anchor_text"])
+
+
+def test_sd_refuses_black_box():
+    with pytest.raises(ConfigError, match="white-box"):
+        create_algorithm("sd", ctx(encoder=None), None)
+
+
+def test_sd_trains_a_copy_and_leaves_the_teacher_alone(tiny_teacher):
+    enc = tiny_teacher.image_encoder()
+    x = torch.rand(5, 3, 24, 24)
+    t_before = tiny_teacher.embed_images(x)
+    algo = create_algorithm("sd", ctx(encoder=enc, size=24), None)
+    assert algo.image_size == 24 and algo.student.feature_dim == D
+    assert not any(p.data_ptr() == q.data_ptr() for p in algo.student.parameters() for q in enc.parameters())
+    algo.begin_stage(algo.stages()[0])
+    w0 = algo.student.backbone.fc.weight.clone()
+    for _ in range(3):
+        algo.update(batch(size=24))
+    assert not torch.equal(w0, algo.student.backbone.fc.weight)  # the copy learned
+    assert torch.equal(t_before, tiny_teacher.embed_images(x))  # the teacher did not change
+    algo.eval()
+    with torch.no_grad():
+        z = algo.student(x)
+        assert torch.allclose(algo.predict(x), 100 * F.normalize(z, dim=-1) @ algo.text.t(), atol=1e-4)
+
+
+def test_sd_on_a_random_open_clip_teacher(image_folder, tmp_path):
+    import json
+
+    import open_clip
+
+    from test_training_e2e import tiny_cfg
+    from test_teachers import TINY_CLIP
+    from vl2v.evaluation.protocol import run_experiment
+
+    cfgfile = tmp_path / "vl2v-tiny-clip-sd.json"
+    cfgfile.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(cfgfile)
+    cfg = tiny_cfg(image_folder, tmp_path / "runs", ["sd", "adip"], targets=(0,),
+                   teacher="openclip:vl2v-tiny-clip-sd:none")
+    res = run_experiment(cfg, log=lambda s: None)
+    sd = next(f for f in res["finals"] if f["algorithm"] == "sd")
+    assert 0 <= sd["selected"]["ood_acc"] <= 1
+    conf = json.loads((tmp_path / "runs" / "sd" / "target-0-art" / "seed0" / "config.json").read_text())
+    assert conf["input_size"] == 32  # the teacher's own input size
+
+
+def test_white_box_algorithms_need_white_box_configuration(image_folder, tmp_path):
+    from test_training_e2e import tiny_cfg
+    from vl2v.evaluation.protocol import run_experiment
+
+    cfg = tiny_cfg(image_folder, tmp_path / "runs", ["sd"], targets=(0,), blackbox=True)
+    with pytest.raises(ConfigError, match="white-box"):
+        run_experiment(cfg, log=lambda s: None)
