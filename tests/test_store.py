@@ -77,3 +77,68 @@ def test_read_only_store_reports_missing(tmp_path, tiny_teacher):
     assert ro.image_embeddings(keys(2), render).shape == (2, 16)
     with pytest.raises(StoreError, match="missing 1 image"):
         ro.image_embeddings(keys(3), render)
+
+
+def test_budget_exhaustion_keeps_what_was_paid_for(tmp_path, tiny_teacher):
+    from vl2v.teachers.base import QueryBudgetExceeded
+
+    class Budgeted(type(tiny_teacher)):
+        def __init__(self, budget):
+            super().__init__()
+            self.budget = budget
+            self.used = 0
+
+        def embed_images(self, images):
+            if self.used + images.shape[0] > self.budget:
+                raise QueryBudgetExceeded(f"budget {self.budget} reached after {self.used} images")
+            self.used += images.shape[0]
+            return super().embed_images(images)
+
+    path = tmp_path / "s.sqlite"
+    s = TeacherStore(Budgeted(budget=5), path)
+    with pytest.raises(QueryBudgetExceeded):
+        s.image_embeddings(keys(9), render, batch_size=2)
+    assert TeacherStore(tiny_teacher, path).counts()["images"] == 4  # two full batches were committed
+    s2 = TeacherStore(Budgeted(budget=5), path)
+    s2.image_embeddings(keys(9), render, batch_size=2)  # the rest fits in a fresh budget
+    assert s2.stats.image_queries == 5 and s2.stats.image_hits == 4
+
+
+CRASHER = r"""
+import sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import TinyTeacher
+from vl2v.teachers.store import TeacherStore
+s = TeacherStore(TinyTeacher(), {path!r})
+print("ready", flush=True)
+i = 0
+while True:  # write forever, one small batch per transaction, until killed
+    s.image_embeddings([(f"h{{i}}-{{j}}", None) for j in range(8)], lambda j: torch.rand(3, 24, 24), batch_size=8)
+    i += 1
+"""
+
+
+def test_sigkill_mid_write_leaves_a_usable_store(tmp_path, tiny_teacher):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    path = tmp_path / "s.sqlite"
+    code = CRASHER.format(tests=str(Path(__file__).parent), path=str(path))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"ready"
+    time.sleep(1.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    s = TeacherStore(tiny_teacher, path)
+    n = s.counts()["images"]
+    assert n > 0 and n % 8 == 0  # only whole committed batches survive
+    rows = s._conn.execute("SELECT content, view FROM images").fetchall()
+    got = s.lookup_images([tuple(r) for r in rows])
+    assert len(got) == n and all(v.shape == (16,) for v in got.values())
+    # and the store keeps working
+    s.image_embeddings(keys(3), render)
+    assert s.counts()["images"] == n + 3

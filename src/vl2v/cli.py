@@ -132,6 +132,13 @@ def _experiment_from_args(args: argparse.Namespace, default_algorithms: tuple[st
 def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = ("adip",)) -> int:
     from vl2v.evaluation.protocol import run_experiment
 
+    if args.resume:
+        cfg = _resume_config(args.resume)
+        print(f"vl2v: resuming {args.resume} (finished runs are kept, the interrupted one continues from its last checkpoint)")
+        result = run_experiment(cfg, resume=True)
+        print()
+        print(result["text"])
+        return 0
     cfg = _experiment_from_args(args, default_algorithms)
     cfg.validate()
     print(f"vl2v: profile {args.profile!r} ({'CPU-sized; --profile paper for the paper settings' if args.profile == 'fast' else 'the VL2V authors settings'}), "
@@ -141,6 +148,25 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
     print(result["text"])
     print(f"records, checkpoints and configs: {result['out_dir']}  (aggregate trials with `vl2v report {result['out_dir']}`)")
     return 0
+
+
+def _resume_config(path: str):
+    import json
+
+    from vl2v.evaluation.protocol import ExperimentConfig
+
+    p = Path(path)
+    exp = p / "experiment.json"
+    if not exp.exists():
+        raise CLIError(f"{p} is not a vl2v output folder (no experiment.json); --resume takes the --out folder of "
+                       "an earlier `vl2v train` or `vl2v compare`")
+    try:
+        cfg = ExperimentConfig.from_dict(json.loads(exp.read_text())["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CLIError(f"{exp} is unreadable or from an incompatible vl2v version: {exc}") from exc
+    from dataclasses import replace
+
+    return replace(cfg, out_dir=str(p))
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -230,6 +256,8 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
     g.add_argument("--store", help="teacher-embedding store file (default ~/.cache/vl2v/teacher_store.sqlite; 'memory' for none)")
     g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu)")
+    g.add_argument("--resume", metavar="OUT", help="continue an interrupted `vl2v train`/`compare` output folder "
+                   "with its saved configuration (other options are ignored)")
 
 
 # --------------------------------------------------------------------------- main
@@ -316,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     from vl2v.data.folder import FolderError
     from vl2v.registry import UnknownNameError
     from vl2v.errors import ConfigError
+    from vl2v.teachers.base import QueryBudgetExceeded
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -324,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except QueryBudgetExceeded as exc:
+        print(f"vl2v: teacher query budget exhausted: {exc}\n"
+              "Everything the teacher already answered is kept in the teacher store; raise the budget and run "
+              "the same command again (finished runs are skipped, cached queries are not repeated).", file=sys.stderr)
+        return 3
     except DownloadError as exc:
         print(f"vl2v: download failed: {exc}", file=sys.stderr)
         return 1

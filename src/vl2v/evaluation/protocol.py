@@ -79,6 +79,23 @@ class ExperimentConfig:
     out_dir: str = "runs/experiment"
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+        """Inverse of ``dataclasses.asdict`` (as stored in ``experiment.json``)."""
+        from vl2v.training.swad import SWADConfig
+
+        d = dict(d)
+        t = dict(d.pop("train"))
+        t["schedule"] = Schedule(**t["schedule"])
+        t["swad_cfg"] = SWADConfig(**t["swad_cfg"])
+        t["templates"] = tuple(t["templates"])
+        d["train"] = TrainConfig(**t)
+        for k in ("algorithms", "seeds"):
+            d[k] = tuple(d[k])
+        if d.get("targets") is not None:
+            d["targets"] = tuple(d["targets"])
+        return cls(**d)
+
     def validate(self) -> list[AlgoSpec]:
         specs = [AlgoSpec.parse(a) for a in self.algorithms]
         if not specs:

@@ -65,6 +65,7 @@ class QueryStats:
     image_hits: int = 0  # images served from the store
     text_hits: int = 0
     seconds: float = 0.0  # wall time spent waiting for the teacher
+    bytes_sent: int = 0  # request bytes sent to a remote teacher (0 for local teachers)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -88,7 +89,13 @@ class TeacherStore:
     read_only: bool = False
     stats: QueryStats = field(default_factory=QueryStats)
 
+    def _sync_bytes(self) -> None:
+        sent = getattr(self.teacher, "bytes_sent", None)
+        if isinstance(sent, (int, float)):
+            self.stats.bytes_sent = int(sent) - self._bytes0
+
     def __post_init__(self) -> None:
+        self._bytes0 = int(getattr(self.teacher, "bytes_sent", 0) or 0)
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"store dtype must be float16 or float32, got {self.dtype!r}")
         self._np_dtype = np.dtype("<f2" if self.dtype == "float16" else "<f4")
@@ -193,6 +200,7 @@ class TeacherStore:
             t0 = time.perf_counter()
             emb = self.teacher.embed_images(imgs)
             self.stats.seconds += time.perf_counter() - t0
+            self._sync_bytes()
             self.stats.image_queries += len(chunk)
             rows = []
             for (k, idxs), e in zip(chunk, emb):
@@ -213,6 +221,7 @@ class TeacherStore:
         t0 = time.perf_counter()
         emb = self.teacher.embed_images(images)
         self.stats.seconds += time.perf_counter() - t0
+        self._sync_bytes()
         self.stats.image_queries += int(images.shape[0])
         return emb
 
@@ -243,6 +252,7 @@ class TeacherStore:
             t0 = time.perf_counter()
             emb = self.teacher.embed_texts(uniq)
             self.stats.seconds += time.perf_counter() - t0
+            self._sync_bytes()
             self.stats.text_queries += len(uniq)
             rows = [(self.tkey, t, self.dtype, self._encode(e)) for t, e in zip(uniq, emb)]
             with self._lock, self._conn:

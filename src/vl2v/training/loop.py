@@ -319,6 +319,8 @@ class Trainer:
             torch.set_rng_state(st["torch_rng"])
             recorder.truncate_after(state["global_step"] - 1)
             t_start -= state["elapsed"]
+        else:
+            recorder.truncate_after(-1)  # a fresh start drops records of an interrupted attempt
         backbone_pristine = True
         if not stages:  # zero-shot and other training-free algorithms: one evaluation
             ev = self.evaluate(algo, use_feats=False)
