@@ -6,6 +6,7 @@ Examples::
     openclip:ViT-B-16:openai            OpenAI CLIP ViT-B/16 via open_clip (downloads once)
     openclip:ViT-B-16:/path/model.pt    a local open_clip checkpoint
     openclip:ViT-B-16:none              random weights (tests, speed)
+    openclip:local-dir:/path            a downloaded open_clip Hub folder (offline)
     transformers:google/siglip-base-patch16-224   a Hugging Face model (hub id or local dir)
 
 Options (``--teacher-opt key=value``) go to the backend's constructor, e.g.
@@ -37,12 +38,14 @@ def _conse(spec: str | None = None, **opts: Any) -> Teacher:
 
 
 @TEACHERS.register("openclip", white_box=True, offline=False,
-                   summary="any open_clip model: openclip:MODEL:TAG or openclip:MODEL:/path/to/checkpoint")
+                   summary="any open_clip model: openclip:MODEL:TAG, openclip:MODEL:/path/to/checkpoint or openclip:local-dir:/path")
 def _openclip(spec: str | None = None, **opts: Any) -> Teacher:
     from vl2v.teachers.openclip import OpenCLIPTeacher
 
     model, pretrained = "ViT-B-16", "openai"
-    if spec:
+    if spec and spec.startswith(("local-dir:", "hf-hub:")):
+        model, pretrained = spec, None
+    elif spec:
         parts = spec.split(":", 1)
         model = parts[0]
         if len(parts) > 1:
