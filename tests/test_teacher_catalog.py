@@ -17,6 +17,15 @@ from vl2v.teachers.hf import FAMILIES
 
 open_clip = pytest.importorskip("open_clip")
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose a lot to them on a busy 2-core runner."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
 # Shrunk copies of open_clip's own configs (model_configs/*.json) of three other families.
 TINY = {
