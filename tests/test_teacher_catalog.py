@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from vl2v.cli import main
 from vl2v.teachers import create_teacher
 from vl2v.teachers.base import TeacherError
-from vl2v.teachers.catalog import openclip_catalog, openclip_family, render, transformers_catalog
+from vl2v.teachers.catalog import openclip_catalog, openclip_family, transformers_catalog
 from vl2v.teachers.hf import FAMILIES
 
 open_clip = pytest.importorskip("open_clip")
