@@ -190,6 +190,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_teachers(args: argparse.Namespace) -> int:
+    from vl2v.teachers.catalog import render
+
+    print(render(args.what, args.grep))
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     what = args.what
     if what in ("algorithms", "all"):
@@ -331,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--latex", action="store_true", help="also print LaTeX tables")
     q.add_argument("--out", help="write the report to this file instead of printing it")
     q.set_defaults(func=_cmd_report)
+
+    # teachers
+    q = sub.add_parser("teachers", help="teacher backends, transformers families and the open_clip catalogue",
+                       description="List what --teacher accepts: the backends, the Hugging Face transformers "
+                       "families (transformers:HUB_ID or a downloaded folder) and every open_clip model:tag, "
+                       "with which are white-box (image tower available to VL2V-SD). See docs/teachers.md.")
+    q.add_argument("what", nargs="?", default="all", choices=["all", "backends", "transformers", "openclip"])
+    q.add_argument("--grep", metavar="TEXT", help="only rows containing TEXT (case-insensitive), e.g. siglip")
+    q.set_defaults(func=_cmd_teachers)
 
     # list
     q = sub.add_parser("list", help="list algorithms, students, teachers and datasets")

@@ -4,15 +4,22 @@
 open_clip's own loader (internet needed once; open_clip caches it);
 ``openclip:ViT-B-16:/path/to/weights.safetensors`` (or ``.pt``/``.bin``) loads a
 local checkpoint; ``openclip:ViT-B-16:none`` builds random weights (tests,
-speed benchmarks). The preprocessing is open_clip's own for that model:
-shortest-side resize + centre crop for the evaluation view, the model's mean
-and std, its input size.
+speed benchmarks). ``openclip:local-dir:/path`` loads a downloaded open_clip
+Hub folder (``open_clip_config.json``, weights and, for SigLIP-style models,
+the tokenizer files; e.g. ``huggingface-cli download timm/ViT-B-16-SigLIP
+--local-dir /path``) fully offline; ``openclip:hf-hub:org/repo`` fetches one.
+The preprocessing is open_clip's own for that model: the model's mean and std
+and input size (for a local checkpoint file: those of the model's pretrained
+tags when they agree, or of the tag named by the ``preprocess=TAG`` option);
+shortest-side resize + centre crop for the evaluation view.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
+
+import json
 
 import torch
 import torch.nn.functional as F
@@ -46,18 +53,41 @@ class OpenCLIPTeacher(Teacher):
     white_box = True
 
     def __init__(self, model: str = "ViT-B-16", pretrained: str | None = "openai", device: str = "cpu",
-                 batch_size: int = 64, cache_dir: str | None = None) -> None:
+                 batch_size: int = 64, cache_dir: str | None = None, preprocess: str | None = None) -> None:
         try:
             import open_clip
         except ImportError as exc:  # pragma: no cover - dependency of the package
             raise TeacherError("the openclip teacher needs open-clip-torch (pip install open-clip-torch)") from exc
-        if model not in open_clip.list_models():
+        schema = model.split(":", 1)[0] if model.startswith(("local-dir:", "hf-hub:")) else None
+        if schema is None and model not in open_clip.list_models():
             raise TeacherError(f"open_clip has no model {model!r}; see `vl2v teachers` or open_clip.list_models()")
         self.model_name = model
         self.device = torch.device(device)
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         weights: str
-        if pretrained in (None, "", "none", "random"):
+        tag_preprocess = None
+        if schema == "local-dir":
+            folder = Path(model.split(":", 1)[1]).expanduser().resolve()
+            if not (folder / "open_clip_config.json").is_file():
+                raise TeacherError(f"{folder} is not an open_clip model folder (no open_clip_config.json)")
+            if not any(folder.glob(g) for g in ("*.safetensors", "*.bin", "*.pth")):
+                raise TeacherError(f"{folder} has no weights file (*.safetensors, *.bin or *.pth)")
+            from vl2v.teachers.hf import _dir_digest
+
+            model = f"local-dir:{folder}"
+            self.model_name = model
+            try:
+                clip = open_clip.create_model(model)
+            except Exception as exc:
+                raise TeacherError(f"cannot load the open_clip model in {folder}: {exc}") from exc
+            weights = f"dir:sha256:{_dir_digest(folder)[:16]}"
+        elif schema == "hf-hub":
+            try:
+                clip = open_clip.create_model(model, cache_dir=cache_dir)
+            except Exception as exc:
+                raise TeacherError(f"cannot fetch {model} (no network? download it and use openclip:local-dir:DIR): {exc}") from exc
+            weights = model
+        elif pretrained in (None, "", "none", "random"):
             clip = open_clip.create_model(model, pretrained=None)
             weights = "random"
         elif Path(pretrained).expanduser().exists():
@@ -68,6 +98,7 @@ class OpenCLIPTeacher(Teacher):
             except Exception as exc:
                 raise TeacherError(f"cannot load open_clip checkpoint {path} into {model}: {exc}") from exc
             weights = f"{path.name}:{file_digest(path)[:12]}"
+            tag_preprocess = _tag_preprocess(open_clip, model, preprocess)
         else:
             tags = [t for m, t in open_clip.list_pretrained() if m == model]
             if pretrained not in tags:
@@ -78,8 +109,15 @@ class OpenCLIPTeacher(Teacher):
             weights = f"{pretrained}"
         clip.eval()
         self.clip = clip.to(self.device)
-        self.tokenizer = open_clip.get_tokenizer(model)
-        cfg = getattr(clip.visual, "preprocess_cfg", {}) or {}
+        try:
+            self.tokenizer = open_clip.get_tokenizer(model, cache_dir=cache_dir)
+        except Exception as exc:
+            raise TeacherError(
+                f"cannot build the tokenizer of open_clip {model} ({type(exc).__name__}: {exc}); SigLIP-style models "
+                "fetch theirs from the Hugging Face Hub: download the model folder and use openclip:local-dir:DIR") from exc
+        cfg = dict(getattr(clip.visual, "preprocess_cfg", {}) or {})
+        if tag_preprocess:
+            cfg.update(tag_preprocess)
         size = cfg.get("size", getattr(clip.visual, "image_size", 224))
         size = int(size[0] if isinstance(size, (tuple, list)) else size)
         mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
@@ -112,7 +150,7 @@ class OpenCLIPTeacher(Teacher):
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         outs = [F.normalize(self.encoder(c.to(self.device).float()).float(), dim=-1).cpu()
-                for c in images.split(self.batch_size)]
+                for c in images.split(self.batch_size) if len(c)]
         out = torch.cat(outs) if outs else torch.empty(0, self.embed_dim)
         return check_embeddings(out, images.shape[0], self.embed_dim, "image")
 
@@ -134,3 +172,19 @@ class OpenCLIPTeacher(Teacher):
         self.clip.to(self.device)
         self.encoder.to(self.device)
         return self
+
+
+def _tag_preprocess(open_clip, model: str, tag: str | None) -> dict | None:
+    """mean/std/interpolation of ``tag`` (or of all the model's tags when they agree) for a local checkpoint file.
+
+    open_clip applies a tag's preprocessing only when it downloads by tag; a local copy of, say, a SigLIP
+    checkpoint would otherwise be normalised with CLIP's mean and std.
+    """
+    tags = [tag] if tag else [t for m, t in open_clip.list_pretrained() if m == model]
+    if tag and not open_clip.get_pretrained_cfg(model, tag):
+        raise TeacherError(f"preprocess={tag!r} is not a pretrained tag of {model}")
+    keys = ("mean", "std", "interpolation")
+    found = {json.dumps({k: open_clip.get_pretrained_cfg(model, t).get(k) for k in keys}, sort_keys=True) for t in tags}
+    if len(found) != 1:
+        return None  # no tags, or tags that disagree: open_clip's defaults (choose with preprocess=TAG)
+    return {k: v for k, v in json.loads(found.pop()).items() if v is not None}

@@ -6,6 +6,8 @@ Examples::
     openclip:ViT-B-16:openai            OpenAI CLIP ViT-B/16 via open_clip (downloads once)
     openclip:ViT-B-16:/path/model.pt    a local open_clip checkpoint
     openclip:ViT-B-16:none              random weights (tests, speed)
+    openclip:local-dir:/path            a downloaded open_clip Hub folder (offline)
+    transformers:google/siglip-base-patch16-224   a Hugging Face model (hub id or local dir)
 
 Options (``--teacher-opt key=value``) go to the backend's constructor, e.g.
 ``k=5`` for ConSE. ``blackbox=True`` wraps any teacher so that only the embed
@@ -36,17 +38,29 @@ def _conse(spec: str | None = None, **opts: Any) -> Teacher:
 
 
 @TEACHERS.register("openclip", white_box=True, offline=False,
-                   summary="any open_clip model: openclip:MODEL:TAG or openclip:MODEL:/path/to/checkpoint")
+                   summary="any open_clip model: openclip:MODEL:TAG, openclip:MODEL:/path/to/checkpoint or openclip:local-dir:/path")
 def _openclip(spec: str | None = None, **opts: Any) -> Teacher:
     from vl2v.teachers.openclip import OpenCLIPTeacher
 
     model, pretrained = "ViT-B-16", "openai"
-    if spec:
+    if spec and spec.startswith(("local-dir:", "hf-hub:")):
+        model, pretrained = spec, None
+    elif spec:
         parts = spec.split(":", 1)
         model = parts[0]
         if len(parts) > 1:
             pretrained = parts[1]
     return OpenCLIPTeacher(model=model, pretrained=pretrained, **opts)
+
+
+@TEACHERS.register("transformers", white_box=True, offline=False,
+                   summary="Hugging Face CLIP/MetaCLIP2/SigLIP/SigLIP2/ALIGN/FLAVA/BLIP: transformers:HUB_ID or transformers:/local/dir")
+def _transformers(spec: str | None = None, **opts: Any) -> Teacher:
+    from vl2v.teachers.hf import HFTeacher
+
+    if "batch_size" in opts:
+        opts["batch_size"] = int(opts["batch_size"])
+    return HFTeacher(model=spec or "", **opts)
 
 
 @dataclass(frozen=True)
