@@ -6,7 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# Tests use tiny models, for which one thread is faster than two fighting over a small core count.
+torch.set_num_threads(1)
 
 # Colour per class and drawing style per domain, so a small model can learn the
 # task and domains look different: enough signal for end-to-end tests.

@@ -55,7 +55,7 @@ def test_distill_starts_from_best_align_checkpoint(image_folder, tmp_path, monke
     real_save = loop.save_weights
 
     def spy_save(path, state, meta=None):
-        if path.name == "stage_best.safetensors" and meta["stage"] == "align":
+        if path.name == "stage0_best.safetensors" and meta["stage"] == "align":
             saved["projection"] = state["projection.weight"].clone()
         real_save(path, state, meta)
 

@@ -216,7 +216,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
         print("teachers:")
         for name, meta in list_teachers():
-            print(f"  {name:<10} {'white-box' if meta.get('white_box') else 'black-box':<9} {meta.get('summary', '')}")
+            print(f"  {name:<13} {'white-box' if meta.get('white_box') else 'black-box':<9} {meta.get('summary', '')}")
     if what in ("datasets", "all"):
         from vl2v.data.registry import list_datasets
 

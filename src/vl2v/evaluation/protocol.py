@@ -213,6 +213,7 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
 
     template = None
     if any(get_algorithm(s.name).cls.has_student and get_algorithm(s.name).cls.uses_registry_student for s in specs):
+        torch.manual_seed(0)  # random-weight students (--no-pretrained) are the same in every process
         template = create_student(cfg.student, pretrained=cfg.student_pretrained, weights=cfg.student_weights,
                                   freeze_bn=cfg.freeze_bn)
         log(f"student: {cfg.student} ({template.weights}), {template.feature_dim}-d features, "

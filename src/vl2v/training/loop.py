@@ -365,7 +365,7 @@ class Trainer:
                     if state["stage_best"] is None or ev["val_acc"] > state["stage_best"]["val_acc"]:
                         state["stage_best"] = {"step": state["global_step"], "val_acc": ev["val_acc"]}
                         if cfg.save_checkpoints:
-                            save_weights(ckpt_dir / "stage_best.safetensors", algo.state_dict(),
+                            save_weights(ckpt_dir / f"stage{si}_best.safetensors", algo.state_dict(),
                                          {"step": state["global_step"], "stage": stage.name})
                         self._stage_best_mem = copy.deepcopy(algo.state_dict())
                     if state["best"] is None or ev["val_acc"] > state["best"]["val_acc"]:
@@ -390,8 +390,8 @@ class Trainer:
                 backbone_pristine = False
             if not last_stage:  # next stage starts from this stage's best checkpoint
                 best_state = getattr(self, "_stage_best_mem", None)
-                if best_state is None and (ckpt_dir / "stage_best.safetensors").exists():
-                    best_state = load_weights(ckpt_dir / "stage_best.safetensors")[0]
+                if best_state is None and (ckpt_dir / f"stage{si}_best.safetensors").exists():
+                    best_state = load_weights(ckpt_dir / f"stage{si}_best.safetensors")[0]
                 if best_state is not None:
                     algo.load_state_dict(best_state)
             state["stage_index"] = si + 1
@@ -424,7 +424,8 @@ class Trainer:
         final["n_train_images"] = len(self.train_indices)
         final["wall_time"] = time.time() - t_start
         atomic_write_json(run_dir / "final.json", final)
-        for p in (last_path, ckpt_dir / "stage_best.safetensors"):
+        # the run is final: drop resume state, per-stage bests and temp files of interrupted writes
+        for p in [last_path, *ckpt_dir.glob("stage*_best.safetensors"), *ckpt_dir.glob(".*.tmp")] if ckpt_dir.is_dir() else []:
             if p.exists():
                 p.unlink()
         if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
