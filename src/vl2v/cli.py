@@ -164,12 +164,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from vl2v.serving.keys import KeysFileError, add_key
-    from vl2v.serving.service import KEYS_FILE, ServiceConfig, serve
+    from vl2v.serving import KEYS_FILE, KeysFileError, add_key, confine_writes
     from vl2v.utils.io import vl2v_home
 
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else vl2v_home() / "serve"
     keys = Path(args.keys).expanduser() if args.keys else data_dir / KEYS_FILE
+    confine_writes(data_dir)  # before torch is imported
+    from vl2v.serving.service import ServiceConfig, serve
+
     try:
         if args.new_key:
             token = add_key(keys, args.new_key)

@@ -67,6 +67,8 @@ def _open(data: bytes, index: int) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=[fmt])
         img.size  # noqa: B018 - header parsed
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(413, "image_too_large", f"images[{index}]: {exc}") from None
     except Exception as exc:  # any decoder failure on untrusted bytes is the client's image, never a 5xx
         raise ImageRejected(422, "undecodable_image", f"images[{index}]: cannot read {fmt} header ({type(exc).__name__}: {exc})") from None
     return img

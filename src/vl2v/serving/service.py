@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,6 +44,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vl2v import __version__
+from vl2v.serving import KEYS_FILE, confine_writes
 from vl2v.serving.images import ImageLimits, ImageRejected, b64_image, decode_batch
 from vl2v.serving.keys import KeyRing
 from vl2v.serving.meter import UsageLedger
@@ -56,7 +56,6 @@ from vl2v.teachers.base import Teacher, check_embeddings
 log = logging.getLogger("vl2v.serve")
 
 USAGE_DB = "usage.sqlite"
-KEYS_FILE = "keys.txt"
 
 
 @dataclass
@@ -140,7 +139,7 @@ class _Gate:
     def __init__(self, app: Any, service: "EmbeddingService") -> None:
         self.app, self.service = app, service
         self.max_bytes = service.config.max_request_bytes
-        self.drain_cap = 4 * self.max_bytes
+        self.drain_cap = self.max_bytes + 64 * 1024 * 1024  # drain (read and drop) at most this much
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -435,6 +434,8 @@ def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None)
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         status = int(exc.status_code)
+        if status == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): a malformed body, like bad JSON
+            return _error_response(422, "invalid_request", f"malformed request body ({exc.detail})")
         return _error_response(status, _STATUS_CODES.get(status, "error"), str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
@@ -517,7 +518,7 @@ def serve(teacher_spec: str, teacher_options: dict[str, Any], config: ServiceCon
 
     from vl2v.teachers.registry import create_teacher
 
-    sys.dont_write_bytecode = True  # the service writes only under its data directory, not even .pyc files
+    confine_writes(config.data_dir)  # no .pyc files; torch's caches (if it makes any now) under the data directory
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     KeyRing(config.keys_file)  # fail on a missing or broken keys file before loading a model
     teacher = create_teacher(teacher_spec, **teacher_options)
