@@ -254,7 +254,7 @@ class RemoteTeacher(Teacher):
                 if last.startswith("cannot connect") else
                 "raise --teacher-opt timeout=SECONDS or retries=N, or check the service's log")
         raise RemoteTeacherError(f"embedding service {self.url}{path}: gave up after {self.retries + 1} tries; "
-                                 f"last: {last}. {hint.capitalize()}")
+                                 f"last: {last}. {hint[0].upper()}{hint[1:]}")
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         cap = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
