@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import anyio
 import numpy as np
@@ -359,7 +359,7 @@ def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None)
 
     class ImagesRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        images: list[str] = Field(
+        images: list[Annotated[str, Field(json_schema_extra={"format": "byte"})]] = Field(
             min_length=1, json_schema_extra={"maxItems": cfg.max_batch_images},
             description=f"1 to {cfg.max_batch_images} base64-encoded PNG or JPEG files (any size up to "
                         f"{cfg.max_image_pixels} pixels; converted to RGB and shown to the teacher at "
