@@ -80,7 +80,7 @@ def add_key(path: str | os.PathLike[str], name: str) -> str:
     if any(line.split("#", 1)[0].split()[:1] == [name] for line in existing.splitlines()):
         raise KeysFileError(f"{path}: a key named {name!r} already exists")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # usually the service's data dir
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as fh:
         if existing and not existing.endswith("\n"):
