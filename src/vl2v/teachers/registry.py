@@ -63,6 +63,15 @@ def _transformers(spec: str | None = None, **opts: Any) -> Teacher:
     return HFTeacher(model=spec or "", **opts)
 
 
+@TEACHERS.register("remote", white_box=False, offline=False,
+                   summary="a `vl2v serve` embedding service: remote:http://HOST:PORT (key: api_key=... or $VL2V_API_KEY; "
+                           "batch_size, timeout, retries, backoff, budget)")
+def _remote(spec: str | None = None, **opts: Any) -> Teacher:
+    from vl2v.teachers.remote import create_remote_teacher
+
+    return create_remote_teacher(spec, **opts)
+
+
 @dataclass(frozen=True)
 class TeacherSpec:
     backend: str
