@@ -303,8 +303,8 @@ def test_remote_teacher_keeps_a_separate_cache_from_the_local_one(service, tmp_p
     assert teacher_key(remote(service).identity()) != teacher_key(TinyTeacher().identity())
 
 
-@pytest.mark.skipif(os.environ.get("VL2V_SLOW_TESTS") != "1", reason="loads the ConSE teacher (~7 s); VL2V_SLOW_TESTS=1")
-def test_conse_round_trip(tmp_path):  # pragma: no cover - manual check
+def test_conse_round_trip(tmp_path):
+    """The offline default teacher served and queried remotely gives its local embeddings."""
     data = tmp_path / "serve"
     token = add_key(data / "keys.txt", "alice")
     local = create_teacher("conse")
