@@ -11,7 +11,6 @@ embedding lost.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import numpy as np
