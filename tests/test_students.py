@@ -60,3 +60,12 @@ def test_any_timm_model_and_unknown_names():
 
     with pytest.raises(UnknownNameError, match="Did you mean: resnet50"):
         create_student("resnet5")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "vit_small_patch16_224"])
+def test_training_mode_features_are_deterministic(name):
+    """The removed head's dropout is gone: train-mode features depend only on the input (frozen BN)."""
+    s = create_student(name, pretrained=False)
+    s.train()
+    x = torch.rand(2, 3, 224, 224) if "vit" in name else torch.rand(2, 3, 64, 64)
+    assert torch.equal(s(x), s(x))

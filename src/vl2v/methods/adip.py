@@ -68,10 +68,9 @@ class ADiP(Algorithm):
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return cosine_logits(self.embed(feats), self.text)
 
-    def update(self, minibatches: Sequence[Batch]) -> dict[str, float]:
+    def compute_loss(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
         b = cat_batches(minibatches)
         assert b.t_img is not None
         z = self.embed(self.features(b))
         loss = vl2v_loss(z, b.t_img, self.text[b.y], self.hparams.lam)
-        self.step(loss)
-        return {"loss": float(loss.detach())}
+        return loss, {}

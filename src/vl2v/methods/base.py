@@ -113,8 +113,23 @@ class Algorithm(nn.Module):
         assert self.student is not None and b.x is not None
         return self.student(b.x)
 
-    def update(self, minibatches: Sequence[Batch]) -> dict[str, float]:
+    def compute_loss(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of one step (and extra numbers to log). Subclasses implement this."""
         raise NotImplementedError
+
+    def forward(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
+        # Going through forward lets DistributedDataParallel wrap the algorithm.
+        return self.compute_loss(minibatches)
+
+    def update(self, minibatches: Sequence[Batch], model: nn.Module | None = None) -> dict[str, float]:
+        """DomainBed's interface: one optimisation step on per-domain minibatches.
+
+        ``model`` is the module to call (a DistributedDataParallel wrapper of
+        ``self`` in data-parallel runs); gradients are averaged across ranks there.
+        """
+        loss, logs = (model or self)(minibatches)
+        self.step(loss)
+        return {"loss": float(loss.detach()), **logs}
 
     def step(self, loss: torch.Tensor) -> None:
         assert self.optimizer is not None

@@ -54,11 +54,10 @@ class _ERMBase(Algorithm):
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(feats)
 
-    def update(self, minibatches: Sequence[Batch]) -> dict[str, float]:
+    def compute_loss(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
         b = cat_batches(minibatches)
         loss = F.cross_entropy(self.logits(self.features(b)), b.y)
-        self.step(loss)
-        return {"loss": float(loss.detach())}
+        return loss, {}
 
 
 @register_algorithm("erm_lp", ERMHParams, "ERM linear probe: frozen backbone, linear classifier, cross-entropy")

@@ -54,12 +54,11 @@ class KD(Algorithm):
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(feats)
 
-    def update(self, minibatches: Sequence[Batch]) -> dict[str, float]:
+    def compute_loss(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
         b = cat_batches(minibatches)
         assert b.t_img is not None
         logits = self.logits(self.features(b))
         ce = F.cross_entropy(logits, b.y)
         kl = kd_loss(logits, cosine_logits(b.t_img, self.text), self.hparams.temperature)
         loss = (1 - self.hparams.alpha) * ce + self.hparams.alpha * kl
-        self.step(loss)
-        return {"loss": float(loss.detach()), "ce": float(ce.detach()), "kl": float(kl.detach())}
+        return loss, {"ce": float(ce.detach()), "kl": float(kl.detach())}

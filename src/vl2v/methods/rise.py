@@ -93,7 +93,7 @@ class RISE(Algorithm):
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.projection(feats))
 
-    def update(self, minibatches: Sequence[Batch]) -> dict[str, float]:
+    def compute_loss(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
         hp = self.hparams
         b = cat_batches(minibatches)
         assert b.t_img is not None
@@ -105,6 +105,5 @@ class RISE(Algorithm):
         absolute = cosine_distance(z, t_y).mean()
         relative = relative_distance(z, t_y, self.anchor_text[b.y], hp.relative_scale)
         loss = hp.w1 * kl + hp.w2 * ce + hp.w3 * (absolute + relative)
-        self.step(loss)
-        return {"loss": float(loss.detach()), "ce": float(ce.detach()), "kl": float(kl.detach()),
+        return loss, {"ce": float(ce.detach()), "kl": float(kl.detach()),
                 "abs": float(absolute.detach()), "rel": float(relative.detach())}

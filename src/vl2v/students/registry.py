@@ -128,6 +128,15 @@ def _timm_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m.forward_head(m.forward_features(x), pre_logits=True)
 
 
+def _drop_head_dropout(m: nn.Module) -> nn.Module:
+    """The classifier head is removed, and so is the dropout in front of it (DomainBed uses none)."""
+    if hasattr(m, "drop_rate"):
+        m.drop_rate = 0.0
+    if isinstance(getattr(m, "head_drop", None), nn.Dropout):
+        m.head_drop = nn.Identity()
+    return m
+
+
 def _efficientnet_stages(m: nn.Module) -> list[nn.Module]:
     return [nn.ModuleList([m.conv_stem, m.bn1]), *list(m.blocks), nn.ModuleList([m.conv_head, m.bn2])]
 
@@ -182,6 +191,7 @@ def efficientnet_lite0(pretrained: bool = True, weights: str | None = None, free
     else:
         model, tag = create_lite(0, pretrained=pretrained)
         model.reset_classifier(0)
+    _drop_head_dropout(model)
     return Student("efficientnet_lite0", model, 1280, LITE_MEAN, LITE_STD, 224,
                    _efficientnet_stages, _timm_features, tag, freeze_bn)
 
@@ -217,6 +227,7 @@ def _timm_student(reg_name: str, timm_name: str, dim: int, summary: str, stages=
     @_register(reg_name, dim, 224, False, summary)
     def factory(pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True, **_: Any) -> Student:
         model, tag = _timm_pretrained(timm_name, pretrained, weights)
+        _drop_head_dropout(model)
         cfg = model.pretrained_cfg or {}
         mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
         return Student(reg_name, model, model.num_features, mean, std, 224, stages, _timm_features, tag, freeze_bn)
@@ -237,6 +248,7 @@ def create_student(name: str, pretrained: bool = True, weights: str | None = Non
         if not timm.is_model(tname):
             raise StudentError(f"timm has no model {tname!r}")
         model, tag = _timm_pretrained(tname, pretrained, weights)
+        _drop_head_dropout(model)
         cfg = model.pretrained_cfg or {}
         size = int((cfg.get("input_size") or (3, 224, 224))[-1])
 
