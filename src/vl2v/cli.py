@@ -144,9 +144,12 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
     print(f"vl2v: profile {args.profile!r} ({'CPU-sized; --profile paper for the paper settings' if args.profile == 'fast' else 'the VL2V authors settings'}), "
           f"output in {cfg.out_dir}", flush=True)
     result = run_experiment(cfg)
-    print()
-    print(result["text"])
-    print(f"records, checkpoints and configs: {result['out_dir']}  (aggregate trials with `vl2v report {result['out_dir']}`)")
+    from vl2v.training.distributed import info
+
+    if info().is_main:
+        print()
+        print(result["text"])
+        print(f"records, checkpoints and configs: {result['out_dir']}  (aggregate trials with `vl2v report {result['out_dir']}`)")
     return 0
 
 

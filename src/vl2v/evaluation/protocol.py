@@ -230,17 +230,25 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
 
 
 def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, resume: bool = True) -> dict[str, Any]:
+    from vl2v.training.distributed import init_distributed
+
     specs = cfg.validate()
+    dist = init_distributed(cfg.train.device)
+    if not dist.is_main:  # one voice and one writer in data-parallel runs
+        log = lambda *_: None  # noqa: E731
     exp = prepare(cfg, log)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     targets = list(cfg.targets) if cfg.targets is not None else list(range(len(exp.data.domains)))
     for t in targets:
         if not 0 <= t < len(exp.data.domains):
             raise ConfigError(f"target {t} out of range: domains are 0..{len(exp.data.domains) - 1} ({', '.join(exp.data.domains)})")
-    atomic_write_json(out / "experiment.json", {"config": json.loads(json.dumps(asdict(cfg), default=str)),
-                                                "dataset": exp.dataset_name, "domains": exp.data.domains,
-                                                "classes": exp.data.classes, "teacher": exp.teacher_identity})
+    if dist.is_main:
+        atomic_write_json(out / "experiment.json", {"config": json.loads(json.dumps(asdict(cfg), default=str)),
+                                                    "dataset": exp.dataset_name, "domains": exp.data.domains,
+                                                    "classes": exp.data.classes, "teacher": exp.teacher_identity,
+                                                    "world_size": dist.world_size})
     args_base = {"dataset": exp.dataset_name, "data_dir": str(exp.data.scan.root), "holdout_fraction": cfg.holdout_fraction,
                  "teacher": cfg.teacher, "teacher_options": cfg.teacher_options,
                  "teacher_identity": exp.teacher_identity, "student": cfg.student,
@@ -264,8 +272,9 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
                     f"ID {100 * sel.get('id_acc', float('nan')):5.1f}  ({f.get('wall_time', 0):.0f}s)")
     tables = build_tables(finals, exp.data.domains)
     text = render_summary(tables, exp, cfg, time.time() - t0)
-    atomic_write_text(out / "results.md", text)
-    atomic_write_json(out / "summary.json", {"finals": finals, "wall_time": time.time() - t0})
+    if dist.is_main:
+        atomic_write_text(out / "results.md", text)
+        atomic_write_json(out / "summary.json", {"finals": finals, "wall_time": time.time() - t0})
     return {"finals": finals, "tables": tables, "text": text, "out_dir": str(out)}
 
 

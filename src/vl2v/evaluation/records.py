@@ -19,11 +19,12 @@ import json
 
 
 class RunRecorder:
-    def __init__(self, run_dir: Path, args: dict[str, Any], hparams: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, args: dict[str, Any], hparams: dict[str, Any], enabled: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "results.jsonl"
         self.args = args
         self.hparams = hparams
+        self.enabled = enabled  # only one process of a data-parallel run writes
 
     def write(self, step: int, stage: str, stage_step: int, loss: float | None, evals: dict[str, float],
               wall: float, queries: dict[str, float] | None = None, extra: dict[str, float] | None = None) -> dict[str, Any]:
@@ -36,7 +37,8 @@ class RunRecorder:
         for k, v in (extra or {}).items():
             if k != "loss":
                 rec[f"train_{k}"] = v
-        append_jsonl(self.path, rec)
+        if self.enabled:
+            append_jsonl(self.path, rec)
         return rec
 
     def records(self) -> list[dict[str, Any]]:
@@ -50,7 +52,7 @@ class RunRecorder:
 
     def truncate_after(self, step: int) -> None:
         """Drop records newer than ``step`` (a resumed run rewrites them)."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         keep = [r for r in self.records() if r["step"] <= step]
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))

@@ -36,6 +36,8 @@ from vl2v.methods.base import Algorithm, Batch, Schedule, Stage, TaskContext, cr
 from vl2v.students.registry import Student
 from vl2v.teachers.prompts import DEFAULT_TEMPLATES, prompts_for, text_classifier
 from vl2v.training.checkpoint import load_state, load_weights, save_state, save_weights
+from vl2v.training.distributed import all_reduce_sum, barrier, main_first, shard, wrap
+from vl2v.training.distributed import info as dist_info
 from vl2v.training.resources import SharedResources
 from vl2v.training.swad import LossValley, SWADConfig
 from vl2v.utils.io import atomic_write_json, atomic_write_text
@@ -120,12 +122,6 @@ class RunOutcome:
     final: dict[str, Any]
 
 
-def _accuracy_and_loss(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    acc = float((logits.argmax(dim=-1) == y).float().mean()) if len(y) else float("nan")
-    loss = float(F.cross_entropy(logits.float(), y)) if len(y) else float("nan")
-    return acc, loss
-
-
 class Trainer:
     def __init__(self, spec: RunSpec, cfg: TrainConfig, res: SharedResources, make_student: Callable[[], Student],
                  run_dir: Path, args_record: dict[str, Any], student_key: tuple = (),
@@ -178,33 +174,41 @@ class Trainer:
         return sets
 
     # ---------------------------------------------------------- batches
+    def _aspect(self, i: int) -> float:
+        img = self.res.data.bank.images[i]
+        return img.shape[2] / img.shape[1]
+
     def _batch(self, algo: Algorithm, d: int, idx: list[int], use_feats: bool) -> Batch:
+        """This rank's part of domain ``d``'s global minibatch ``idx``.
+
+        Random choices (augmentation parameters, which stored view) are drawn for
+        the whole global minibatch in the same order on every rank, then sliced:
+        N ranks see exactly what one process with the same global batch sees.
+        """
         res, cfg = self.res, self.cfg
-        y = self.labels[idx]
-        n_views = res.n_views
         needs_t = algo.uses_teacher_images
-        b = Batch(y=y, domain=d)
-        if needs_t and cfg.teacher_mode == "online":
-            params = [sample_aug_params(self.gen, res.aug, res.data.bank.images[i].shape[2] / res.data.bank.images[i].shape[1]) for i in idx]
-            b.x = torch.stack([render_view(res.data.bank.images[i], p, self.input_size) for i, p in zip(idx, params)])
+        online = needs_t and cfg.teacher_mode == "online"
+        if (use_feats or needs_t) and not online:  # replay stored views
+            choice = torch.randint(0, res.n_views, (len(idx),), generator=self.gen).tolist()
+        else:  # a fresh augmentation per image
+            choice = [sample_aug_params(self.gen, res.aug, self._aspect(i)) for i in idx]
+        idx, choice = shard(idx), shard(choice)
+        b = Batch(y=self.labels[idx], domain=d)
+        images = res.data.bank.images
+        if online:
+            b.x = torch.stack([render_view(images[i], p, self.input_size) for i, p in zip(idx, choice)])
             size = res.store.teacher.image_size
-            b.t_img = res.online_targets(torch.stack([teacher_view(res.data.bank.images[i], p, size) for i, p in zip(idx, params)]))
-            return b
-        if use_feats or needs_t:
-            v = torch.randint(0, n_views, (len(idx),), generator=self.gen).tolist()
+            b.t_img = res.online_targets(torch.stack([teacher_view(images[i], p, size) for i, p in zip(idx, choice)]))
+        elif use_feats or needs_t:
+            rows = [self.train_pos[i] for i in idx]
             if use_feats:
-                f = self.train_feats  # [N_train, V, d]
-                rows = [self.train_pos[i] for i in idx]
-                b.feats = f[rows, v]
+                b.feats = self.train_feats[rows, choice]  # [N_train, V, d] -> [B, d]
             else:
-                b.x = torch.stack([render_view(res.data.bank.images[i], res.view_list(i)[k], self.input_size) for i, k in zip(idx, v)])
+                b.x = torch.stack([render_view(images[i], res.view_list(i)[k], self.input_size) for i, k in zip(idx, choice)])
             if needs_t:
-                rows = [self.train_pos[i] for i in idx]
-                b.t_img = self.targets[rows, v]
-            return b
-        # no teacher, fine-tuning: fresh augmentation every step
-        params = [sample_aug_params(self.gen, res.aug, res.data.bank.images[i].shape[2] / res.data.bank.images[i].shape[1]) for i in idx]
-        b.x = torch.stack([render_view(res.data.bank.images[i], p, self.input_size) for i, p in zip(idx, params)])
+                b.t_img = self.targets[rows, choice]
+        else:
+            b.x = torch.stack([render_view(images[i], p, self.input_size) for i, p in zip(idx, choice)])
         return b
 
     def _to_device(self, b: Batch) -> Batch:
@@ -220,27 +224,42 @@ class Trainer:
 
     # ------------------------------------------------------------ eval
     @torch.no_grad()
-    def evaluate(self, algo: Algorithm, use_feats: bool) -> dict[str, float]:
-        algo.eval()
-        out: dict[str, float] = {}
+    def _logits(self, algo: Algorithm, idx: list[int], use_feats: bool) -> torch.Tensor:
+        logits = []
         bs = self.cfg.eval_batch_size
-        for d, which in self._eval_sets():
-            idx = self.data.split_items(d, which)
-            logits = []
-            for s in range(0, len(idx), bs):
-                chunk = idx[s:s + bs]
-                b = Batch(y=self.labels[chunk])
-                if not algo.has_student:
-                    b.t_img = self.res.teacher_center(chunk)
-                elif use_feats:
-                    b.feats = self.res.frozen_features(algo.student, chunk, "eval", self.student_key)
-                else:
-                    b.x = self.res.eval_inputs(chunk, self.input_size).float().div_(255.0)
-                logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
-            lg = torch.cat(logits) if logits else torch.empty(0, len(self.data.classes))
-            acc, loss = _accuracy_and_loss(lg, self.labels[idx])
-            out[f"env{d}_{which}_acc"] = acc
-            out[f"env{d}_{which}_loss"] = loss
+        for s in range(0, len(idx), bs):
+            chunk = idx[s:s + bs]
+            b = Batch(y=self.labels[chunk])
+            if not algo.has_student:
+                b.t_img = self.res.teacher_center(chunk)
+            elif use_feats:
+                b.feats = self.res.frozen_features(algo.student, chunk, "eval", self.student_key)
+            else:
+                b.x = self.res.eval_inputs(chunk, self.input_size).float().div_(255.0)
+            logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
+        return torch.cat(logits) if logits else torch.empty(0, len(self.data.classes))
+
+    @torch.no_grad()
+    def evaluate(self, algo: Algorithm, use_feats: bool) -> dict[str, float]:
+        """Accuracy and cross-entropy on every evaluation split (sharded over ranks, then summed)."""
+        algo.eval()
+        dist = dist_info()
+        sets = self._eval_sets()
+        sums = torch.zeros(len(sets), 3, dtype=torch.float64)  # correct, loss sum, count
+        for k, (d, which) in enumerate(sets):
+            idx = self.data.split_items(d, which)[dist.rank::dist.world_size]
+            lg = self._logits(algo, idx, use_feats)
+            y = self.labels[idx]
+            if len(idx):
+                sums[k, 0] = float((lg.argmax(dim=-1) == y).sum())
+                sums[k, 1] = float(F.cross_entropy(lg, y, reduction="sum"))
+                sums[k, 2] = len(idx)
+        all_reduce_sum(sums)
+        out: dict[str, float] = {}
+        for k, (d, which) in enumerate(sets):
+            n = float(sums[k, 2])
+            out[f"env{d}_{which}_acc"] = float(sums[k, 0]) / n if n else float("nan")
+            out[f"env{d}_{which}_loss"] = float(sums[k, 1]) / n if n else float("nan")
         out["val_acc"] = float(np.mean([out[f"env{d}_out_acc"] for d in self.sources]))
         out["val_loss"] = float(np.mean([out[f"env{d}_out_loss"] for d in self.sources]))
         algo.train()
@@ -251,186 +270,205 @@ class Trainer:
         """Per-image predictions of the selected model on the target's "in" split (confusion matrices, mistakes)."""
         algo.eval()
         idx = self.data.split_items(self.spec.target, "in")
-        probs = []
-        for s in range(0, len(idx), self.cfg.eval_batch_size):
-            chunk = idx[s:s + self.cfg.eval_batch_size]
-            b = Batch(y=self.labels[chunk])
-            if not algo.has_student:
-                b.t_img = self.res.teacher_center(chunk)
-            else:
-                b.x = self.res.eval_inputs(chunk, self.input_size).float().div_(255.0)
-            probs.append(algo.predict_batch(self._to_device(b)).float().softmax(-1).cpu())
-        p = torch.cat(probs)
+        p = self._logits(algo, idx, use_feats=False).softmax(-1)
         recs = self.res.data.bank.records
         items = [{"path": recs[i].path, "label": int(self.labels[i]), "pred": int(p[j].argmax()),
                   "conf": round(float(p[j].max()), 5)} for j, i in enumerate(idx)]
         atomic_write_json(path, {"domain": self.data.domains[self.spec.target], "split": "in",
                                  "classes": self.data.classes, "root": str(self.data.scan.root), "items": items})
 
-    # ------------------------------------------------------------- run
     def run(self, resume: bool = False) -> RunOutcome:
         cfg, spec, res = self.cfg, self.spec, self.res
         run_dir = self.run_dir
-        ckpt_dir = run_dir / "checkpoints"
+        self.main = dist_info().is_main
         if (run_dir / "done").exists():
-            final = json.loads((run_dir / "final.json").read_text())
-            return RunOutcome(run_dir, final)
-        run_dir.mkdir(parents=True, exist_ok=True)
+            return RunOutcome(run_dir, json.loads((run_dir / "final.json").read_text()))
+        if cfg.batch_size % dist_info().world_size:
+            raise ConfigError(f"the global batch ({cfg.batch_size} per domain) must divide evenly over "
+                              f"{dist_info().world_size} processes")
+        if self.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed)
         self.gen = torch.Generator().manual_seed(self.seed)
-        ctx = self._context()
+        with main_first():  # rank 0 pays for the text embeddings, the others read them from the store
+            ctx = self._context()
         student = self.make_student() if (self.info.cls.has_student and self.info.cls.uses_registry_student) else None
         algo = create_algorithm(spec.algorithm, ctx, student, dict(spec.hparams)).to(self.device)
         if algo.student is not None:
             algo.student.to(memory_format=torch.channels_last)
         self.input_size = algo.image_size or cfg.image_size
         stages = algo.stages() if algo.needs_training else []
-        hparams = asdict(algo.hparams)
         recorder = RunRecorder(run_dir, args={**self.args_record, "algorithm": self.info.name,
                                               "test_envs": [spec.target], "trial_seed": spec.trial_seed,
                                               "hparams_seed": spec.hparams_seed, "output_dir": str(run_dir)},
-                               hparams={**hparams, **{f"schedule_{k}": v for k, v in asdict(cfg.schedule).items()},
+                               hparams={**asdict(algo.hparams), **{f"schedule_{k}": v for k, v in asdict(cfg.schedule).items()},
                                         "batch_size": cfg.batch_size, "image_size": self.input_size,
-                                        "teacher_mode": cfg.teacher_mode, "views": res.views, "swad": cfg.swad})
-        config = {"spec": asdict(spec), "train": _jsonable(asdict(cfg)), "args": recorder.args, "hparams": recorder.hparams,
-                  "stages": [asdict(s) for s in stages], "domains": self.data.domains, "classes": self.data.classes,
-                  "input_size": self.input_size}
-        atomic_write_json(run_dir / "config.json", config)
+                                        "teacher_mode": cfg.teacher_mode, "views": res.views, "swad": cfg.swad},
+                               enabled=self.main)
+        if self.main:
+            atomic_write_json(run_dir / "config.json", {
+                "spec": asdict(spec), "train": _jsonable(asdict(cfg)), "args": recorder.args, "hparams": recorder.hparams,
+                "stages": [asdict(s) for s in stages], "domains": self.data.domains, "classes": self.data.classes,
+                "input_size": self.input_size, "world_size": dist_info().world_size})
 
         store = res.store
-        stats0 = store.stats.as_dict() if store else {}
-        t_start = time.time()
-        # Teacher targets for every training view, paid once (cached mode).
+        self.stats0 = store.stats.as_dict() if store else {}
+        self.t_start = time.time()
         self.train_pos = {i: r for r, i in enumerate(self.train_indices)}
-        if algo.uses_teacher_images and algo.needs_training and cfg.teacher_mode == "cached":
-            self.targets = res.teacher_targets(self.train_indices)
-        state = {"global_step": 0, "stage_index": 0, "stage_step": 0, "best": None, "stage_best": None,
-                 "loss_sum": 0.0, "loss_n": 0, "elapsed": 0.0}
-        swad: LossValley | None = None
-        sampler = DomainSampler(self.pools, cfg.batch_size, self.seed)
-        last_path = ckpt_dir / "last.pt"
-        resume_state = load_state(last_path) if resume and last_path.exists() else None
+        with main_first():  # teacher queries: rank 0 asks and stores, the other ranks read
+            if algo.uses_teacher_images and algo.needs_training and cfg.teacher_mode == "cached":
+                self.targets = res.teacher_targets(self.train_indices)  # every training view, paid once
+            if not algo.has_student:
+                res.teacher_center(sorted({i for d, w in self._eval_sets() for i in self.data.split_items(d, w)}))
+        self.state = {"global_step": 0, "stage_index": 0, "stage_step": 0, "best": None, "stage_best": None,
+                      "loss_sum": 0.0, "loss_n": 0, "elapsed": 0.0}
+        self.sampler = DomainSampler(self.pools, cfg.batch_size, self.seed)
+        self.ckpt_dir = run_dir / "checkpoints"
+        resume_state = load_state(self.ckpt_dir / "last.pt") if resume and (self.ckpt_dir / "last.pt").exists() else None
         if resume_state is not None:
-            st = resume_state
-            algo.load_state_dict(st["algorithm"])
-            state.update(st["loop"])
-            sampler.load_state_dict(st["sampler"])
-            self.gen.set_state(st["gen"])
-            torch.set_rng_state(st["torch_rng"])
-            recorder.truncate_after(state["global_step"] - 1)
-            t_start -= state["elapsed"]
+            algo.load_state_dict(resume_state["algorithm"])
+            self.state.update(resume_state["loop"])
+            self.sampler.load_state_dict(resume_state["sampler"])
+            self.gen.set_state(resume_state["gen"])
+            torch.set_rng_state(resume_state["torch_rng"])
+            recorder.truncate_after(self.state["global_step"] - 1)
+            self.t_start -= self.state["elapsed"]
         else:
             recorder.truncate_after(-1)  # a fresh start drops records of an interrupted attempt
-        backbone_pristine = True
-        if not stages:  # zero-shot and other training-free algorithms: one evaluation
-            ev = self.evaluate(algo, use_feats=False)
-            recorder.write(step=0, stage="none", stage_step=0, loss=None, evals=ev, wall=time.time() - t_start,
-                           queries=_diff(store, stats0))
-        for si, stage in enumerate(stages):
-            if si < state["stage_index"]:
-                backbone_pristine = backbone_pristine and stage.backbone_frozen
-                continue
-            resuming_stage = si == state["stage_index"] and state["stage_step"] > 0
-            algo.begin_stage(stage)
-            if resuming_stage and resume_state is not None and algo.optimizer is not None and resume_state.get("optimizer"):
-                algo.optimizer.load_state_dict(resume_state["optimizer"])
-            use_feats = stage.backbone_frozen and backbone_pristine and cfg.teacher_mode == "cached"
-            if use_feats:
-                self.train_feats = res.frozen_features(algo.student, self.train_indices, "train", self.student_key)
-            last_stage = si == len(stages) - 1
-            swad = LossValley(algo, cfg.swad_cfg) if (cfg.swad and last_stage and not stage.backbone_frozen) else None
-            if swad is not None and resuming_stage and resume_state is not None and resume_state.get("swad"):
-                swad.load_state_dict(resume_state["swad"])
-            pbar = bar(stage.steps, desc=f"{spec.algorithm}/{self.data.domains[spec.target]}/{stage.name}", unit="step")
-            pbar.update(state["stage_step"])
-            algo.train()
-            for s in range(state["stage_step"], stage.steps):
-                mbs = [self._to_device(self._batch(algo, d, sampler.next(d), use_feats)) for d in self.sources]
-                logs = algo.update(mbs)
-                state["loss_sum"] += logs.get("loss", 0.0)
-                state["loss_n"] += 1
-                if swad is not None:
-                    swad.observe(algo, state["global_step"])
-                pbar.update(1)
-                if s % cfg.eval_every == 0 or s == stage.steps - 1:
-                    ev = self.evaluate(algo, use_feats)
-                    loss = state["loss_sum"] / max(1, state["loss_n"])
-                    state["loss_sum"], state["loss_n"] = 0.0, 0
-                    recorder.write(step=state["global_step"], stage=stage.name, stage_step=s, loss=loss, evals=ev,
-                                         wall=time.time() - t_start, queries=_diff(store, stats0), extra=logs)
-                    pbar.set_postfix(loss=f"{loss:.3f}", val=f"{ev['val_acc']:.3f}",
-                                     tgt=f"{ev[f'env{spec.target}_in_acc']:.3f}")
-                    if swad is not None:
-                        swad.close_segment(ev["val_loss"], state["global_step"])
-                    if state["stage_best"] is None or ev["val_acc"] > state["stage_best"]["val_acc"]:
-                        state["stage_best"] = {"step": state["global_step"], "val_acc": ev["val_acc"]}
-                        if cfg.save_checkpoints:
-                            save_weights(ckpt_dir / f"stage{si}_best.safetensors", algo.state_dict(),
-                                         {"step": state["global_step"], "stage": stage.name})
-                        self._stage_best_mem = copy.deepcopy(algo.state_dict())
-                    if state["best"] is None or ev["val_acc"] > state["best"]["val_acc"]:
-                        state["best"] = {"step": state["global_step"], "val_acc": ev["val_acc"]}
-                        if cfg.save_checkpoints:
-                            save_weights(ckpt_dir / "best.safetensors", algo.state_dict(),
-                                         {"step": state["global_step"], "stage": stage.name, "val_acc": ev["val_acc"]})
-                    state["global_step"] += 1
-                    state["stage_step"] = s + 1
-                    state["elapsed"] = time.time() - t_start
-                    if cfg.save_checkpoints:
-                        save_state(last_path, {"algorithm": algo.state_dict(), "loop": _plain(state),
-                                               "optimizer": algo.optimizer.state_dict() if algo.optimizer else {},
-                                               "sampler": sampler.state_dict(), "gen": self.gen.get_state(),
-                                               "torch_rng": torch.get_rng_state(),
-                                               "swad": swad.state_dict() if swad is not None else None})
-                else:
-                    state["global_step"] += 1
-                    state["stage_step"] = s + 1
-            pbar.close()
-            if not stage.backbone_frozen:
-                backbone_pristine = False
-            if not last_stage:  # next stage starts from this stage's best checkpoint
-                best_state = getattr(self, "_stage_best_mem", None)
-                if best_state is None and (ckpt_dir / f"stage{si}_best.safetensors").exists():
-                    best_state = load_weights(ckpt_dir / f"stage{si}_best.safetensors")[0]
-                if best_state is not None:
-                    algo.load_state_dict(best_state)
-            state["stage_index"] = si + 1
-            state["stage_step"] = 0
-            state["stage_best"] = None
-            self._stage_best_mem = None
+        self._stage_best_mem = None
 
+        if not stages:  # zero-shot and other training-free algorithms: one evaluation
+            recorder.write(step=0, stage="none", stage_step=0, loss=None, evals=self.evaluate(algo, use_feats=False),
+                           wall=time.time() - self.t_start, queries=_diff(store, self.stats0))
+        swad: LossValley | None = None
+        backbone_pristine = True
+        for si, stage in enumerate(stages):
+            if si >= self.state["stage_index"]:
+                swad = self._run_stage(algo, si, stage, stages, backbone_pristine, recorder, resume_state)
+            backbone_pristine = backbone_pristine and stage.backbone_frozen
+        return self._finish(algo, stages, swad, recorder)
+
+    def _run_stage(self, algo: Algorithm, si: int, stage: Stage, stages: list[Stage], backbone_pristine: bool,
+                   recorder: RunRecorder, resume_state: dict | None) -> LossValley | None:
+        cfg, state = self.cfg, self.state
+        resuming = resume_state is not None and si == state["stage_index"] and state["stage_step"] > 0
+        algo.begin_stage(stage)
+        if resuming and algo.optimizer is not None and resume_state.get("optimizer"):
+            algo.optimizer.load_state_dict(resume_state["optimizer"])
+        model = wrap(algo, self.device)  # DistributedDataParallel when data-parallel
+        use_feats = stage.backbone_frozen and backbone_pristine and cfg.teacher_mode == "cached"
+        if use_feats:
+            self.train_feats = self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key)
+        last_stage = si == len(stages) - 1
+        swad = LossValley(algo, cfg.swad_cfg) if (cfg.swad and last_stage and not stage.backbone_frozen) else None
+        if swad is not None and resuming and resume_state.get("swad"):
+            swad.load_state_dict(resume_state["swad"])
+        pbar = bar(stage.steps, desc=f"{self.spec.algorithm}/{self.data.domains[self.spec.target]}/{stage.name}",
+                   unit="step", disable=not self.main)
+        pbar.update(state["stage_step"])
+        algo.train()
+        for s in range(state["stage_step"], stage.steps):
+            mbs = [self._to_device(self._batch(algo, d, self.sampler.next(d), use_feats)) for d in self.sources]
+            logs = algo.update(mbs, model)
+            state["loss_sum"] += logs.get("loss", 0.0)
+            state["loss_n"] += 1
+            if swad is not None:
+                swad.observe(algo, state["global_step"])
+            pbar.update(1)
+            evaluate = s % cfg.eval_every == 0 or s == stage.steps - 1
+            if evaluate:
+                self._evaluate_and_checkpoint(algo, si, stage, s, use_feats, swad, recorder, logs, pbar)
+            else:
+                state["global_step"] += 1
+                state["stage_step"] = s + 1
+        pbar.close()
+        if not last_stage:  # the next stage starts from this stage's best checkpoint
+            best = self._stage_best_mem
+            path = self.ckpt_dir / f"stage{si}_best.safetensors"
+            if best is None and path.exists():
+                best = load_weights(path)[0]
+            if best is not None:
+                algo.load_state_dict(best)
+        state.update(stage_index=si + 1, stage_step=0, stage_best=None)
+        self._stage_best_mem = None
+        return swad
+
+    def _evaluate_and_checkpoint(self, algo: Algorithm, si: int, stage: Stage, s: int, use_feats: bool,
+                                 swad: LossValley | None, recorder: RunRecorder, logs: dict, pbar) -> None:
+        cfg, state, ckpt = self.cfg, self.state, self.ckpt_dir
+        ev = self.evaluate(algo, use_feats)
+        loss = state["loss_sum"] / max(1, state["loss_n"])
+        state["loss_sum"], state["loss_n"] = 0.0, 0
+        step = state["global_step"]
+        recorder.write(step=step, stage=stage.name, stage_step=s, loss=loss, evals=ev, wall=time.time() - self.t_start,
+                       queries=_diff(self.res.store, self.stats0), extra=logs)
+        pbar.set_postfix(loss=f"{loss:.3f}", val=f"{ev['val_acc']:.3f}", tgt=f"{ev[f'env{self.spec.target}_in_acc']:.3f}")
+        if swad is not None:
+            swad.close_segment(ev["val_loss"], step)
+        save = cfg.save_checkpoints and self.main
+        if state["stage_best"] is None or ev["val_acc"] > state["stage_best"]["val_acc"]:
+            state["stage_best"] = {"step": step, "val_acc": ev["val_acc"]}
+            self._stage_best_mem = copy.deepcopy(algo.state_dict())
+            if save:
+                save_weights(ckpt / f"stage{si}_best.safetensors", algo.state_dict(), {"step": step, "stage": stage.name})
+        if state["best"] is None or ev["val_acc"] > state["best"]["val_acc"]:
+            state["best"] = {"step": step, "val_acc": ev["val_acc"]}
+            if save:
+                save_weights(ckpt / "best.safetensors", algo.state_dict(),
+                             {"step": step, "stage": stage.name, "val_acc": ev["val_acc"]})
+        state["global_step"] = step + 1
+        state["stage_step"] = s + 1
+        state["elapsed"] = time.time() - self.t_start
+        if save:
+            save_state(ckpt / "last.pt", {
+                "algorithm": algo.state_dict(), "loop": _plain(state),
+                "optimizer": algo.optimizer.state_dict() if algo.optimizer else {},
+                "sampler": self.sampler.state_dict(), "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "swad": swad.state_dict() if swad is not None else None})
+
+    def _finish(self, algo: Algorithm, stages: list[Stage], swad: LossValley | None, recorder: RunRecorder) -> RunOutcome:
+        cfg, spec, run_dir, ckpt = self.cfg, self.spec, self.run_dir, self.ckpt_dir
+        store = self.res.store
+        save = cfg.save_checkpoints and self.main
         final: dict[str, Any] = {"run_dir": str(run_dir), "algorithm": self.info.name, "target": spec.target,
                                  "target_name": self.data.domains[spec.target], "trial_seed": spec.trial_seed}
+        barrier()  # rank 0 has written every record
         chosen = select_record(recorder.records())
         if chosen is not None:
             final["selected"] = summarize(chosen)
+        if save and stages:
+            save_weights(run_dir / "last.safetensors", algo.state_dict(), {"step": self.state["global_step"] - 1})
         if swad is not None:
             summary = swad.summary()
             if swad.apply_to(algo):
                 ev = self.evaluate(algo, use_feats=False)
-                final["swad"] = {**summarize({**ev, "args": recorder.args, "step": state["global_step"], "stage": "swad"}),
+                final["swad"] = {**summarize({**ev, "args": recorder.args, "step": self.state["global_step"], "stage": "swad"}),
                                  **summary}
-                if cfg.save_checkpoints:
+                if save:
                     save_weights(run_dir / "swad.safetensors", algo.state_dict(), {"swad": summary})
             else:
                 final["swad"] = {"note": "SWAD found no loss valley (validation loss never converged); not averaged", **summary}
-        if cfg.save_checkpoints and (ckpt_dir / "best.safetensors").exists():
-            os.replace(ckpt_dir / "best.safetensors", run_dir / "model.safetensors")
-            algo.load_state_dict(load_weights(run_dir / "model.safetensors")[0])
-            self._write_predictions(algo, run_dir / "predictions.json")
-        elif not stages:
-            self._write_predictions(algo, run_dir / "predictions.json")
-        final["queries"] = _diff(store, stats0)
+        if self.main:
+            if cfg.save_checkpoints and (ckpt / "best.safetensors").exists():
+                os.replace(ckpt / "best.safetensors", run_dir / "model.safetensors")
+                algo.load_state_dict(load_weights(run_dir / "model.safetensors")[0])
+                self._write_predictions(algo, run_dir / "predictions.json")
+            elif not stages:
+                self._write_predictions(algo, run_dir / "predictions.json")
+        final["queries"] = _diff(store, self.stats0)
         final["n_train_images"] = len(self.train_indices)
-        final["wall_time"] = time.time() - t_start
-        atomic_write_json(run_dir / "final.json", final)
-        # the run is final: drop resume state, per-stage bests and temp files of interrupted writes
-        for p in [last_path, *ckpt_dir.glob("stage*_best.safetensors"), *ckpt_dir.glob(".*.tmp")] if ckpt_dir.is_dir() else []:
-            if p.exists():
-                p.unlink()
-        if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
-            ckpt_dir.rmdir()
-        atomic_write_text(run_dir / "done", "done")
+        final["wall_time"] = time.time() - self.t_start
+        if self.main:
+            atomic_write_json(run_dir / "final.json", final)
+            # the run is final: drop resume state, per-stage bests and temp files of interrupted writes
+            if ckpt.is_dir():
+                for p in [ckpt / "last.pt", *ckpt.glob("stage*_best.safetensors"), *ckpt.glob(".*.tmp")]:
+                    if p.exists():
+                        p.unlink()
+                if not any(ckpt.iterdir()):
+                    ckpt.rmdir()
+            atomic_write_text(run_dir / "done", "done")
+        barrier()
         return RunOutcome(run_dir, final)
 
 

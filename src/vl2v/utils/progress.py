@@ -24,6 +24,6 @@ def progress(it: Iterable[T], desc: str = "", total: int | None = None, unit: st
                 file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
 
-def bar(total: int, desc: str = "", unit: str = "it", leave: bool = False) -> tqdm:
-    return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=not enabled(),
+def bar(total: int, desc: str = "", unit: str = "it", leave: bool = False, disable: bool = False) -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=disable or not enabled(),
                 file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
