@@ -397,7 +397,9 @@ class Trainer:
                                  swad: LossValley | None, recorder: RunRecorder, logs: dict, pbar) -> None:
         cfg, state, ckpt = self.cfg, self.state, self.ckpt_dir
         ev = self.evaluate(algo, use_feats)
-        loss = state["loss_sum"] / max(1, state["loss_n"])
+        # mean training loss since the last evaluation, over all ranks' shards
+        loss_sum = float(all_reduce_sum(torch.tensor([state["loss_sum"]], dtype=torch.float64))) / dist_info().world_size
+        loss = loss_sum / max(1, state["loss_n"])
         state["loss_sum"], state["loss_n"] = 0.0, 0
         step = state["global_step"]
         recorder.write(step=step, stage=stage.name, stage_step=s, loss=loss, evals=ev, wall=time.time() - self.t_start,
