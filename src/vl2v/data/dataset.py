@@ -42,6 +42,12 @@ def _shrink(img: Image.Image, max_side: int | None) -> Image.Image:
     return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
 
 
+def decode_for_bank(path, max_side: int | None = 256) -> tuple[torch.Tensor, str]:
+    """Decode, shrink and hash one image the way :class:`ImageBank` holds it: (uint8 [3,H,W], content hash)."""
+    arr = np.asarray(_shrink(load_rgb(path), max_side), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous(), pixels_hash(arr)
+
+
 @dataclass
 class ImageBank:
     """Decoded images and their content hashes, in scan order."""
@@ -60,13 +66,12 @@ class ImageBank:
         skipped: list[FolderIssue] = []
         for rec in progress(scan.items, desc=desc, unit="img"):
             try:
-                img = _shrink(load_rgb(scan.abspath(rec)), max_side)
+                img, h = decode_for_bank(scan.abspath(rec), max_side)
             except ImageDecodeError as exc:  # file changed since the scan
                 skipped.append(FolderIssue(rec.path, exc.reason))
                 continue
-            arr = np.asarray(img, dtype=np.uint8)
-            hashes.append(pixels_hash(arr))
-            images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
+            hashes.append(h)
+            images.append(img)
             records.append(rec)
         return cls(scan.root, records, images, hashes, skipped)
 
