@@ -101,7 +101,7 @@ def _experiment_from_args(args: argparse.Namespace, default_algorithms: tuple[st
                            teacher=args.teacher, teacher_options=_parse_kv(args.teacher_opt, "--teacher-opt"),
                            blackbox=not args.white_box, student=args.student,
                            student_pretrained=not args.no_pretrained, student_weights=args.student_weights,
-                           store=args.store, out_dir=args.out)
+                           store=args.store, out_dir=args.out, strict_data=args.strict_data)
     cfg = apply_profile(cfg, args.profile)
     t, s = cfg.train, cfg.train.schedule
     s = replace(s, **{k: v for k, v in dict(steps=args.steps, frozen_steps=args.frozen_steps, lr=args.lr,
@@ -315,6 +315,8 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--root", help="folder holding datasets (default: $VL2V_DATA or ~/.cache/vl2v/datasets)")
     g.add_argument("--target", nargs="+", metavar="DOMAIN", help="target domain(s), by name or index (default: every domain in turn)")
     g.add_argument("--trials", type=int, default=1, help="number of trial seeds 0..N-1 (default 1)")
+    g.add_argument("--strict-data", action="store_true",
+                   help="fail on any data problem (unreadable files, empty classes) instead of skipping and recording it")
     g.add_argument("--seed", type=int, nargs="+", help="explicit trial seeds (overrides --trials)")
     g = q.add_argument_group("models")
     g.add_argument("--algorithm", nargs="+", metavar="ALGO",

@@ -35,10 +35,12 @@ class ImageRecord:
 class FolderIssue:
     path: str
     reason: str
-    fatal: bool = False  # fatal issues make the folder unusable for training
+    fatal: bool = False  # a dataset error: `vl2v data check` fails on it
+    tolerable: bool = False  # ...but training can go on without the affected images (it warns and records it)
 
     def __str__(self) -> str:
-        return f"{'ERROR' if self.fatal else 'skipped'}: {self.path}: {self.reason}"
+        label = "warning" if self.tolerable else "ERROR" if self.fatal else "skipped"
+        return f"{label}: {self.path}: {self.reason}"
 
 
 @dataclass
@@ -70,9 +72,14 @@ class FolderScan:
     def abspath(self, rec: ImageRecord) -> Path:
         return self.root / rec.path
 
+    @property
+    def blocking_issues(self) -> list[FolderIssue]:
+        """Errors that make training impossible (tolerable ones, like an empty class folder, only warn)."""
+        return [i for i in self.issues if i.fatal and not i.tolerable]
+
     def raise_if_fatal(self) -> None:
-        if self.fatal_issues:
-            lines = "\n  ".join(str(i) for i in self.fatal_issues)
+        if self.blocking_issues:
+            lines = "\n  ".join(str(i) for i in self.blocking_issues)
             raise FolderError(f"dataset folder {self.root} is not usable:\n  {lines}")
 
 
@@ -190,7 +197,8 @@ def scan_folder(
             continue
         missing = [c for c in all_classes if c not in per_domain_classes[d]]
         for c in missing:
-            issues.append(FolderIssue(f"{d}/{c}", f"class {c!r} is missing in domain {d!r} (present in other domains)", fatal=True))
+            issues.append(FolderIssue(f"{d}/{c}", f"class {c!r} is missing in domain {d!r} (present in other domains)", fatal=True,
+                                      tolerable=True))
 
     # Gather candidate files
     files: list[tuple[int, int, Path]] = []
@@ -224,7 +232,8 @@ def scan_folder(
         for c in per_domain_classes[d]:
             ci = all_classes.index(c)
             if counts[(di, ci)] == 0:
-                issues.append(FolderIssue(f"{d}/{c}", "empty class folder: no readable images", fatal=True))
+                issues.append(FolderIssue(f"{d}/{c}", "empty class folder: no readable images", fatal=True,
+                                          tolerable=True))
     if len(all_classes) < 2:
         issues.append(FolderIssue(".", f"need at least 2 classes, found {len(all_classes)}", fatal=True))
 

@@ -181,10 +181,12 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
                             max_side=cfg.max_side, strict=cfg.strict_data, scan=scan)
     for issue in data.scan.issues:
         log(f"  data: {issue}")
+    if data.scan.issues:
+        log(f"data: {len(data.scan.issues)} problems: {len(data.scan.skipped)} files skipped, "
+            f"{sum(i.tolerable for i in data.scan.issues)} warnings (listed above and in experiment.json; "
+            f"--strict-data fails instead)")
     log(f"data: {name} at {folder}: {len(data.bank)} images, domains {data.domains}, "
         f"{len(data.classes)} classes ({time.time() - t0:.1f}s)")
-    if data.scan.skipped:
-        log(f"data: {len(data.scan.skipped)} files skipped (listed above and in each run's config.json)")
 
     store = None
     identity = None
@@ -248,6 +250,9 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
         atomic_write_json(out / "experiment.json", {"config": json.loads(json.dumps(asdict(cfg), default=str)),
                                                     "dataset": exp.dataset_name, "domains": exp.data.domains,
                                                     "classes": exp.data.classes, "teacher": exp.teacher_identity,
+                                                    "data_issues": [{"path": i.path, "reason": i.reason,
+                                                                     "kind": "warning" if i.tolerable else "skipped"}
+                                                                    for i in exp.data.scan.issues],
                                                     "world_size": dist.world_size})
     args_base = {"dataset": exp.dataset_name, "data_dir": str(exp.data.scan.root), "holdout_fraction": cfg.holdout_fraction,
                  "teacher": cfg.teacher, "teacher_options": cfg.teacher_options,
