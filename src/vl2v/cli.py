@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -529,6 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, FolderError, UnknownNameError, FileNotFoundError, ConfigError) as exc:
         print(f"vl2v: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"vl2v: error: cannot write{where}: {exc.strerror or exc}. Files written before were not touched "
+              "(every checkpoint is written to a temporary file and renamed only when complete): the last good "
+              "checkpoint is intact. Free space or fix permissions, then continue with `vl2v train --resume OUT`.",
+              file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         print("vl2v: interrupted", file=sys.stderr)
         return 130

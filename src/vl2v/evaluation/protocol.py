@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -231,6 +232,17 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
     return Experiment(cfg, data, res, make_student, key, name, identity, raw_teacher)
 
 
+def check_writable(out: Path) -> None:
+    """Fail before any work if the output folder cannot be written (read-only, full, no permission)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".vl2v-write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write to the output folder {out}: {exc.strerror or exc}. "
+                          "Choose another --out, or fix its permissions or free space.") from exc
+
+
 def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, resume: bool = True) -> dict[str, Any]:
     from vl2v.training.distributed import init_distributed
 
@@ -241,7 +253,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     exp = prepare(cfg, log)
     out = Path(cfg.out_dir)
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out)
     targets = list(cfg.targets) if cfg.targets is not None else list(range(len(exp.data.domains)))
     for t in targets:
         if not 0 <= t < len(exp.data.domains):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from vl2v.errors import ConfigError
 from vl2v.utils.io import atomic_path
 
 
@@ -43,8 +44,8 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-class UnsafeCheckpointError(ValueError):
-    pass
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint holds more than tensors and plain containers (it could run code when unpickled)."""
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -52,5 +53,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError and friends
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise UnsafeCheckpointError(
-            f"refusing to load {path}: not a plain weights/state file ({type(exc).__name__}: {str(exc)[:200]})") from exc
+            f"refusing to load {path}: it is not a plain tensor/state file ({first}). vl2v never unpickles "
+            "arbitrary objects; a checkpoint from an untrusted source may carry code.") from exc

@@ -286,6 +286,13 @@ class Trainer:
         if cfg.batch_size % dist_info().world_size:
             raise ConfigError(f"the global batch ({cfg.batch_size} per domain) must divide evenly over "
                               f"{dist_info().world_size} processes")
+        last_pt = run_dir / "checkpoints" / "last.pt"
+        if resume and last_pt.exists() and (run_dir / "config.json").exists():
+            old = json.loads((run_dir / "config.json").read_text()).get("args", {}).get("teacher_identity")
+            new = self.args_record.get("teacher_identity")
+            if old != new:
+                raise ConfigError(f"{run_dir} was started with teacher {old!r} but the teacher is now {new!r}; "
+                                  "resuming would mix two teachers' targets. Use the original teacher, or a new --out.")
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed)
@@ -326,6 +333,7 @@ class Trainer:
         self.ckpt_dir = run_dir / "checkpoints"
         resume_state = load_state(self.ckpt_dir / "last.pt") if resume and (self.ckpt_dir / "last.pt").exists() else None
         if resume_state is not None:
+            check_compatible(resume_state["algorithm"], algo, self.ckpt_dir / "last.pt")
             algo.load_state_dict(resume_state["algorithm"])
             self.state.update(resume_state["loop"])
             self.sampler.load_state_dict(resume_state["sampler"])
@@ -472,6 +480,18 @@ class Trainer:
             atomic_write_text(run_dir / "done", "done")
         barrier()
         return RunOutcome(run_dir, final)
+
+
+def check_compatible(state: dict[str, torch.Tensor], algo: Algorithm, source: Path) -> None:
+    """Refuse, before any work, a checkpoint whose tensors do not fit the model (e.g. another teacher's size)."""
+    own = algo.state_dict()
+    missing = [k for k in own if k not in state]
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if bad or missing:
+        what = "; ".join(f"{k} is {a} in the checkpoint but {b} now" for k, a, b in bad[:3])
+        hint = (" The teacher's embedding size differs from the one the projection was trained for."
+                if any(k.startswith(("projection", "text")) for k, _, _ in bad) else "")
+        raise ConfigError(f"checkpoint {source} does not fit this model: {what or f'missing {missing[:3]}'}.{hint}")
 
 
 def _diff(store, stats0: dict) -> dict[str, float]:
