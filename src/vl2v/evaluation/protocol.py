@@ -133,7 +133,14 @@ PROFILES: dict[str, dict[str, Any]] = {
 def apply_profile(cfg: ExperimentConfig, profile: str) -> ExperimentConfig:
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    p = PROFILES[profile]
+    p = dict(PROFILES[profile])
+    if profile == "paper" and cfg.data_dir is None and cfg.dataset:
+        # the authors' per-dataset budget: DomainNet trains 15001 steps per stage, evaluated every 1000
+        from vl2v.data.registry import get_dataset
+
+        spec = get_dataset(cfg.dataset)
+        if spec.steps != p["steps"]:
+            p.update(steps=spec.steps, frozen_steps=spec.steps, eval_every=1000)
     sched = Schedule(steps=p["steps"], lr=p["lr"], frozen_steps=p["frozen_steps"], frozen_lr=p["frozen_lr"],
                      freeze_stages=p["freeze_stages"])
     train = replace(cfg.train, schedule=sched, image_size=p["image_size"], batch_size=p["batch_size"],
