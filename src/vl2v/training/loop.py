@@ -375,6 +375,7 @@ class Trainer:
                    unit="step", disable=not self.main)
         pbar.update(state["stage_step"])
         algo.train()
+        t_stage = time.time()
         for s in range(state["stage_step"], stage.steps):
             mbs = [self._to_device(self._batch(algo, d, self.sampler.next(d), use_feats)) for d in self.sources]
             logs = algo.update(mbs, model)
@@ -390,6 +391,8 @@ class Trainer:
                 state["global_step"] += 1
                 state["stage_step"] = s + 1
         pbar.close()
+        state.setdefault("stage_seconds", {})
+        state["stage_seconds"][stage.name] = state["stage_seconds"].get(stage.name, 0.0) + time.time() - t_stage
         if not last_stage:  # the next stage starts from this stage's best checkpoint
             best = self._stage_best_mem
             path = self.ckpt_dir / f"stage{si}_best.safetensors"
@@ -466,6 +469,7 @@ class Trainer:
             elif not stages:
                 self._write_predictions(algo, run_dir / "predictions.json")
         final["queries"] = _diff(store, self.stats0)
+        final["stage_seconds"] = {k: round(v, 2) for k, v in self.state.get("stage_seconds", {}).items()}
         final["n_train_images"] = len(self.train_indices)
         final["wall_time"] = time.time() - self.t_start
         if self.main:
