@@ -249,30 +249,33 @@ def render_html(paths: Sequence[str | Path], fig_dir: Path | None, base: Path, t
         for t in targets:
             fig = F.training_curves([r for r in runs if r.target == t], title=f"target domain: {g.domains[t]}")
             page.figure(fig, f"{pre}curves_{g.domains[t]}", f"Training curves, target domain {g.domains[t]}.")
-        page.h2(f"{g.name}: confusion matrices", pre + "confusion")
-        any_pred = False
-        for t in targets:
-            fig = F.confusion_matrices([r for r in runs if r.target == t],
-                                       title=f"target domain: {g.domains[t]} (selected checkpoints, seeds summed)")
-            if fig is not None:
-                any_pred = True
-            page.figure(fig, f"{pre}confusion_{g.domains[t]}",
-                        f"Confusion matrices on target domain {g.domains[t]} ('in' split): rows are true classes, "
-                        "columns predictions, cells the % of the true class.")
         head = headline_label(runs)
-        page.h2(f"{g.name}: most confident mistakes", pre + "mistakes")
-        if head is not None:
-            page.p(f"The {_esc(head)} model's wrong predictions with the highest confidence (softmax probability), "
-                   "per target domain, over its trial seeds.", "note")
+        if head is None:
+            page.h2(f"{g.name}: confusion matrices and mistakes", pre + "confusion")
+            page.p("No run has predictions.json (runs written before per-image predictions were recorded, or "
+                   "zero-shot only), so there are no confusion matrices or mistakes to show.", "note")
+        else:
+            page.h2(f"{g.name}: confusion matrices", pre + "confusion")
             for t in targets:
-                sub = [r for r in runs if r.target == t and r.label == head]
-                page.figure(F.confident_mistakes(sub, title=f"{head}, target domain {g.domains[t]}"),
-                            f"{pre}mistakes_{g.domains[t]}",
-                            f"Most confident mistakes of {head} on {g.domains[t]}: true class, predicted class "
+                page.figure(F.confusion_matrices([r for r in runs if r.target == t],
+                                                 title=f"target domain: {g.domains[t]} (selected checkpoints, seeds summed)"),
+                            f"{pre}confusion_{g.domains[t]}",
+                            f"Confusion matrices on target domain {g.domains[t]} ('in' split): rows are true classes, "
+                            "columns predictions, cells the % of the true class.")
+            page.h2(f"{g.name}: most confident mistakes", pre + "mistakes")
+            page.p("Per target domain, the wrong predictions with the highest confidence (softmax probability) of "
+                   "ADiP (or, without it, the student with the best OOD accuracy), over its trial seeds.", "note")
+            for t in targets:
+                head_t = headline_label([r for r in runs if r.target == t])
+                if head_t is None:
+                    continue
+                sub = [r for r in runs if r.target == t and r.label == head_t]
+                fig = F.confident_mistakes(sub, title=f"{head_t}, target domain {g.domains[t]}")
+                if fig is None:
+                    page.p(f"{_esc(head_t)} made no mistakes on {_esc(g.domains[t])}.", "note")
+                page.figure(fig, f"{pre}mistakes_{g.domains[t]}",
+                            f"Most confident mistakes of {head_t} on {g.domains[t]}: true class, predicted class "
                             "(confidence).")
-        if not any_pred:
-            page.p("No run has predictions.json (written by runs of vl2v ≥ this version), so there are no confusion "
-                   "matrices or mistakes to show.", "note")
         page.h2(f"{g.name}: runs", pre + "runs")
         page.raw(_runs_html(runs, base))
 
