@@ -248,7 +248,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", which: str = "selected", 
         "teacher_identity": args.get("teacher_identity"),
         "source_run": {"run_dir": str(run.resolve()), "checkpoint": which, "weights": loaded.weights_path.name,
                        "dataset": args.get("dataset"), "domains": cfg.get("domains"),
-                       "target": (cfg.get("domains") or [None] * 99)[args.get("test_envs", [0])[0]] if args.get("test_envs") else None,
+                       "target": _target_name(cfg),
                        "trial_seed": args.get("trial_seed"), "ood_acc": summary.get("ood_acc"),
                        "id_acc": summary.get("id_acc"), "step": summary.get("step")},
         "parity": {"max_abs_logit_diff": diff, "images": what, "against": "the PyTorch model of the run"},
@@ -260,6 +260,11 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", which: str = "selected", 
     side = sidecar_path(path)
     atomic_write_json(side, meta)
     return ExportResult(path, side, meta)
+
+
+def _target_name(cfg: dict[str, Any]) -> str | None:
+    domains, test = cfg.get("domains") or [], cfg.get("args", {}).get("test_envs") or []
+    return domains[test[0]] if test and 0 <= test[0] < len(domains) else None
 
 
 def save_model(model: nn.Module, fmt: str, path: str | Path, image_size: int, opset: int = 18) -> Path:
