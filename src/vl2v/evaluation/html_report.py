@@ -235,9 +235,11 @@ def render_html(paths: Sequence[str | Path], fig_dir: Path | None, base: Path, t
         q = F.query_bill(runs)
         if q is not None:
             page.figure(q, pre + "query_bill",
-                        "Teacher image queries per training image. Dark: images sent to the teacher (what a "
-                        "pay-per-query vendor bills); light: embeddings served from the local store. Runs sharing "
-                        "a store pay once per image, so the first run to see an image pays for it.")
+                        "Teacher image queries per training image, as each run's embedding store counted them. "
+                        "Dark: images sent to the teacher (what a pay-per-query vendor bills); light: embeddings "
+                        "found in the store file (paid by an earlier run or experiment). Embeddings a run reuses "
+                        "from memory, already fetched by an earlier run of the same experiment, count as neither: "
+                        "an image is paid for once.")
             page.raw(_query_html(runs))
         else:
             page.p("These runs made no teacher image queries (or recorded none).", "note")
