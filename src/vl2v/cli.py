@@ -132,25 +132,28 @@ def _experiment_from_args(args: argparse.Namespace, default_algorithms: tuple[st
 
 def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = ("adip",)) -> int:
     from vl2v.evaluation.protocol import run_experiment
+    from vl2v.training.distributed import info
 
     if args.resume:
         cfg = _resume_config(args.resume)
         print(f"vl2v: resuming {args.resume} (finished runs are kept, the interrupted one continues from its last checkpoint)")
-        result = run_experiment(cfg, resume=True)
-        print()
-        print(result["text"])
-        return 0
-    cfg = _experiment_from_args(args, default_algorithms)
-    cfg.validate()
-    print(f"vl2v: profile {args.profile!r} ({'CPU-sized; --profile paper for the paper settings' if args.profile == 'fast' else 'the VL2V authors settings'}), "
-          f"output in {cfg.out_dir}", flush=True)
-    result = run_experiment(cfg)
-    from vl2v.training.distributed import info
-
+    else:
+        cfg = _experiment_from_args(args, default_algorithms)
+        cfg.validate()
+        print(f"vl2v: profile {args.profile!r} ({'CPU-sized; --profile paper for the paper settings' if args.profile == 'fast' else 'the VL2V authors settings'}), "
+              f"output in {cfg.out_dir}", flush=True)
+    result = run_experiment(cfg, resume=True)
     if info().is_main:
         print()
         print(result["text"])
         print(f"records, checkpoints and configs: {result['out_dir']}  (aggregate trials with `vl2v report {result['out_dir']}`)")
+        try:
+            from vl2v.evaluation.html_report import write_html_report
+
+            print(f"HTML report (figures): {write_html_report([result['out_dir']], Path(result['out_dir']) / 'report.html')}")
+        except Exception as exc:  # the runs are saved; a failed figure must not fail the training job
+            print(f"vl2v: warning: could not write the HTML report ({type(exc).__name__}: {exc}); "
+                  f"retry with `vl2v report {result['out_dir']}`", file=sys.stderr)
     return 0
 
 
@@ -191,6 +194,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     else:
         print(text)
+    if args.no_html:
+        return 0
+    from vl2v.evaluation.html_report import write_html_report
+
+    # default: next to --out, else in the (first) folder of runs; only an explicit --html may fail the command
+    html = args.html or (Path(args.out).with_suffix(".html") if args.out else Path(args.runs[0]) / "report.html")
+    try:
+        path = write_html_report(args.runs, html)
+    except OSError as exc:
+        if args.html:
+            raise CLIError(f"cannot write the HTML report to {html}: {exc}") from exc
+        print(f"vl2v: warning: no HTML report ({exc}); choose a place with --html PATH", file=sys.stderr)
+        return 0
+    print(f"wrote HTML report {path}", file=sys.stdout if args.out else sys.stderr)
     return 0
 
 
@@ -278,6 +295,41 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     print(f"{stats.images} images ({stats.decoded} decoded, {stats.skipped} unreadable skipped), {stats.views} views: "
           f"{stats.queries} teacher queries, {stats.hits} already stored; {time.time() - t0:.1f}s; store {path}")
     return 0
+
+
+# --------------------------------------------------------------------------- export / predict
+def _cmd_export(args: argparse.Namespace) -> int:
+    from vl2v.serving.export import export_run
+
+    res = export_run(args.run, fmt=args.format, which=args.which, out_dir=args.out, name=args.name)
+    m = res.meta
+    print(f"wrote {res.model_path}  ({m['algorithm']}, {len(m['classes'])} classes, input [N,3,{m['input']['shape'][-1]},"
+          f"{m['input']['shape'][-1]}] RGB in [0,1], head: {m['head']['kind']})")
+    print(f"wrote {res.sidecar_path}  (classes, preprocessing, teacher identity, source run)")
+    print(f"parity with PyTorch on {m['parity']['images']}: max |logit difference| = {res.max_abs_diff:.2e}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from vl2v.serving.predict import expand_images, format_predictions, load_predictor
+
+    if args.topk < 1:
+        raise CLIError(f"--topk must be at least 1, got {args.topk}")
+    pred = load_predictor(args.model, which=args.which)
+    files = expand_images(args.images)
+    if not files:
+        raise CLIError("no image files given (folders are searched for images)")
+    out = pred.predict_files(files, topk=args.topk)
+    if args.json:
+        print(json.dumps({"model": pred.source, "kind": pred.kind, "predictions": [p.as_dict() for p in out]}, indent=2))
+    else:
+        print(format_predictions(out))
+    bad = sum(1 for p in out if p.error)
+    if bad:
+        print(f"vl2v: {bad} of {len(out)} images could not be read", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -422,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("runs", nargs="+", help="run directories or folders of runs")
     q.add_argument("--latex", action="store_true", help="also print LaTeX tables")
     q.add_argument("--out", help="write the report to this file instead of printing it")
+    q.add_argument("--html", metavar="PATH", help="write the HTML report (figures embedded) to PATH (.html file or folder); "
+                   "default: next to --out, else RUNS[0]/report.html")
+    q.add_argument("--no-html", action="store_true", help="Markdown tables only, no HTML page")
     q.set_defaults(func=_cmd_report)
 
     # teachers
@@ -497,6 +552,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=int, default=64, help="images per teacher query batch (default 64)")
     q.add_argument("--device", help="device for the teacher")
     q.set_defaults(func=_cmd_embed)
+
+    # export / predict
+    q = sub.add_parser("export", help="export a run's student (+ head) to ONNX or TorchScript, with a JSON sidecar",
+                       description="Write the trained student of a run with its head baked in (ADiP: projection and "
+                       "100 x cosine to the teacher's class text embeddings; ERM/KD: linear classifier). Input: float "
+                       "RGB images [N,3,S,S] in [0,1] (normalisation inside); output: class logits. The sidecar "
+                       "NAME.EXT.json holds class names, preprocessing, teacher identity and the source run.")
+    q.add_argument("run", help="a run directory, OUT/<algorithm>/target-<i>-<domain>/seed<s>")
+    q.add_argument("--format", default="onnx", help="onnx (default) or torchscript")
+    q.add_argument("--which", choices=["selected", "swad"], default="selected",
+                   help="the selected checkpoint (default) or the SWAD average")
+    q.add_argument("--out", help="output folder (default RUN/export)")
+    q.add_argument("--name", default="student", help="file name without extension (default student)")
+    q.set_defaults(func=_cmd_export)
+    q = sub.add_parser("predict", help="top-k classes for images, from a run, its checkpoint, or an exported model",
+                       description="Print the top-k classes (softmax probabilities) of each image. MODEL is a run "
+                       "directory or its .safetensors checkpoint (PyTorch), an exported .onnx file (onnxruntime) or "
+                       "TorchScript .pt file (each with its sidecar JSON).")
+    q.add_argument("model", help="run directory, model.safetensors, student.onnx or student.pt")
+    q.add_argument("images", nargs="+", help="image files or folders of images")
+    q.add_argument("--topk", type=int, default=5, help="classes to print per image (default 5)")
+    q.add_argument("--which", choices=["selected", "swad"], default="selected",
+                   help="for a run directory: the selected checkpoint (default) or the SWAD average")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.set_defaults(func=_cmd_predict)
 
     # list
     q = sub.add_parser("list", help="list algorithms, students, teachers and datasets")

@@ -1,0 +1,312 @@
+"""The HTML report: one self-contained page of tables and matplotlib figures for a set of runs.
+
+``write_html_report(paths, out)`` reads run directories (or folders of them),
+draws the figures of :mod:`vl2v.evaluation.figures`, and writes ``out`` (an
+``.html`` file, or ``DIR/report.html``). Every figure is embedded in the page
+as a base64 PNG, so the page opens from disk, can be mailed as one file, and
+needs no network; the same PNGs are also written to ``<page stem>_figures/``
+for slides and documents. See docs/report.md for what each figure shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from vl2v import __version__
+from vl2v.evaluation import figures as F
+from vl2v.evaluation.records import find_runs, load_run
+from vl2v.evaluation.report import run_summary
+from vl2v.evaluation.tables import ResultTable, fmt
+from vl2v.utils.io import atomic_write_bytes, atomic_write_text
+
+FIGURE_DPI = 110
+
+
+@dataclass
+class DatasetRuns:
+    name: str
+    domains: list[str]
+    classes: list[str]
+    runs: list[F.RunView] = field(default_factory=list)
+
+
+def load_views(paths: Sequence[str | Path]) -> list[DatasetRuns]:
+    """Run views grouped by dataset, in the order runs are found."""
+    groups: dict[str, DatasetRuns] = {}
+    for run_dir in find_runs(list(paths)):
+        summary = run_summary(run_dir)
+        if summary is None or "selected" not in summary:
+            continue
+        info = load_run(run_dir)
+        cfg = info.get("config", {})
+        recs = info.get("records", [])
+        args = cfg.get("args") or (recs[0]["args"] if recs else {})
+        dataset = summary.get("_dataset") or args.get("dataset") or "?"
+        domains = list(summary.get("_domains") or cfg.get("domains") or [])
+        g = groups.setdefault(dataset, DatasetRuns(dataset, domains, list(cfg.get("classes") or [])))
+        if not g.domains and domains:
+            g.domains = domains
+        if not g.classes and cfg.get("classes"):
+            g.classes = list(cfg["classes"])
+        algo = summary.get("algorithm") or args.get("algorithm", "?")
+        g.runs.append(F.RunView(path=Path(run_dir), label=summary.get("label") or algo, algorithm=algo,
+                                target=int(summary["target"]), seed=int(summary["trial_seed"]), domains=domains,
+                                summary=summary, records=recs, config=cfg))
+    for g in groups.values():
+        if not g.domains:
+            g.domains = [str(i) for i in range(1 + max(r.target for r in g.runs))]
+        for r in g.runs:
+            r.domains = g.domains
+    return list(groups.values())
+
+
+def headline_label(runs: Sequence[F.RunView]) -> str | None:
+    """The algorithm shown in the mistakes grid: 'adip' if present, else the best mean OOD with a student."""
+    with_pred = [r for r in runs if r.predictions]
+    labels = F.ordered_labels(with_pred)
+    if not labels:
+        return None
+    if "adip" in labels:
+        return "adip"
+    means = {lab: sum(r.ood or 0 for r in with_pred if r.label == lab) / max(1, sum(r.label == lab for r in with_pred))
+             for lab in labels if lab != "zeroshot"}
+    return max(means, key=means.get) if means else labels[0]
+
+
+# --------------------------------------------------------------------------- HTML pieces
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI)
+    return buf.getvalue()
+
+
+class _Page:
+    def __init__(self, fig_dir: Path | None) -> None:
+        self.parts: list[str] = []
+        self.toc: list[tuple[str, str]] = []
+        self.fig_dir = fig_dir
+        self.n_fig = 0
+        self.files: list[Path] = []
+
+    def h2(self, text: str, anchor: str) -> None:
+        self.toc.append((anchor, text))
+        self.parts.append(f'<h2 id="{_esc(anchor)}">{_esc(text)}</h2>')
+
+    def h3(self, text: str) -> None:
+        self.parts.append(f"<h3>{_esc(text)}</h3>")
+
+    def p(self, text: str, cls: str = "") -> None:
+        self.parts.append(f'<p{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}>{text}</p>')
+
+    def raw(self, text: str) -> None:
+        self.parts.append(text)
+
+    def figure(self, fig, name: str, caption: str) -> None:
+        if fig is None:
+            return
+        data = _png(fig)
+        self.n_fig += 1
+        fname = f"{self.n_fig:02d}_{name}.png"
+        if self.fig_dir is not None:
+            atomic_write_bytes(self.fig_dir / fname, data)
+            self.files.append(self.fig_dir / fname)
+        b64 = base64.b64encode(data).decode("ascii")
+        self.parts.append(f'<figure><img class="fig" alt="{_esc(caption)}" data-file="{_esc(fname)}" '
+                          f'src="data:image/png;base64,{b64}"><figcaption>{_esc(caption)}</figcaption></figure>')
+
+
+def _table_html(table: ResultTable, caption: str) -> str:
+    head = ["Algorithm"] + table.domains + ["Avg"]
+    rows = []
+    for r in table.rows():
+        cells = [fmt(table.cell(r, t)) for t in range(len(table.domains))] + [fmt(table.avg_values(r))]
+        rows.append("<tr><th>" + _esc(r) + "</th>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+    return (f'<table><caption>{_esc(caption)}</caption><thead><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def _query_html(runs: Sequence[F.RunView]) -> str:
+    tot = F.query_totals(runs)
+    if not any(d["image_queries"] or d["image_hits"] for d in tot.values()):
+        return ""
+    rows = []
+    for lab, d in tot.items():
+        n = d["train_images"] or 1
+        rows.append(f"<tr><th>{_esc(lab)}</th><td>{int(d['runs'])}</td><td>{int(d['image_queries']):,}</td>"
+                    f"<td>{int(d['image_hits']):,}</td><td>{d['image_queries'] / n:.2f}</td>"
+                    f"<td>{int(d['text_queries']):,}</td><td>{d['seconds']:.0f}</td></tr>")
+    return ("<table><caption>Teacher queries, summed over runs (a query is one image sent to the teacher)</caption>"
+            "<thead><tr><th>Algorithm</th><th>runs</th><th>image queries sent</th><th>served from store</th>"
+            "<th>sent / training image</th><th>text queries</th><th>teacher seconds</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+def _runs_html(runs: Sequence[F.RunView], base: Path) -> str:
+    rows = []
+    for r in sorted(runs, key=lambda v: (v.target, v.label, v.seed)):
+        sel = r.summary.get("selected") or {}
+        try:
+            rel = Path(r.path).resolve().relative_to(base.resolve())
+        except ValueError:
+            rel = Path(r.path).resolve()
+        status = "unfinished" if r.incomplete else "done"
+        swad = r.summary.get("swad") or {}
+        swad_ood = f"{100 * float(swad['ood_acc']):.1f}" if "ood_acc" in swad else "-"
+        rows.append(f"<tr><td>{_esc(r.label)}</td><td>{_esc(r.target_name)}</td><td>{r.seed}</td>"
+                    f"<td>{100 * float(sel.get('ood_acc', float('nan'))):.1f}</td>"
+                    f"<td>{100 * float(sel.get('id_acc', float('nan'))):.1f}</td>"
+                    f"<td>{_esc(sel.get('stage', ''))} {_esc(sel.get('step', ''))}</td>"
+                    f"<td>{swad_ood}</td>"
+                    f"<td>{float(r.summary.get('wall_time') or 0):.0f}</td><td>{status}</td>"
+                    f"<td><code>{_esc(rel)}</code></td></tr>")
+    return ("<table class='runs'><caption>Every run (OOD: target domain's 'in' split at the selected checkpoint; "
+            "ID: source domains' held-out split)</caption><thead><tr><th>algorithm</th><th>target</th><th>seed</th>"
+            "<th>OOD %</th><th>ID %</th><th>selected (stage, step)</th><th>SWAD OOD %</th><th>wall s</th>"
+            "<th>status</th><th>run directory</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI','DejaVu Sans',sans-serif;margin:0;color:#222;background:#fafafa}
+main{max-width:1180px;margin:0 auto;padding:18px 28px 60px;background:#fff;box-shadow:0 0 8px rgba(0,0,0,.06)}
+h1{font-size:1.55em;margin:.4em 0 .2em} h2{border-bottom:2px solid #e6e6e6;padding-bottom:4px;margin-top:1.8em}
+h3{margin-bottom:.3em;color:#333}
+.meta{color:#555;font-size:.9em;line-height:1.5} code{font-size:.85em;background:#f3f3f3;padding:1px 4px;border-radius:3px;word-break:break-all}
+table{border-collapse:collapse;margin:10px 0 18px;font-size:.88em} caption{text-align:left;font-weight:600;padding:4px 0;color:#333}
+th,td{border:1px solid #ddd;padding:4px 9px;text-align:right} thead th{background:#f1f4f8;text-align:center}
+tbody th{text-align:left;background:#fbfbfb} table.runs td{text-align:left}
+figure{margin:10px 0 26px} img.fig{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555;margin-top:4px;max-width:980px}
+nav{font-size:.88em;margin:8px 0 4px} nav a{margin-right:14px;color:#2a5db0;text-decoration:none}
+.note{color:#666;font-size:.88em} .warn{color:#a15c00}
+"""
+
+
+def render_html(paths: Sequence[str | Path], fig_dir: Path | None, base: Path, title: str | None = None) -> tuple[str, _Page]:
+    groups = load_views(paths)
+    if not groups:
+        raise FileNotFoundError(f"no run directories (with results.jsonl) under {', '.join(map(str, paths))}")
+    page = _Page(fig_dir)
+    for gi, g in enumerate(groups):
+        runs = g.runs
+        pre = f"d{gi}-"
+        seeds = sorted({r.seed for r in runs})
+        labels = F.ordered_labels(runs)
+        targets = sorted({r.target for r in runs})
+        teacher = next((r.config.get("args", {}).get("teacher_identity") for r in runs
+                        if r.config.get("args", {}).get("teacher_identity")), None)
+        student = next((r.config.get("args", {}).get("student") for r in runs if r.config.get("args", {}).get("student")), None)
+        size = next((r.config.get("train", {}).get("image_size") for r in runs if r.config.get("train")), None)
+        n_inc = sum(r.incomplete for r in runs)
+        page.h2(f"{g.name}: results", pre + "results")
+        page.p(f"{len(runs)} runs: {len(labels)} algorithms × {len(targets)} target domains "
+               f"({_esc(', '.join(g.domains[t] for t in targets if t < len(g.domains)))}) × trial seeds {_esc(seeds)}. "
+               f"Student <code>{_esc(student)}</code> at {_esc(size)} px; teacher <code>{_esc(teacher)}</code>.", "meta")
+        if n_inc:
+            page.p(f"{n_inc} runs are unfinished and summarised from their records so far.", "warn")
+        fins = [dict(r.summary, label=r.label, target=r.target, trial_seed=r.seed) for r in runs]
+        from vl2v.evaluation.tables import build_tables
+
+        tables = build_tables(fins, g.domains)
+        page.raw(_table_html(tables["ood"], "Out-of-domain accuracy (%): training-domain validation, mean ± SE over trials"))
+        page.raw(_table_html(tables["id"], "In-domain accuracy (%): source domains' held-out splits"))
+        page.figure(F.ood_bars(runs, g.domains), pre + "ood_bars",
+                    "OOD accuracy of every algorithm on each held-out target domain (bars: mean over trial seeds; "
+                    "error bars: standard error over seeds; 'Avg' only when every domain was a target).")
+        page.figure(F.id_vs_ood(runs, g.domains), pre + "id_vs_ood",
+                    "In-domain (x) against out-of-domain (y) accuracy. A method above the dashed line generalises "
+                    "to the unseen domain as well as it fits the seen ones; VL2V-ADiP aims to move up at equal ID.")
+        sweep = F.lambda_sweep(runs)
+        if sweep is not None:
+            page.h2(f"{g.name}: ADiP λ sweep", pre + "lambda")
+            page.figure(sweep, pre + "lambda_sweep",
+                        "ADiP's accuracy against λ, the weight of the image-embedding term of the loss "
+                        "(1 − λ weights the text term). Mean over targets ± SE over seeds.")
+        page.h2(f"{g.name}: teacher-query bill", pre + "queries")
+        q = F.query_bill(runs)
+        if q is not None:
+            page.figure(q, pre + "query_bill",
+                        "Teacher image queries per training image, as each run's embedding store counted them. "
+                        "Dark: images sent to the teacher (what a pay-per-query vendor bills); light: embeddings "
+                        "found in the store file (paid by an earlier run or experiment). Embeddings a run reuses "
+                        "from memory, already fetched by an earlier run of the same experiment, count as neither: "
+                        "an image is paid for once.")
+            page.raw(_query_html(runs))
+        else:
+            page.p("These runs made no teacher image queries (or recorded none).", "note")
+        page.h2(f"{g.name}: training curves", pre + "curves")
+        page.p("Per algorithm: training loss (left) and accuracy (right) at every evaluation. Blue: mean accuracy on "
+               "the source domains' held-out split (what selects the checkpoint); orange: the held-out target "
+               "domain (never used for selection). Stars and the green line: the selected checkpoint. Shaded "
+               "bands and labels: training stages. Line styles: trial seeds.", "note")
+        for t in targets:
+            fig = F.training_curves([r for r in runs if r.target == t], title=f"target domain: {g.domains[t]}")
+            page.figure(fig, f"{pre}curves_{g.domains[t]}", f"Training curves, target domain {g.domains[t]}.")
+        head = headline_label(runs)
+        if head is None:
+            page.h2(f"{g.name}: confusion matrices and mistakes", pre + "confusion")
+            page.p("No run has predictions.json (runs written before per-image predictions were recorded, or "
+                   "zero-shot only), so there are no confusion matrices or mistakes to show.", "note")
+        else:
+            page.h2(f"{g.name}: confusion matrices", pre + "confusion")
+            for t in targets:
+                page.figure(F.confusion_matrices([r for r in runs if r.target == t],
+                                                 title=f"target domain: {g.domains[t]} (selected checkpoints, seeds summed)"),
+                            f"{pre}confusion_{g.domains[t]}",
+                            f"Confusion matrices on target domain {g.domains[t]} ('in' split): rows are true classes, "
+                            "columns predictions, cells the % of the true class.")
+            page.h2(f"{g.name}: most confident mistakes", pre + "mistakes")
+            page.p("Per target domain, the wrong predictions with the highest confidence (softmax probability) of "
+                   "ADiP (or, without it, the student with the best OOD accuracy), over its trial seeds.", "note")
+            for t in targets:
+                head_t = headline_label([r for r in runs if r.target == t])
+                if head_t is None:
+                    continue
+                sub = [r for r in runs if r.target == t and r.label == head_t]
+                fig = F.confident_mistakes(sub, title=f"{head_t}, target domain {g.domains[t]}")
+                if fig is None:
+                    page.p(f"{_esc(head_t)} made no mistakes on {_esc(g.domains[t])}.", "note")
+                page.figure(fig, f"{pre}mistakes_{g.domains[t]}",
+                            f"Most confident mistakes of {head_t} on {g.domains[t]}: true class, predicted class "
+                            "(confidence).")
+        page.h2(f"{g.name}: runs", pre + "runs")
+        page.raw(_runs_html(runs, base))
+
+    when = time.strftime("%Y-%m-%d %H:%M")
+    title = title or "vl2v report: " + ", ".join(g.name for g in groups)
+    nav = "<nav>" + "".join(f'<a href="#{_esc(a)}">{_esc(t)}</a>' for a, t in page.toc) + "</nav>"
+    doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+           "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+           f"<title>{_esc(title)}</title><style>{CSS}</style></head><body><main>"
+           f"<h1>{_esc(title)}</h1><p class='meta'>Written {when} by vl2v {__version__} from "
+           f"{_esc(', '.join(str(p) for p in paths))}. Leave-one-domain-out, training-domain validation "
+           "(DomainBed). Figures are embedded; the page needs no network.</p>"
+           + nav + "\n".join(page.parts) + "</main></body></html>\n")
+    return doc, page
+
+
+def write_html_report(paths: Sequence[str | Path], out: str | Path, title: str | None = None,
+                      save_pngs: bool = True) -> Path:
+    """Write the report page (``out``: an .html file or a folder for ``report.html``); return its path."""
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        out = out / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig_dir = out.parent / f"{out.stem}_figures" if save_pngs else None
+    if fig_dir is not None:
+        fig_dir.mkdir(exist_ok=True)
+        for old in fig_dir.glob("*.png"):  # figures of an earlier report of other runs
+            old.unlink()
+    doc, _ = render_html(paths, fig_dir, out.parent, title)
+    atomic_write_text(out, doc)
+    return out
+
