@@ -125,8 +125,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The offline default, sized for a 2-core CPU (see README): 128 px students,
     # frozen-backbone stages on cached features of the un-augmented images, short
     # fine-tuning with the first backbone stages frozen.
-    "fast": dict(image_size=128, batch_size=16, steps=150, frozen_steps=1500, lr=2e-4, frozen_lr=1e-3,
-                 eval_every=50, teacher_mode="cached", views=0, freeze_stages=3),
+    "fast": dict(image_size=128, batch_size=16, steps=64, frozen_steps=600, lr=2e-4, frozen_lr=1e-3,
+                 eval_every=32, teacher_mode="cached", views=0, freeze_stages=4),
 }
 
 
