@@ -148,7 +148,9 @@ def _query_html(runs: Sequence[F.RunView]) -> str:
     return ("<table><caption>Teacher queries, summed over runs (a query is one image sent to the teacher)</caption>"
             "<thead><tr><th>Algorithm</th><th>runs</th><th>image queries sent</th><th>served from store</th>"
             "<th>sent / training image</th><th>text queries</th><th>teacher seconds</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")
+            + "".join(rows) + "</tbody></table>"
+            "<p>Runs in one <code>vl2v train</code>/<code>compare</code> process share the embeddings already loaded "
+            "in memory, so later runs there show neither queries nor store hits.</p>")
 
 
 def _runs_html(runs: Sequence[F.RunView], base: Path) -> str:

@@ -102,4 +102,6 @@ def _query_table(finals: list[dict[str, Any]]) -> str:
              "|---|---:|---:|---:|---:|"]
     for label, (qi, hits, n, qt) in rows.items():
         lines.append(f"| {label} | {int(qi)} | {int(hits)} | {qi / n if n else 0:.2f} | {int(qt)} |")
+    lines += ["", "Runs in one `vl2v train`/`compare` process share the embeddings already loaded in memory, "
+              "so later runs there show neither queries nor store hits."]
     return "\n".join(lines)
