@@ -146,6 +146,7 @@ def run_load(args: argparse.Namespace) -> int:
     import httpx
 
     from vl2v.serving.keys import add_key
+    from vl2v.serving.live import wait_until_healthy
 
     data = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="vl2v-load-"))
     names = [f"client-key-{i}" for i in range(4)]
@@ -159,17 +160,9 @@ def run_load(args: argparse.Namespace) -> int:
                               "--data-dir", str(data), "--batch", str(args.batch)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if child.poll() is not None or time.time() > deadline:
-                print("the service did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+        if not wait_until_healthy(url, child, timeout=180, interval=0.2):
+            print("the service did not start", file=sys.stderr)
+            return 1
         info = httpx.get(url + "/v1/model", headers={"X-API-Key": tokens[names[0]]}).json()
         size = info["image_size"]
         pool = _png_pool(64, size)

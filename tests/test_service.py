@@ -33,7 +33,7 @@ import vl2v
 from conftest import TinyTeacher, make_image
 from vl2v.data.transforms import center_view
 from vl2v.serving.keys import KeysFileError, add_key, parse_keys, token_hash
-from vl2v.serving.live import LiveServer
+from vl2v.serving.live import LiveServer, wait_until_healthy
 from vl2v.serving.service import ServiceConfig, create_app
 
 SIZE = 24  # TinyTeacher's image size
@@ -439,15 +439,7 @@ def test_service_writes_nothing_outside_its_data_dir(tmp_path):
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, proc.communicate(timeout=5)
-            time.sleep(0.1)
+        assert wait_until_healthy(url, proc, timeout=60), proc.communicate(timeout=5)
         h = {"Authorization": f"Bearer {token}"}
         good = b64(png_bytes(make_image(0, 0, 0, 200)))
         with httpx.Client(base_url=url, headers=h, timeout=30) as c:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from typing import Any
@@ -53,3 +54,24 @@ class LiveServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen, timeout: float, interval: float = 0.1) -> bool:
+    """Poll a service started as a separate process (``vl2v serve``) until its health endpoint answers 200.
+
+    False when ``proc`` exits or ``timeout`` seconds pass first.
+    """
+    import httpx
+
+    from vl2v.serving.protocol import HEALTH_PATH
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(url + HEALTH_PATH, timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            return False
+        time.sleep(interval)
