@@ -39,7 +39,8 @@ from vl2v.serving.export import DeployModel, build_head, onnx_session, save_mode
 
 def synthetic_adip(num_classes: int = 7, dim: int = 512) -> tuple[DeployModel, str]:
     """EfficientNet-Lite0 (offline ImageNet weights) + ADiP head (random projection to 512-d, random text classifier)."""
-    from vl2v.methods.base import Schedule, TaskContext, create_algorithm
+    from vl2v.config import Schedule
+    from vl2v.methods import TaskContext, create_algorithm
     from vl2v.students.registry import create_student
 
     try:

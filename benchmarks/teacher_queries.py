@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vl2v.evaluation.protocol import ExperimentConfig, apply_profile, run_experiment
+from vl2v.config import ExperimentConfig, apply_profile
+from vl2v.evaluation.protocol import run_experiment
 
 
 def mean_se(xs):

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vl2v.methods.base import Batch, Schedule, TaskContext, create_algorithm
+from vl2v.config import Schedule
+from vl2v.methods import Batch, TaskContext, create_algorithm
 from vl2v.students import create_student
 
 C, D = 3, 16

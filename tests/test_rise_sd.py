@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from vl2v.errors import ConfigError
-from vl2v.methods.base import Batch, Schedule, TaskContext, create_algorithm
+from vl2v.config import Schedule
+from vl2v.methods import Batch, TaskContext, create_algorithm
 from vl2v.methods.rise import relative_distance
 from vl2v.students import create_student
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vl2v.cli import main
+from vl2v.cli import CLIError, main
+from vl2v.cli.sweep import job_configurator
 from vl2v.errors import ConfigError
 from vl2v.evaluation.sweep import expand, parse_grid
 
@@ -19,12 +20,12 @@ TRAIN = ["--no-pretrained", "--steps", "3", "--frozen-steps", "3", "--batch-size
 
 def test_expansion_and_stable_ids(image_folder):
     grid = parse_grid(["adip.lam=0,0.5"])
-    jobs = expand([str(image_folder)], ["adip", "erm_ft"], [0, 1], ["photo"], grid, TRAIN)
+    jobs = expand([str(image_folder)], ["adip", "erm_ft"], [0, 1], ["photo"], grid, job_configurator(TRAIN))
     assert len(jobs) == (2 + 1) * 2
     assert {j.meta["algorithm"] for j in jobs} == {"adip:lam=0", "adip:lam=0.5", "erm_ft"}
-    again = expand([str(image_folder)], ["adip", "erm_ft"], [0, 1], ["photo"], grid, TRAIN)
+    again = expand([str(image_folder)], ["adip", "erm_ft"], [0, 1], ["photo"], grid, job_configurator(TRAIN))
     assert [j.id for j in jobs] == [j.id for j in again]  # same arguments -> same ids
-    other = expand([str(image_folder)], ["erm_ft"], [0], ["photo"], None, TRAIN + ["--lr", "1e-3"])
+    other = expand([str(image_folder)], ["erm_ft"], [0], ["photo"], None, job_configurator(TRAIN + ["--lr", "1e-3"]))
     assert other[0].id not in {j.id for j in jobs}
     with pytest.raises(ConfigError, match="not a domain"):
         expand([str(image_folder)], ["erm_ft"], [0], ["mars"])
@@ -64,3 +65,36 @@ def test_submitit_launcher_runs_jobs(image_folder, tmp_path, capsys):
     assert rc == 0, capsys.readouterr()
     assert len(list(out.glob("jobs/*/job.done"))) == 1
     assert (out / "submitit").is_dir()
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--tar", "1"], "unknown `vl2v train` option"),  # an abbreviation of --target: refused, not silently expanded
+    (["--see", "5"], "unknown `vl2v train` option"),  # an abbreviation of --seed
+    (["--target", "1"], "--target is set by the sweep itself"),
+    (["--seed", "5"], "--seed is set by the sweep itself"),
+    (["--algorithm", "kd"], "--algorithm is set by the sweep itself"),
+    (["--steps", "many"], "bad `vl2v train` option"),
+])
+def test_sweep_refuses_train_options_it_owns_or_cannot_parse(image_folder, tmp_path, capsys, extra, msg):
+    with pytest.raises(CLIError, match=msg):
+        job_configurator(TRAIN + extra)
+    rc = main(["sweep", "--out", str(tmp_path / "s"), "--datasets", str(image_folder), "--algorithms", "erm_lp",
+               "--targets", "art", "--dry-run", "--", *TRAIN, *extra])
+    assert rc == 2 and msg in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_jobs_record_the_sweep_values_they_run_with(image_folder, tmp_path):
+    """Each job's config (job.json) holds its own target, algorithm and seed, and the run folder agrees."""
+    import json
+
+    jobs = expand([str(image_folder)], ["erm_lp"], [3], ["sketch"], None, job_configurator(TRAIN))
+    (job,) = jobs
+    assert job.config.targets == (2,) and job.config.seeds == (3,) and job.config.algorithms == ("erm_lp",)
+    assert job.config.train.schedule.steps == 3 and job.config.train.batch_size == 4
+    assert main(["sweep", "--out", str(tmp_path / "s"), "--datasets", str(image_folder), "--algorithms", "erm_lp",
+                 "--targets", "sketch", "--seeds", "3", "--workers", "1", "--", *TRAIN]) == 0
+    d = tmp_path / "s" / "jobs" / job.id
+    cfg = json.loads((d / "job.json").read_text())["config"]
+    assert (cfg["targets"], cfg["seeds"], cfg["algorithms"]) == ([2], [3], ["erm_lp"])
+    assert (d / "erm_lp" / "target-2-sketch" / "seed3" / "done").exists()

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from vl2v.cli import main
-from vl2v.evaluation.protocol import ExperimentConfig, run_experiment
-from vl2v.methods.base import Schedule, list_algorithms
-from vl2v.training.loop import TrainConfig
+from vl2v.config import ExperimentConfig
+from vl2v.evaluation.protocol import run_experiment
+from vl2v.config import Schedule
+from vl2v.methods import list_algorithms
+from vl2v.config import TrainConfig
 
 ALL = [a.name for a in list_algorithms()]
 

@@ -91,7 +91,7 @@ def test_resume_with_a_different_teacher_is_refused(tmp_path, image_folder, monk
 
 def test_checkpoint_of_another_size_is_named(tmp_path, image_folder, monkeypatch):
     from vl2v.errors import ConfigError
-    from vl2v.methods.base import TaskContext, create_algorithm
+    from vl2v.methods import TaskContext, create_algorithm
     from vl2v.students import create_student
     from vl2v.training.loop import check_compatible
 

@@ -11,10 +11,12 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from vl2v.errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """Raised for a name that is not in a registry; the message says what is."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want plain text

@@ -155,9 +155,9 @@ def _how_to_get(spec: DatasetSpec | None, root: Path | None) -> str:
 
 def _progress(desc: str, enabled: bool):
     def wrap(items):
-        from tqdm.auto import tqdm
+        from vl2v.utils.progress import progress
 
-        return tqdm(items, desc=desc, unit="img", total=len(items), disable=not enabled, leave=False)
+        return progress(items, desc=desc, unit="img", total=len(items), disable=not enabled)
 
     return wrap
 

@@ -215,10 +215,10 @@ def _unpack_single(key: str, top: str) -> Build:
 
 def remove_listed_files(folder: Path, lines: list[str], *, progress: bool = True) -> tuple[int, int]:
     """Delete ``folder/<line>`` for each line (DomainBed's duplicate removal); ``(removed, absent)``."""
-    from tqdm.auto import tqdm
+    from vl2v.utils.progress import progress as _progress
 
     removed = absent = 0
-    for line in tqdm(lines, desc="removing duplicates", unit="file", disable=not progress, leave=False):
+    for line in _progress(lines, desc="removing duplicates", unit="file", disable=not progress):
         rel = dl.safe_member_path(line.strip())
         if not line.strip() or rel is None or str(rel) == ".":
             continue

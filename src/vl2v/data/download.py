@@ -35,6 +35,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Iterator
+from vl2v.errors import UserError
 
 Fetch = Callable[[str, Path], None]
 
@@ -42,8 +43,11 @@ MARKER_NAME = ".vl2v-download.json"
 DOWNLOADS_DIRNAME = ".downloads"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download or its post-processing failed; the message says what, where and what to do."""
+
+    exit_code = 1
+    prefix = "download failed"
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,9 @@ def gdrive_id(url: str) -> str | None:
 
 
 def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from vl2v.utils.progress import bar
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True,
-                unit_divisor=1024, disable=not enabled, leave=False)
+    return bar(total, desc=desc, unit="B", disable=not enabled, initial=initial, unit_scale=True, unit_divisor=1024)
 
 
 def http_fetch(url: str, dest: Path, *, progress: bool = True, timeout: float = 60.0,
@@ -262,7 +265,7 @@ def extract_archive(archive: Path, dest: Path, *, progress: bool = True) -> list
     Members with absolute paths or ``..`` are refused (the whole archive is
     rejected); symbolic/hard links and special files are skipped.
     """
-    from tqdm.auto import tqdm
+    from vl2v.utils.progress import progress as tqdm
 
     archive, dest = Path(archive), Path(dest)
     kind = _check_archive(archive)
@@ -285,7 +288,7 @@ def extract_archive(archive: Path, dest: Path, *, progress: bool = True) -> list
             with src:
                 _write_member(src, target)
 
-    bar = dict(desc=f"unpacking {archive.name}", unit="file", disable=not progress, leave=False)
+    bar = dict(desc=f"unpacking {archive.name}", unit="file", disable=not progress)
     try:
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:
@@ -319,14 +322,14 @@ def iter_tar_files(archive: Path, *, progress: bool = True) -> Iterator[tuple[Pu
     One sequential pass, nothing written to disk: used to pick a subset of a
     large archive (TerraIncognita's images) without unpacking all of it.
     """
-    from tqdm.auto import tqdm
+    from vl2v.utils.progress import bar as _bar
 
     archive = Path(archive)
     if _check_archive(archive) != "tar":
         raise _archive_problem(archive, "expected a tar archive")
     try:
         with tarfile.open(archive, "r|*") as tf, \
-                tqdm(desc=f"reading {archive.name}", unit="file", disable=not progress, leave=False) as bar:
+                _bar(None, desc=f"reading {archive.name}", unit="file", disable=not progress) as bar:
             for member in tf:
                 bar.update(1)
                 if not member.isfile():

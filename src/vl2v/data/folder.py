@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from vl2v.data.images import ImageDecodeError, is_image_file, load_rgb
+from vl2v.errors import UserError
 
 
-class FolderError(ValueError):
+class FolderError(UserError, ValueError):
     """A dataset folder is unusable; the message lists every problem found."""
 
 

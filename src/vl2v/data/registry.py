@@ -30,7 +30,8 @@ class DatasetSpec:
     # downloader(root) -> dataset folder; builder(dest, **options) -> summary dict
     downloader: Callable[..., Path] | None = None
     builder: Callable[..., dict[str, Any]] | None = None
-    # DomainBed's training defaults for the dataset (steps, checkpoint frequency)
+    # DomainBed's training budget for the dataset (steps per stage, checkpoint frequency); the paper
+    # profile takes it where it differs from the profile's (vl2v/configs/profiles.toml: dataset_budget)
     steps: int = 5001
     checkpoint_freq: int = 200
     extra: dict[str, Any] = field(default_factory=dict)
@@ -48,26 +49,11 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
-_LOADED = False
-
-
-def _load_builtin() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    # Importing these modules registers their datasets.
-    from vl2v.data import domainbed  # noqa: F401
-    from vl2v.data import offline  # noqa: F401
-
-
 def get_dataset(name: str) -> DatasetSpec:
-    _load_builtin()
     return DATASETS.get(name)
 
 
 def list_datasets() -> list[DatasetSpec]:
-    _load_builtin()
     return [e.obj for e in DATASETS.entries()]
 
 

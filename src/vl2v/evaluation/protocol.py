@@ -12,7 +12,7 @@ import copy
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,12 +22,12 @@ from vl2v.data.dataset import DomainData, load_domain_data
 from vl2v.data.registry import resolve_dataset
 from vl2v.errors import ConfigError
 from vl2v.evaluation.tables import build_tables
-from vl2v.methods.base import Schedule, get_algorithm, make_hparams
-from vl2v.training.loop import RunSpec, TrainConfig, Trainer
+from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile  # noqa: F401  (the experiment API)
+from vl2v.methods import get_algorithm, make_hparams
+from vl2v.training.loop import RunSpec, Trainer
 from vl2v.training.resources import SharedResources
+from vl2v.utils.device import resolve_device
 from vl2v.utils.io import atomic_write_json, atomic_write_text
-
-DEFAULT_ALGORITHMS = ("zeroshot", "erm_lp", "erm_ft", "kd", "rise", "adip")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class AlgoSpec:
                 raise ConfigError(f"bad algorithm option {part!r} in {text!r}: expected key=value")
             k, v = part.split("=", 1)
             hp[k.strip()] = v.strip()
-        make_hparams(info.hparams_cls, hp)  # validate now, before any work starts
+        make_hparams(info.hparams_cls, hp, info.name)  # validate now, before any work starts
         return cls(info.name, tuple(sorted(hp.items())))
 
     @property
@@ -55,97 +55,21 @@ class AlgoSpec:
         return self.name + (" (" + ", ".join(f"{k}={v}" for k, v in self.hparams) + ")" if self.hparams else "")
 
 
-@dataclass
-class ExperimentConfig:
-    dataset: str | None = "OfflinePACS"
-    data_dir: str | None = None  # a custom ROOT/domain/class/image folder instead of a registered dataset
-    data_root: str | None = None
-    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
-    targets: tuple[int, ...] | None = None  # None: every domain in turn
-    seeds: tuple[int, ...] = (0,)
-    teacher: str = "conse"
-    teacher_options: dict[str, Any] = field(default_factory=dict)
-    blackbox: bool = True  # black-box methods see the teacher only through embed_images/embed_texts
-    student: str = "efficientnet_lite0"
-    student_pretrained: bool = True
-    student_weights: str | None = None
-    freeze_bn: bool = True
-    views: int = 0  # K augmented teacher views per training image (0: the un-augmented image)
-    view_seed: int = 0
-    store: str | None = None  # teacher store file; None: ~/.cache/vl2v/teacher_store.sqlite; "memory": no file
-    store_dtype: str = "float16"
-    holdout_fraction: float = 0.2
-    max_side: int = 256
-    strict_data: bool = False
-    out_dir: str = "runs/experiment"
-    train: TrainConfig = field(default_factory=TrainConfig)
+def check_experiment(cfg: ExperimentConfig) -> list[AlgoSpec]:
+    """Everything about ``cfg`` that can be checked before loading data: algorithms and their
+    hyperparameters, student and teacher names (field types and ranges were checked on construction)."""
+    specs = [AlgoSpec.parse(a) for a in cfg.algorithms]
+    if not specs:
+        raise ConfigError("no algorithms given")
+    from vl2v.students.registry import STUDENTS
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
-        """Inverse of ``dataclasses.asdict`` (as stored in ``experiment.json``)."""
-        from vl2v.training.swad import SWADConfig
+    if not cfg.student.startswith("timm:"):
+        STUDENTS.entry(cfg.student)
+    from vl2v.teachers.registry import TeacherSpec
 
-        d = dict(d)
-        t = dict(d.pop("train"))
-        t["schedule"] = Schedule(**t["schedule"])
-        t["swad_cfg"] = SWADConfig(**t["swad_cfg"])
-        t["templates"] = tuple(t["templates"])
-        d["train"] = TrainConfig(**t)
-        for k in ("algorithms", "seeds"):
-            d[k] = tuple(d[k])
-        if d.get("targets") is not None:
-            d["targets"] = tuple(d["targets"])
-        return cls(**d)
-
-    def validate(self) -> list[AlgoSpec]:
-        specs = [AlgoSpec.parse(a) for a in self.algorithms]
-        if not specs:
-            raise ConfigError("no algorithms given")
-        if self.views < 0:
-            raise ConfigError(f"views must be >= 0, got {self.views}")
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        from vl2v.students.registry import STUDENTS
-
-        if not self.student.startswith("timm:"):
-            STUDENTS.entry(self.student)
-        from vl2v.teachers.registry import TeacherSpec
-
-        TeacherSpec.parse(self.teacher, self.teacher_options)
-        self.train.validate()
-        return specs
-
-
-PROFILES: dict[str, dict[str, Any]] = {
-    # The VL2V authors' settings (DomainBed conventions): 224 px, batch 32 per domain,
-    # 5001 steps per stage at lr 5e-5 (Adam), evaluation every 200 steps, teacher
-    # queried online on every augmented image.
-    "paper": dict(image_size=224, batch_size=32, steps=5001, frozen_steps=5001, lr=5e-5, frozen_lr=5e-5,
-                  eval_every=200, teacher_mode="online", views=0, freeze_stages=0),
-    # The offline default, sized for a 2-core CPU (see README): 128 px students,
-    # frozen-backbone stages on cached features of the un-augmented images, short
-    # fine-tuning with the first backbone stages frozen.
-    "fast": dict(image_size=128, batch_size=16, steps=64, frozen_steps=600, lr=2e-4, frozen_lr=1e-3,
-                 eval_every=32, teacher_mode="cached", views=0, freeze_stages=4),
-}
-
-
-def apply_profile(cfg: ExperimentConfig, profile: str) -> ExperimentConfig:
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    p = dict(PROFILES[profile])
-    if profile == "paper" and cfg.data_dir is None and cfg.dataset:
-        # the authors' per-dataset budget: DomainNet trains 15001 steps per stage, evaluated every 1000
-        from vl2v.data.registry import get_dataset
-
-        spec = get_dataset(cfg.dataset)
-        if spec.steps != p["steps"]:
-            p.update(steps=spec.steps, frozen_steps=spec.steps, eval_every=1000)
-    sched = Schedule(steps=p["steps"], lr=p["lr"], frozen_steps=p["frozen_steps"], frozen_lr=p["frozen_lr"],
-                     freeze_stages=p["freeze_stages"])
-    train = replace(cfg.train, schedule=sched, image_size=p["image_size"], batch_size=p["batch_size"],
-                    eval_every=p["eval_every"], teacher_mode=p["teacher_mode"])
-    return replace(cfg, train=train, views=p["views"])
+    TeacherSpec.parse(cfg.teacher, cfg.teacher_options)
+    cfg.train.validate()
+    return specs
 
 
 @dataclass
@@ -166,13 +90,11 @@ class Experiment:
 
 
 def _needs_teacher(specs: list[AlgoSpec]) -> bool:
-    from vl2v.methods.base import get_algorithm
-
-    return any(get_algorithm(s.name).cls.uses_teacher_images or get_algorithm(s.name).name in ("zeroshot",) for s in specs)
+    return any(get_algorithm(s.name).needs_teacher for s in specs)
 
 
 def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experiment:
-    specs = cfg.validate()
+    specs = check_experiment(cfg)
     spec, folder = resolve_dataset(cfg.dataset if cfg.data_dir is None else None, cfg.data_root, cfg.data_dir)
     if not folder.is_dir():
         how = ""
@@ -199,7 +121,7 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
     store = None
     identity = None
     raw_teacher = None
-    device = torch.device(cfg.train.device)
+    device = torch.device(resolve_device(cfg.train.device))
     if _needs_teacher(specs):
         from vl2v.teachers.registry import create_teacher
         from vl2v.teachers.store import TeacherStore, default_store_path
@@ -222,7 +144,7 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
     from vl2v.students.registry import create_student
 
     template = None
-    if any(get_algorithm(s.name).cls.has_student and get_algorithm(s.name).cls.uses_registry_student for s in specs):
+    if any(get_algorithm(s.name).has_student and get_algorithm(s.name).uses_registry_student for s in specs):
         torch.manual_seed(0)  # random-weight students (--no-pretrained) are the same in every process
         template = create_student(cfg.student, pretrained=cfg.student_pretrained, weights=cfg.student_weights,
                                   freeze_bn=cfg.freeze_bn)
@@ -253,7 +175,8 @@ def check_writable(out: Path) -> None:
 def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, resume: bool = True) -> dict[str, Any]:
     from vl2v.training.distributed import init_distributed
 
-    specs = cfg.validate()
+    cfg = replace(cfg, train=replace(cfg.train, device=resolve_device(cfg.train.device)))  # --device auto
+    specs = check_experiment(cfg)
     dist = init_distributed(cfg.train.device)
     if not dist.is_main:  # one voice and one writer in data-parallel runs
         log = lambda *_: None  # noqa: E731
@@ -283,7 +206,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
         data = exp.data if seed == exp.data.trial_seed else exp.data.with_seed(seed)
         for t in targets:
             for a in specs:
-                rs = RunSpec(a.name, t, seed, 0, a.hparams)
+                rs = RunSpec(a.name, t, seed, cfg.hparams_seed, a.hparams)
                 run_dir = out / rs.run_name(exp.data.domains)
                 trainer = Trainer(rs, cfg.train, exp.res, exp.make_student, run_dir, args_base, exp.student_key, data=data,
                                   teacher_encoder=exp.teacher_encoder)

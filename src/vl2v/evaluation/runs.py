@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from vl2v.methods.base import Algorithm, Schedule, TaskContext, get_algorithm, make_hparams
+from vl2v.config import Schedule
+from vl2v.methods import Algorithm, TaskContext, get_algorithm, make_hparams
 from vl2v.training.checkpoint import load_weights
 
 

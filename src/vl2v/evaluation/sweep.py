@@ -1,12 +1,14 @@
 """Sweeps: datasets x target domains x algorithms x hyperparameters x seeds, one job per run.
 
-Each job is one ``vl2v train`` command with a stable id (a hash of its
-arguments), run in ``SWEEP/jobs/<id>/``. A finished job leaves ``job.done``, so
+Each job is one :class:`~vl2v.config.ExperimentConfig` (one dataset, target,
+algorithm variant and trial seed) with a stable id (a hash of the config), run
+through the experiment API (:func:`vl2v.evaluation.protocol.run_experiment`) in
+``SWEEP/jobs/<id>/``; ``job.json`` holds the config. A finished job leaves ``job.done``, so
 launching the same sweep again skips it and an interrupted job resumes from
 its last checkpoint. Launchers:
 
 * ``local``: a pool of worker processes sized to the machine (one per GPU, or
-  cores // threads-per-job on CPU), each job a ``python -m vl2v train`` process;
+  cores // threads-per-job on CPU), each job a ``python -m vl2v.evaluation.sweep JOB_DIR`` process;
 * ``slurm``: submitit job arrays on a SLURM cluster (``submitit-local`` runs the
   same submitit path as local processes, for testing).
 
@@ -23,29 +25,40 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from vl2v.config import ExperimentConfig, from_dict
 from vl2v.errors import ConfigError
 from vl2v.utils.io import atomic_write_json, atomic_write_text
+
+#: ``configure(dataset=..., data_dir=..., data_root=...)`` -> the sweep's options applied to one dataset
+Configure = Callable[..., ExperimentConfig]
 
 
 @dataclass(frozen=True)
 class Job:
     id: str
-    argv: tuple[str, ...]  # the `vl2v train` arguments, without --out
+    config: ExperimentConfig = field(hash=False, compare=False)  # out_dir is set by the sweep (job_dir)
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def job_dir(self, sweep_dir: Path) -> Path:
         return Path(sweep_dir) / "jobs" / self.id
 
-    def full_argv(self, sweep_dir: Path) -> list[str]:
-        return [*self.argv, "--out", str(self.job_dir(sweep_dir))]
+    def config_in(self, sweep_dir: Path) -> ExperimentConfig:
+        return replace(self.config, out_dir=str(self.job_dir(sweep_dir)))
 
 
-def job_id(argv: list[str]) -> str:
-    return hashlib.sha256(json.dumps(list(argv)).encode()).hexdigest()[:12]
+def _config_json(cfg: ExperimentConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def job_id(cfg: ExperimentConfig) -> str:
+    """A hash of everything that defines the job (its output folder excluded)."""
+    d = _config_json(cfg)
+    d.pop("out_dir", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _domains(dataset: str, root: str | None) -> list[str]:
@@ -71,10 +84,17 @@ def parse_grid(items: list[str] | None) -> dict[str, dict[str, list[str]]]:
 
 
 def expand(datasets: list[str], algorithms: list[str], seeds: list[int], targets: list[str] | None = None,
-           grid: dict[str, dict[str, list[str]]] | None = None, train_args: list[str] | None = None,
+           grid: dict[str, dict[str, list[str]]] | None = None, configure: Configure | None = None,
            root: str | None = None) -> list[Job]:
-    """Every (dataset, target, algorithm variant, seed) as a job with a stable id."""
-    from vl2v.methods.base import get_algorithm
+    """Every (dataset, target, algorithm variant, seed) as a job with a stable id.
+
+    ``configure(dataset=, data_dir=, data_root=)`` returns the experiment the sweep's
+    training options describe for one dataset (profile budgets can depend on it);
+    default: :class:`ExperimentConfig` with those fields.
+    """
+    from vl2v.methods import get_algorithm
+
+    configure = configure or (lambda **kw: ExperimentConfig(**kw))
 
     grid = grid or {}
     for a in grid:
@@ -96,18 +116,18 @@ def expand(datasets: list[str], algorithms: list[str], seeds: list[int], targets
     for ds in datasets:
         domains = _domains(ds, root)
         tgts = targets or [str(i) for i in range(len(domains))]
-        data_args = ["--data", str(Path(ds).resolve())] if Path(ds).is_dir() else ["--dataset", ds]
-        if root and not Path(ds).is_dir():
-            data_args += ["--root", root]
+        where = (dict(dataset=None, data_dir=str(Path(ds).resolve()), data_root=None) if Path(ds).is_dir()
+                 else dict(dataset=ds, data_dir=None, data_root=root))
+        base = configure(**where)
         for t in tgts:
             tgt = str(domains.index(t)) if t in domains else t
             if not tgt.isdigit() or int(tgt) >= len(domains):
                 raise ConfigError(f"target {t!r} is not a domain of {ds} ({', '.join(domains)})")
             for v in variants:
                 for s in seeds:
-                    argv = ["train", *data_args, "--target", tgt, "--algorithm", v, "--seed", str(s), *(train_args or [])]
-                    jobs.append(Job(job_id(argv), tuple(argv), {"dataset": ds, "target": domains[int(tgt)],
-                                                               "algorithm": v, "seed": s}))
+                    cfg = replace(base, targets=(int(tgt),), algorithms=(v,), seeds=(s,), out_dir="")
+                    jobs.append(Job(job_id(cfg), cfg, {"dataset": ds, "target": domains[int(tgt)],
+                                                       "algorithm": v, "seed": s}))
     return jobs
 
 
@@ -128,24 +148,24 @@ def _run_local(job: Job, sweep_dir: Path, threads: int, gpu: int | None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VL2V_PROGRESS": "0"}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    cmd = [sys.executable, "-m", "vl2v.evaluation.sweep", str(d)]
     with open(d / "log.txt", "a") as log:
-        log.write(f"\n$ vl2v {' '.join(job.full_argv(sweep_dir))}\n")
+        log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        rc = subprocess.run([sys.executable, "-m", "vl2v", *job.full_argv(sweep_dir)], stdout=log, stderr=log,
-                            env=env).returncode
-    if rc == 0:
-        atomic_write_text(d / "job.done", "done")
+        rc = subprocess.run(cmd, stdout=log, stderr=log, env=env).returncode
     return rc
 
 
-def run_job_in_process(argv: list[str], job_dir: str) -> int:
-    """Entry point of a submitit (SLURM) job: run `vl2v train` in this process."""
-    from vl2v.cli import main
+def run_job_in_process(job_dir: str) -> int:
+    """Run one job (its ``job.json`` config) in this process; the entry point of local and submitit jobs."""
+    from vl2v.evaluation.protocol import run_experiment
 
-    rc = main(argv)
-    if rc == 0:
-        atomic_write_text(Path(job_dir) / "job.done", "done")
-    return rc
+    d = Path(job_dir)
+    cfg = replace(from_dict(ExperimentConfig, json.loads((d / "job.json").read_text())["config"]), out_dir=str(d))
+    result = run_experiment(cfg, resume=True)
+    print(result["text"])
+    atomic_write_text(d / "job.done", "done")
+    return 0
 
 
 @dataclass
@@ -161,10 +181,11 @@ def run_sweep(jobs: list[Job], sweep_dir: str | Path, launcher: str = "local", w
               log: Callable[[str], None] = print) -> SweepResult:
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(sweep_dir / "sweep.json", {"jobs": [{"id": j.id, "argv": list(j.argv), **j.meta} for j in jobs]})
+    atomic_write_json(sweep_dir / "sweep.json", {"jobs": [{"id": j.id, **j.meta} for j in jobs]})
     for j in jobs:
         j.job_dir(sweep_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(j.job_dir(sweep_dir) / "job.json", {"id": j.id, "argv": list(j.argv), **j.meta})
+        atomic_write_json(j.job_dir(sweep_dir) / "job.json",
+                          {"id": j.id, **j.meta, "config": _config_json(j.config_in(sweep_dir))})
     pending = [j for j in jobs if not (j.job_dir(sweep_dir) / "job.done").exists()]
     skipped = len(jobs) - len(pending)
     log(f"sweep {sweep_dir}: {len(jobs)} jobs, {skipped} already finished, {len(pending)} to run ({launcher})")
@@ -186,17 +207,16 @@ def run_sweep(jobs: list[Job], sweep_dir: str | Path, launcher: str = "local", w
                 pbar.update(1)
         pbar.close()
     elif launcher in ("slurm", "submitit-local"):
-        try:
-            import submitit
-        except ImportError as exc:
-            raise ConfigError("the slurm launcher needs submitit (pip install submitit)") from exc
+        from vl2v.utils.extras import require
+
+        require("slurm", "submitit")
+        import submitit
         ex = submitit.AutoExecutor(folder=str(sweep_dir / "submitit"), cluster="local" if launcher == "submitit-local" else None)
         params = dict(slurm or {})
         if launcher == "submitit-local":
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         ex.update_parameters(**params)
-        submitted = ex.map_array(run_job_in_process, [j.full_argv(sweep_dir) for j in pending],
-                                 [str(j.job_dir(sweep_dir)) for j in pending]) if pending else []
+        submitted = ex.map_array(run_job_in_process, [str(j.job_dir(sweep_dir)) for j in pending]) if pending else []
         log(f"  submitted {len(submitted)} jobs (submitit folder {sweep_dir / 'submitit'})")
         for j, s in zip(pending, submitted):
             try:
@@ -218,3 +238,21 @@ def _cuda() -> bool:
         return torch.cuda.is_available()
     except ImportError:  # pragma: no cover
         return False
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m vl2v.evaluation.sweep JOB_DIR``: run one job of a sweep (what the local launcher starts)."""
+    from vl2v.errors import UserError
+
+    if len(argv) != 1:
+        print("usage: python -m vl2v.evaluation.sweep JOB_DIR", file=sys.stderr)
+        return 2
+    try:
+        return run_job_in_process(argv[0])
+    except UserError as exc:
+        print(f"vl2v: {exc.prefix}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main(sys.argv[1:]))

@@ -1,3 +1,13 @@
-"""Algorithms: DomainBed-style ``update(minibatches)`` / ``predict(x)``, one file each."""
+"""Algorithms: DomainBed-style ``update(minibatches)`` / ``predict(x)``, one file each.
 
-from vl2v.methods.base import ALGORITHMS, Algorithm, Batch, Stage, TaskContext, create_algorithm, list_algorithms  # noqa: F401
+Importing this package registers every algorithm below (see :mod:`vl2v.methods.registry`).
+To add one: write ``methods/NAME.py`` with a hyperparameter dataclass and an
+``Algorithm`` subclass decorated with ``@register_algorithm``, and import it here.
+"""
+
+from vl2v.methods.base import Algorithm, Batch, Stage, TaskContext  # noqa: F401
+from vl2v.methods.registry import (ALGORITHMS, AlgorithmInfo, create_algorithm, get_algorithm,  # noqa: F401
+                                   list_algorithms, make_hparams, register_algorithm)
+
+# the members: importing each registers it (order = `vl2v list algorithms` order)
+from vl2v.methods import adip, erm, kd, rise, sd, zeroshot  # noqa: E402,F401  isort: skip

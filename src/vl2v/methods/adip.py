@@ -10,34 +10,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from vl2v.errors import ConfigError
-from vl2v.methods.base import (Algorithm, Batch, Stage, cat_batches, cosine_logits, register_algorithm,
-                               set_student_trainable, set_trainable)
+from vl2v.config import Fraction, NonNegFloat, NonNegInt, config_dataclass
+from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable, set_trainable
+from vl2v.methods.registry import register_algorithm
 from vl2v.methods.losses import vl2v_loss
 
 
-@dataclass
+@config_dataclass
 class ADiPHParams:
-    lam: float = 0.5  # weight of the image-embedding term; 1 - lam weights the text term
-    align_lr: float = 0.0  # 0 -> the run's schedule
-    align_steps: int = 0
-    distill_lr: float = 0.0
-    distill_steps: int = 0
-
-    def validate(self) -> None:
-        if not 0.0 <= self.lam <= 1.0:
-            raise ConfigError(f"adip lam (lambda) must be in [0, 1], got {self.lam}")
+    lam: Fraction = 0.5  # weight of the image-embedding term; 1 - lam weights the text term
+    align_lr: NonNegFloat = 0.0  # 0 -> the run's schedule
+    align_steps: NonNegInt = 0
+    distill_lr: NonNegFloat = 0.0
+    distill_steps: NonNegInt = 0
 
 
-@register_algorithm("adip", ADiPHParams, "VL2V-ADiP: Align (projection) -> Distill (backbone) -> Predict (100 cos to T_c)")
+@register_algorithm("adip", ADiPHParams, "VL2V-ADiP: Align (projection) -> Distill (backbone) -> Predict (100 cos to T_c)",
+                    uses_teacher_images=True, needs_teacher=True)
 class ADiP(Algorithm):
-    uses_teacher_images = True
 
     def __init__(self, ctx, student, hparams: ADiPHParams) -> None:
         super().__init__(ctx, student, hparams)

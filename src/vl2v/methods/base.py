@@ -13,15 +13,14 @@ features (``Batch.feats``) instead of images: identical results, far faster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vl2v.errors import ConfigError
-from vl2v.registry import Registry
+from vl2v.config import Schedule
 from vl2v.students.registry import Student
 
 
@@ -51,18 +50,6 @@ class Stage:
     swad: bool = True  # SWAD may average this stage (only the last stage is averaged)
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """Steps and learning rates per stage kind (the run's budget; algorithms may override)."""
-
-    steps: int = 5001  # each fine-tuning stage (backbone trainable)
-    lr: float = 5e-5
-    frozen_steps: int = 5001  # each frozen-backbone stage (linear probe, Align)
-    frozen_lr: float = 5e-5
-    weight_decay: float = 0.0
-    freeze_stages: int = 0  # early backbone stages kept frozen while fine-tuning (speed)
-
-
 @dataclass
 class TaskContext:
     num_classes: int
@@ -80,10 +67,11 @@ class Algorithm(nn.Module):
     """Base class. Subclasses define ``stages``, ``begin_stage``, ``update``, ``logits``."""
 
     name: str = ""
-    uses_teacher_images: bool = False  # needs Batch.t_img for training
+    # capability flags: set from the algorithm's registry info by @register_algorithm (see methods/registry.py)
+    uses_teacher_images: bool = False
     needs_training: bool = True
     has_student: bool = True
-    uses_registry_student: bool = True  # False: the algorithm builds its own student (VL2V-SD)
+    uses_registry_student: bool = True
     image_size: int | None = None  # input size the algorithm needs (None: the run's --image-size)
 
     def __init__(self, ctx: TaskContext, student: Student | None, hparams: Any) -> None:
@@ -176,67 +164,3 @@ def cat_batches(minibatches: Sequence[Batch]) -> Batch:
 def cosine_logits(z: torch.Tensor, text: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     """``scale * cos(z, T_c)``: VL2V's Predict rule."""
     return scale * F.normalize(z, dim=-1) @ F.normalize(text, dim=-1).t()
-
-
-# ---------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class AlgorithmInfo:
-    name: str
-    cls: type
-    hparams_cls: type
-    summary: str
-    needs_white_box: bool = False
-
-
-ALGORITHMS: Registry[AlgorithmInfo] = Registry("algorithm")
-
-
-def register_algorithm(name: str, hparams_cls: type, summary: str, needs_white_box: bool = False) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        cls.name = name
-        ALGORITHMS.register(name)(AlgorithmInfo(name, cls, hparams_cls, summary, needs_white_box))
-        return cls
-
-    return deco
-
-
-def _load_builtin() -> None:
-    from vl2v.methods import adip, erm, kd, rise, sd, zeroshot  # noqa: F401
-
-
-def get_algorithm(name: str) -> AlgorithmInfo:
-    _load_builtin()
-    return ALGORITHMS.get(name)
-
-
-def list_algorithms() -> list[AlgorithmInfo]:
-    _load_builtin()
-    return [e.obj for e in ALGORITHMS.entries()]
-
-
-def make_hparams(hparams_cls: type, overrides: dict[str, Any] | None = None) -> Any:
-    """Build an algorithm's hparams dataclass from string/number overrides, with clear errors."""
-    overrides = dict(overrides or {})
-    known = {f.name: f for f in fields(hparams_cls)}
-    kwargs: dict[str, Any] = {}
-    for k, v in overrides.items():
-        if k not in known:
-            raise ConfigError(f"{hparams_cls.__name__} has no hyperparameter {k!r}; known: {', '.join(known)}")
-        default = known[k].default
-        if isinstance(v, str) and default is not None and not isinstance(default, str):
-            try:
-                v = type(default)(v) if not isinstance(default, bool) else v.lower() in ("1", "true", "yes")
-            except ValueError as exc:
-                raise ConfigError(f"hyperparameter {k}={v!r}: expected {type(default).__name__}") from exc
-        kwargs[k] = v
-    hp = hparams_cls(**kwargs)
-    validate = getattr(hp, "validate", None)
-    if callable(validate):
-        validate()
-    return hp
-
-
-def create_algorithm(name: str, ctx: TaskContext, student: Student | None, overrides: dict[str, Any] | None = None) -> Algorithm:
-    info = get_algorithm(name)
-    hp = make_hparams(info.hparams_cls, overrides)
-    return info.cls(ctx, student, hp)

@@ -5,25 +5,25 @@ Loss: cross-entropy of a linear classifier on the student's features.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vl2v.methods.base import (Algorithm, Batch, Stage, cat_batches, register_algorithm, set_student_trainable,
-                               set_trainable)
+from vl2v.config import NonNegFloat, NonNegInt, config_dataclass
+from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, set_student_trainable, set_trainable
+from vl2v.methods.registry import register_algorithm
 
 
-@dataclass
+@config_dataclass
 class ERMHParams:
     """``lr``/``steps`` of 0 take the run's schedule."""
 
-    lr: float = 0.0
-    steps: int = 0
-    lp_lr: float = 0.0
-    lp_steps: int = 0
+    lr: NonNegFloat = 0.0
+    steps: NonNegInt = 0
+    lp_lr: NonNegFloat = 0.0
+    lp_steps: NonNegInt = 0
 
 
 class _ERMBase(Algorithm):

@@ -6,35 +6,30 @@ with teacher logits ``100 * cos(f_I(x), T_c)`` (CLIP's logit scale).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from vl2v.errors import ConfigError
-from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, register_algorithm, set_student_trainable
+from vl2v.config import Fraction, NonNegFloat, NonNegInt, config_dataclass
+from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable
+from vl2v.methods.registry import register_algorithm
 from vl2v.methods.losses import kd_loss
 
 
-@dataclass
+@config_dataclass
 class KDHParams:
-    alpha: float = 0.5  # weight of the distillation term
-    temperature: float = 4.0
-    lr: float = 0.0
-    steps: int = 0
-
-    def validate(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"kd alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise ConfigError(f"kd temperature must be > 0, got {self.temperature}")
+    alpha: Fraction = 0.5  # weight of the distillation term
+    temperature: Annotated[float, Field(gt=0.0)] = 4.0
+    lr: NonNegFloat = 0.0
+    steps: NonNegInt = 0
 
 
-@register_algorithm("kd", KDHParams, "KD: cross-entropy + T^2 KL to the teacher's zero-shot probabilities")
+@register_algorithm("kd", KDHParams, "KD: cross-entropy + T^2 KL to the teacher's zero-shot probabilities",
+                    uses_teacher_images=True, needs_teacher=True)
 class KD(Algorithm):
-    uses_teacher_images = True
 
     def __init__(self, ctx, student, hparams: KDHParams) -> None:
         super().__init__(ctx, student, hparams)

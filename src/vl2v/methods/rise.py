@@ -18,36 +18,31 @@ T=3, w1=0.9, w2=0.1, w3=1 (the RISE authors' PACS/VLCS setting).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from vl2v.config import NonNegFloat, NonNegInt, config_dataclass
 from vl2v.errors import ConfigError
-from vl2v.methods.base import (Algorithm, Batch, Stage, cat_batches, cosine_logits, register_algorithm,
-                               set_student_trainable)
+from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable
+from vl2v.methods.registry import register_algorithm
 from vl2v.methods.losses import cosine_distance, kd_loss
 from vl2v.teachers.prompts import class_name
 
 
-@dataclass
+@config_dataclass
 class RISEHParams:
-    temperature: float = 3.0
-    w1: float = 0.9  # distillation (KL)
-    w2: float = 0.1  # cross-entropy
-    w3: float = 1.0  # absolute + relative distance
+    temperature: Annotated[float, Field(gt=0.0)] = 3.0
+    w1: NonNegFloat = 0.9  # distillation (KL)
+    w2: NonNegFloat = 0.1  # cross-entropy
+    w3: NonNegFloat = 1.0  # absolute + relative distance
     anchors: str = ""  # comma-separated anchor phrases; empty -> the source domains' names
-    relative_scale: float = 10.0
-    lr: float = 0.0
-    steps: int = 0
-
-    def validate(self) -> None:
-        if self.temperature <= 0:
-            raise ConfigError(f"rise temperature must be > 0, got {self.temperature}")
-        if min(self.w1, self.w2, self.w3) < 0:
-            raise ConfigError("rise loss weights w1, w2, w3 must be >= 0")
+    relative_scale: NonNegFloat = 10.0
+    lr: NonNegFloat = 0.0
+    steps: NonNegInt = 0
 
 
 def relative_distance(z: torch.Tensor, t_y: torch.Tensor, anchors_y: torch.Tensor, scale: float = 10.0) -> torch.Tensor:
@@ -57,9 +52,9 @@ def relative_distance(z: torch.Tensor, t_y: torch.Tensor, anchors_y: torch.Tenso
     return scale * F.mse_loss(s, t)
 
 
-@register_algorithm("rise", RISEHParams, "RISE: KD + CE + absolute/relative distance to the teacher's text embeddings")
+@register_algorithm("rise", RISEHParams, "RISE: KD + CE + absolute/relative distance to the teacher's text embeddings",
+                    uses_teacher_images=True, needs_teacher=True)
 class RISE(Algorithm):
-    uses_teacher_images = True
 
     def __init__(self, ctx, student, hparams: RISEHParams) -> None:
         super().__init__(ctx, student, hparams)

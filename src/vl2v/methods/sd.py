@@ -10,28 +10,24 @@ teacher's outputs. Inputs are rendered at the teacher's own input size.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from vl2v.config import Fraction, NonNegFloat, NonNegInt, config_dataclass
 from vl2v.errors import ConfigError
-from vl2v.methods.base import (Algorithm, Batch, Stage, cat_batches, cosine_logits, register_algorithm,
-                               set_trainable)
+from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_trainable
+from vl2v.methods.registry import register_algorithm
 from vl2v.methods.losses import vl2v_loss
 from vl2v.students.registry import Student
 
 
-@dataclass
+@config_dataclass
 class SDHParams:
-    lam: float = 0.5
-    lr: float = 0.0
-    steps: int = 0
-
-    def validate(self) -> None:
-        if not 0.0 <= self.lam <= 1.0:
-            raise ConfigError(f"sd lam (lambda) must be in [0, 1], got {self.lam}")
+    lam: Fraction = 0.5
+    lr: NonNegFloat = 0.0
+    steps: NonNegInt = 0
 
 
 def student_from_encoder(encoder: nn.Module, dim: int, image_size: int, freeze_bn: bool = True) -> Student:
@@ -41,10 +37,8 @@ def student_from_encoder(encoder: nn.Module, dim: int, image_size: int, freeze_b
 
 
 @register_algorithm("sd", SDHParams, "VL2V-SD (white box): fine-tune a copy of the teacher's image encoder, predict with T_c",
-                    needs_white_box=True)
+                    uses_teacher_images=True, needs_teacher=True, needs_white_box=True, uses_registry_student=False)
 class SD(Algorithm):
-    uses_teacher_images = True
-    uses_registry_student = False
 
     def __init__(self, ctx, student, hparams: SDHParams) -> None:
         if ctx.teacher_encoder is None or ctx.text_classifier is None or ctx.teacher_dim is None:

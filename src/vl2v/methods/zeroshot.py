@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from vl2v.methods.base import Algorithm, Batch, cosine_logits, register_algorithm
+from vl2v.config import config_dataclass
+from vl2v.methods.base import Algorithm, Batch, cosine_logits
+from vl2v.methods.registry import register_algorithm
 
 
-@dataclass
+@config_dataclass
 class ZeroShotHParams:
     pass
 
 
-@register_algorithm("zeroshot", ZeroShotHParams, "teacher zero-shot: argmax_c cos(f_I(x), T_c)")
+@register_algorithm("zeroshot", ZeroShotHParams, "teacher zero-shot: argmax_c cos(f_I(x), T_c)",
+                    uses_teacher_images=True, needs_teacher=True, needs_training=False, has_student=False)
 class ZeroShot(Algorithm):
-    uses_teacher_images = True
-    needs_training = False
-    has_student = False
 
     def __init__(self, ctx, student, hparams) -> None:
         super().__init__(ctx, None, hparams)

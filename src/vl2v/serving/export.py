@@ -123,7 +123,7 @@ def build_head(algorithm: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
 def load_student_run(run_dir: str | Path, which: str = "selected"):
     """Load a run's trained model with clear errors (no directory, zero-shot, no SWAD, unfinished)."""
     from vl2v.evaluation.runs import load_run_model
-    from vl2v.methods.base import get_algorithm
+    from vl2v.methods import get_algorithm
 
     if which not in WHICH:
         raise ExportError(f"unknown checkpoint {which!r}; choose from {', '.join(WHICH)}")

@@ -22,13 +22,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from vl2v.errors import UserError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_TOKEN_CHARS = 16
 TOKEN_PREFIX = "vl2v_"
 
 
-class KeysFileError(ValueError):
+class KeysFileError(UserError, ValueError):
     """The keys file is missing or malformed; the message names the file and line."""
 
 

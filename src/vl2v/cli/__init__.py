@@ -1,0 +1,96 @@
+"""The ``vl2v`` command line: one small module per command group, each with ``register(subparsers)``.
+
+| command | module | calls |
+|---|---|---|
+| data list/download/build/check | :mod:`vl2v.cli.data` | :mod:`vl2v.data` |
+| train, compare | :mod:`vl2v.cli.train` | :func:`vl2v.evaluation.protocol.run_experiment` |
+| report | :mod:`vl2v.cli.report` | :mod:`vl2v.evaluation.report`, ``html_report`` |
+| list, teachers | :mod:`vl2v.cli.listing` | the registries |
+| serve | :mod:`vl2v.cli.serve` | :mod:`vl2v.serving.service` |
+| sweep | :mod:`vl2v.cli.sweep` | :mod:`vl2v.evaluation.sweep` |
+| embed | :mod:`vl2v.cli.embed` | :mod:`vl2v.teachers.precompute` |
+| export, predict | :mod:`vl2v.cli.deploy` | :mod:`vl2v.serving.export`, ``predict`` |
+
+Options are never abbreviated (``allow_abbrev=False``: ``--tar`` is an error,
+not ``--target``). Every error a user can fix is a :class:`vl2v.errors.UserError`,
+printed as one line with its exit code (2: bad input, 1: failed download,
+3: teacher-query budget exhausted, 4: cannot write output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+
+from vl2v import __version__
+from vl2v.cli import data, deploy, embed, listing, report, serve, sweep, train
+from vl2v.cli.common import CLIError  # noqa: F401  (re-exported for callers)
+
+COMMAND_GROUPS = (data, train, report, listing, serve, sweep, embed, deploy)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command parser refuses abbreviated options."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="vl2v",
+        description="Distil a vision-language model into a small, robust image classifier "
+        "(VL2V-ADiP, VL2V-SD and baselines, with the DomainBed protocol).",
+    )
+    p.add_argument("--version", action="version", version=f"vl2v {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from vl2v.errors import UserError
+    from vl2v.teachers.base import QueryBudgetExceeded
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except QueryBudgetExceeded as exc:
+        print(f"vl2v: teacher query budget exhausted: {exc}\n"
+              "Everything the teacher already answered is kept in the teacher store; raise the budget and run "
+              "the same command again (finished runs are skipped, cached queries are not repeated).", file=sys.stderr)
+        return 3
+    except UserError as exc:
+        print(f"vl2v: {exc.prefix}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (FileNotFoundError, ValidationError) as exc:
+        print(f"vl2v: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"vl2v: error: cannot write{where}: {exc.strerror or exc}. Files written before were not touched "
+              "(every checkpoint is written to a temporary file and renamed only when complete): the last good "
+              "checkpoint is intact. Free space or fix permissions, then continue with `vl2v train --resume OUT`.",
+              file=sys.stderr)
+        return 4
+    except KeyboardInterrupt:
+        print("vl2v: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `vl2v report ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""``vl2v train`` and ``vl2v compare``: leave-one-domain-out runs and the table (:mod:`vl2v.evaluation.protocol`).
+
+Flags map one to one onto :class:`vl2v.config.ExperimentConfig`; a profile
+(``--profile``, package data) fills the budget and explicit flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vl2v.cli.common import CLIError, parse_kv
+from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile, profile_names, validated, with_settings
+
+#: train flags (argparse dests) that a sweep sets per job; they may not follow `vl2v sweep ... --`
+SWEEP_OWNED = ("out", "resume", "target", "seed", "trials", "algorithm", "dataset", "data", "root")
+
+
+def _resolve_targets(values: list[str] | None, domains: list[str]) -> tuple[int, ...] | None:
+    if not values:
+        return None
+    out = []
+    for v in values:
+        if v.isdigit():
+            out.append(int(v))
+        elif v in domains:
+            out.append(domains.index(v))
+        else:
+            raise CLIError(f"unknown target domain {v!r}; domains are: "
+                           + ", ".join(f"{i}={d}" for i, d in enumerate(domains)))
+    return tuple(out)
+
+
+def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ...] = ("adip",)) -> ExperimentConfig:
+    """The experiment a `vl2v train`/`compare` command line describes (profile first, then explicit flags)."""
+    cfg = validated(ExperimentConfig, dict(
+        dataset=args.dataset, data_dir=args.data, data_root=args.root,
+        algorithms=tuple(args.algorithm or default_algorithms),
+        seeds=tuple(args.seed) if args.seed else tuple(range(args.trials)), hparams_seed=args.hparams_seed,
+        teacher=args.teacher, teacher_options=parse_kv(args.teacher_opt, "--teacher-opt"),
+        blackbox=not args.white_box, student=args.student, student_pretrained=not args.no_pretrained,
+        student_weights=args.student_weights, store=args.store, out_dir=args.out, strict_data=args.strict_data))
+    cfg = apply_profile(cfg, args.profile)
+    flags = dict(steps=args.steps, frozen_steps=args.frozen_steps, lr=args.lr, frozen_lr=args.frozen_lr,
+                 freeze_stages=args.freeze_stages, batch_size=args.batch_size, image_size=args.image_size,
+                 eval_every=args.eval_every, teacher_mode=args.teacher_mode, device=args.device, views=args.views,
+                 templates=tuple(args.template) if args.template else None, swad=True if args.swad else None)
+    cfg = with_settings(cfg, {k: v for k, v in flags.items() if v is not None})
+    if args.target:
+        from dataclasses import replace
+
+        from vl2v.data.registry import resolve_dataset
+
+        spec, folder = resolve_dataset(cfg.dataset if cfg.data_dir is None else None, cfg.data_root, cfg.data_dir)
+        domains = list(spec.domains) if spec is not None else sorted(
+            p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+        cfg = replace(cfg, targets=_resolve_targets(args.target, domains))
+    return cfg
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser of the `vl2v train` flags (the sweep parses the options after `--` with it)."""
+    p = argparse.ArgumentParser(prog="vl2v train", allow_abbrev=False, add_help=False)
+    _add_train_args(p, "adip", "runs/train")
+    return p
+
+
+def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = ("adip",)) -> int:
+    from vl2v.evaluation.protocol import check_experiment, run_experiment
+    from vl2v.training.distributed import info
+
+    if args.resume:
+        cfg = _resume_config(args.resume)
+        print(f"vl2v: resuming {args.resume} (finished runs are kept, the interrupted one continues from its last checkpoint)")
+    else:
+        cfg = config_from_args(args, default_algorithms)
+        check_experiment(cfg)
+        print(f"vl2v: profile {args.profile!r} ({'CPU-sized; --profile paper for the paper settings' if args.profile == 'fast' else 'the VL2V authors settings'}), "
+              f"output in {cfg.out_dir}", flush=True)
+    result = run_experiment(cfg, resume=True)
+    if info().is_main:
+        print()
+        print(result["text"])
+        print(f"records, checkpoints and configs: {result['out_dir']}  (aggregate trials with `vl2v report {result['out_dir']}`)")
+        try:
+            from vl2v.evaluation.html_report import write_html_report
+
+            print(f"HTML report (figures): {write_html_report([result['out_dir']], Path(result['out_dir']) / 'report.html')}")
+        except Exception as exc:  # the runs are saved; a failed figure must not fail the training job
+            print(f"vl2v: warning: could not write the HTML report ({type(exc).__name__}: {exc}); "
+                  f"retry with `vl2v report {result['out_dir']}`", file=sys.stderr)
+    return 0
+
+
+def _resume_config(path: str):
+    import json
+
+    from vl2v.config import from_dict
+    from vl2v.errors import ConfigError
+
+    p = Path(path)
+    exp = p / "experiment.json"
+    if not exp.exists():
+        raise CLIError(f"{p} is not a vl2v output folder (no experiment.json); --resume takes the --out folder of "
+                       "an earlier `vl2v train` or `vl2v compare`")
+    try:
+        cfg = from_dict(ExperimentConfig, json.loads(exp.read_text())["config"])
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise CLIError(f"{exp} is unreadable or from an incompatible vl2v version: {exc}") from exc
+    from dataclasses import replace
+
+    return replace(cfg, out_dir=str(p))
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    # VL2V-SD joins the comparison when the teacher is configured white-box
+    return _cmd_train(args, DEFAULT_ALGORITHMS + (("sd",) if args.white_box else ()))
+
+
+def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out: str) -> None:
+    g = q.add_argument_group("data")
+    g.add_argument("--dataset", default="OfflinePACS", help="registered dataset (default OfflinePACS; see `vl2v list datasets`)")
+    g.add_argument("--data", help="a custom ROOT/domain/class/image folder (overrides --dataset)")
+    g.add_argument("--root", help="folder holding datasets (default: $VL2V_DATA or ~/.cache/vl2v/datasets)")
+    g.add_argument("--target", nargs="+", metavar="DOMAIN", help="target domain(s), by name or index (default: every domain in turn)")
+    g.add_argument("--trials", type=int, default=1, help="number of trial seeds 0..N-1 (default 1)")
+    g.add_argument("--strict-data", action="store_true",
+                   help="fail on any data problem (unreadable files, empty classes) instead of skipping and recording it")
+    g.add_argument("--seed", type=int, nargs="+", help="explicit trial seeds (overrides --trials)")
+    g.add_argument("--hparams-seed", type=int, default=0,
+                   help="DomainBed's hyperparameter seed, recorded in every run and part of each run's random seed (default 0)")
+    g = q.add_argument_group("models")
+    g.add_argument("--algorithm", nargs="+", metavar="ALGO",
+                   help=f"algorithm(s), optionally with hyperparameters, e.g. adip:lam=0.25 (default: {default_algos}; see `vl2v list algorithms`)")
+    g.add_argument("--teacher", default="conse", help="teacher: conse (offline default), openclip:MODEL:TAG|PATH, ... (see `vl2v list teachers`)")
+    g.add_argument("--teacher-opt", nargs="+", metavar="KEY=VALUE", help="teacher backend options, e.g. k=5")
+    g.add_argument("--white-box", action="store_true", help="give algorithms the teacher object itself (default: black-box, embed functions only)")
+    g.add_argument("--template", action="append", help="prompt template with {c}; repeat for an ensemble (default: 'a photo of a {c}')")
+    g.add_argument("--student", default="efficientnet_lite0", help="student backbone (default efficientnet_lite0; see `vl2v list students`)")
+    g.add_argument("--student-weights", help="local weights file for the student (.safetensors or torch state dict)")
+    g.add_argument("--no-pretrained", action="store_true", help="random student weights")
+    g = q.add_argument_group("training budget")
+    g.add_argument("--profile", choices=profile_names(), default="fast",
+                   help="fast: CPU-sized defaults (128px, short schedules, cached teacher views); "
+                        "paper: the VL2V authors' settings (224px, 5001 steps per stage, lr 5e-5, online teacher)")
+    g.add_argument("--steps", type=int, help="steps per fine-tuning stage")
+    g.add_argument("--frozen-steps", type=int, help="steps per frozen-backbone stage (linear probe, Align)")
+    g.add_argument("--lr", type=float, help="learning rate of fine-tuning stages (Adam)")
+    g.add_argument("--frozen-lr", type=float, help="learning rate of frozen-backbone stages")
+    g.add_argument("--batch-size", type=int, help="images per source domain per step")
+    g.add_argument("--image-size", type=int, help="student input side in pixels")
+    g.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps")
+    g.add_argument("--freeze-stages", type=int, help="keep the first N backbone stages frozen while fine-tuning (speed)")
+    g.add_argument("--views", type=int, help="K stored augmented teacher views per training image (0: un-augmented only)")
+    g.add_argument("--teacher-mode", choices=["cached", "online"], help="cached: replay stored views; online: query the teacher every step")
+    g.add_argument("--swad", action="store_true", help="also report SWAD (LossValley) weight averaging of the last stage")
+    g = q.add_argument_group("output")
+    g.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
+    g.add_argument("--store", help="teacher-embedding store file (default ~/.cache/vl2v/teacher_store.sqlite; 'memory' for none)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: CUDA when present, else CPU)")
+    g.add_argument("--resume", metavar="OUT", help="continue an interrupted `vl2v train`/`compare` output folder "
+                   "with its saved configuration (other options are ignored)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    # train / compare
+    q = sub.add_parser("train", help="train algorithm(s) leave-one-domain-out and print the table",
+                       description="Train each algorithm on every source-domain combination (one run per target "
+                       "domain and trial seed), select checkpoints by training-domain validation, and print "
+                       "per-target OOD accuracy, mean and ID accuracy. Finished runs are skipped on a re-run.")
+    _add_train_args(q, "adip", "runs/train")
+    q.set_defaults(func=_cmd_train)
+    q = sub.add_parser("compare", help="the main job: zero-shot teacher, ERM (LP, FT), KD, RISE and ADiP on every target",
+                       description="Run the comparison (zeroshot, erm_lp, erm_ft, kd, rise, adip; plus sd with "
+                       "--white-box) leave-one-domain-out "
+                       "and print the table. Defaults: the offline benchmark, the offline ConSE teacher, the "
+                       "EfficientNet-Lite0 student and the CPU-sized 'fast' profile.")
+    _add_train_args(q, "zeroshot erm_lp erm_ft kd rise adip (+ sd with --white-box)", "runs/main")
+    q.set_defaults(func=_cmd_compare)

@@ -1,0 +1,218 @@
+"""The one configuration layer: typed dataclasses validated by pydantic, profiles as package data.
+
+Every option of a run lives in one of the dataclasses below (or, for an
+algorithm's own hyperparameters, in a dataclass next to the algorithm made with
+the same :func:`config_dataclass`). Each field declares its type and range once;
+pydantic checks them when the object is built, so ``lam=1.5`` or
+``batch_size="garbage"`` fail at once with a :class:`ConfigError` naming the
+field, instead of running with a silently coerced value.
+
+The CLI builds these objects from flags (every field is a flag), ``experiment.json``
+stores them (``dataclasses.asdict``) and :func:`from_dict` reads them back.
+Named profiles (``fast``, ``paper``) and the per-dataset budgets of the paper
+profile are data, in ``vl2v/configs/profiles.toml``, as open_clip keeps its
+model configs in JSON files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import tomllib
+from dataclasses import field, replace
+from importlib import resources
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
+
+from vl2v.errors import ConfigError
+
+T = TypeVar("T")
+
+#: CLIP's default prompt: "a photo of a {c}"
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {c}",)
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def config_dataclass(cls: type[T] | None = None, *, frozen: bool = False):
+    """``@dataclass`` whose fields pydantic validates on construction (unknown fields refused)."""
+
+    def wrap(c: type[T]) -> type[T]:
+        return _pydantic_dataclass(c, frozen=frozen, config=ConfigDict(extra="forbid", arbitrary_types_allowed=True))
+
+    return wrap(cls) if cls is not None else wrap
+
+
+def _describe(err: dict[str, Any], what: str, known: list[str], noun: str) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__init__") or "value"
+    typ, given = err.get("type", ""), err.get("input")
+    ctx = err.get("ctx") or {}
+    if typ in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"{what} has no {noun} {loc!r}; known: {', '.join(known)}"
+    if typ.endswith("_parsing") or typ.endswith("_type"):
+        kind = typ.split("_")[0]
+        return f"{what}: {loc}={given!r}: expected {kind}"
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if typ in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"{what}: {loc} must be {bounds[typ]} {limit}, got {given!r}"
+    return f"{what}: {loc}: {err.get('msg', typ)} (got {given!r})"
+
+
+def validated(cls: type[T], data: dict[str, Any], what: str | None = None, noun: str = "option") -> T:
+    """``cls(**data)`` with pydantic's errors turned into one readable :class:`ConfigError`."""
+    what = what or cls.__name__
+    try:
+        return TypeAdapter(cls).validate_python(dict(data))
+    except ValidationError as exc:
+        known = [f.name for f in dataclasses.fields(cls)]
+        raise ConfigError("; ".join(_describe(e, what, known, noun) for e in exc.errors())) from None
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Inverse of ``dataclasses.asdict`` for these config classes (as stored in JSON files)."""
+    return validated(cls, data)
+
+
+# --------------------------------------------------------------------------- run configuration
+@config_dataclass(frozen=True)
+class Schedule:
+    """Steps and learning rates per stage kind (the run's budget; algorithms may override)."""
+
+    steps: NonNegInt = 5001  # each fine-tuning stage (backbone trainable)
+    lr: NonNegFloat = 5e-5
+    frozen_steps: NonNegInt = 5001  # each frozen-backbone stage (linear probe, Align)
+    frozen_lr: NonNegFloat = 5e-5
+    weight_decay: NonNegFloat = 0.0
+    freeze_stages: NonNegInt = 0  # early backbone stages kept frozen while fine-tuning (speed)
+
+
+@config_dataclass
+class SWADConfig:
+    """LossValley settings (Cha et al., 2021); the paper's values are the defaults."""
+
+    n_converge: PosInt = 3
+    n_tolerance: PosInt = 6
+    tolerance_ratio: NonNegFloat = 0.3
+
+
+@config_dataclass
+class TrainConfig:
+    schedule: Schedule = field(default_factory=Schedule)
+    batch_size: PosInt = 32  # per source domain
+    eval_every: PosInt = 200
+    image_size: Annotated[int, Field(ge=16)] = 224  # student input side
+    teacher_mode: Literal["cached", "online"] = "cached"  # cached: K stored views; online: query every step
+    swad: bool = False
+    swad_cfg: SWADConfig = field(default_factory=SWADConfig)
+    eval_source_in: bool = False  # also evaluate the sources' training ("in") splits
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    eval_batch_size: PosInt = 128
+    save_checkpoints: bool = True
+
+    def validate(self) -> None:
+        """Range checks run on construction; this re-checks a copy changed with ``dataclasses.replace``."""
+        validated(TrainConfig, dataclasses.asdict(self))
+
+
+DEFAULT_ALGORITHMS: tuple[str, ...] = ("zeroshot", "erm_lp", "erm_ft", "kd", "rise", "adip")
+
+
+@config_dataclass
+class ExperimentConfig:
+    """A leave-one-domain-out experiment: data, teacher, student, algorithms and budget."""
+
+    dataset: str | None = "OfflinePACS"
+    data_dir: str | None = None  # a custom ROOT/domain/class/image folder instead of a registered dataset
+    data_root: str | None = None
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    targets: tuple[NonNegInt, ...] | None = None  # None: every domain in turn
+    seeds: tuple[int, ...] = (0,)
+    hparams_seed: NonNegInt = 0  # recorded in every run (DomainBed's hparams_seed); 0 = the defaults
+    teacher: str = "conse"
+    teacher_options: dict[str, Any] = field(default_factory=dict)
+    blackbox: bool = True  # black-box methods see the teacher only through embed_images/embed_texts
+    student: str = "efficientnet_lite0"
+    student_pretrained: bool = True
+    student_weights: str | None = None
+    freeze_bn: bool = True
+    views: NonNegInt = 0  # K augmented teacher views per training image (0: the un-augmented image)
+    view_seed: int = 0
+    store: str | None = None  # teacher store file; None: ~/.cache/vl2v/teacher_store.sqlite; "memory": no file
+    store_dtype: Literal["float16", "float32"] = "float16"
+    holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    max_side: PosInt = 256
+    strict_data: bool = False
+    out_dir: str = "runs/experiment"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------- profiles (package data)
+@functools.cache
+def _profiles_file() -> dict[str, Any]:
+    text = resources.files("vl2v.configs").joinpath("profiles.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def profile_names() -> list[str]:
+    return list(_profiles_file())
+
+
+def profile_values(name: str, dataset: str | None = None) -> dict[str, Any]:
+    """The flat settings of profile ``name``.
+
+    A profile with ``dataset_budget = true`` takes a registered dataset's own DomainBed
+    budget where it differs (its ``steps`` per stage, evaluated every ``checkpoint_freq``).
+    """
+    profiles = _profiles_file()
+    if name not in profiles:
+        raise ConfigError(f"unknown profile {name!r}; choose from {', '.join(profiles)}")
+    p = dict(profiles[name])
+    if p.pop("dataset_budget", False) and dataset is not None:
+        from vl2v.data.registry import get_dataset
+
+        spec = get_dataset(dataset)
+        if spec.steps != p["steps"]:
+            p.update(steps=spec.steps, frozen_steps=spec.steps, eval_every=spec.checkpoint_freq)
+    return p
+
+
+_SCHEDULE_KEYS = {f.name for f in dataclasses.fields(Schedule)}
+_TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"schedule"}
+_EXPERIMENT_KEYS = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"train"}
+
+
+def with_settings(cfg: ExperimentConfig, settings: dict[str, Any]) -> ExperimentConfig:
+    """``cfg`` with flat settings (``steps``, ``batch_size``, ``views``, ...) placed where they belong.
+
+    Unknown names are refused; every value is validated.
+    """
+    sched, train, top = {}, {}, {}
+    for k, v in settings.items():
+        if k in _SCHEDULE_KEYS:
+            sched[k] = v
+        elif k in _TRAIN_KEYS:
+            train[k] = v
+        elif k in _EXPERIMENT_KEYS:
+            top[k] = v
+        else:
+            raise ConfigError(f"unknown setting {k!r}")
+    t = cfg.train
+    if sched:
+        t = replace(t, schedule=validated(Schedule, {**dataclasses.asdict(t.schedule), **sched}))
+    if train:
+        t = validated(TrainConfig, {**dataclasses.asdict(t), "schedule": t.schedule, **train})
+    d = {**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, **top, "train": t}
+    return validated(ExperimentConfig, d)
+
+
+def apply_profile(cfg: ExperimentConfig, profile: str) -> ExperimentConfig:
+    """``cfg`` with the profile's settings (and, for a registered dataset, its budget in that profile)."""
+    dataset = cfg.dataset if cfg.data_dir is None else None
+    return with_settings(cfg, profile_values(profile, dataset))
