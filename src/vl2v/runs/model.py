@@ -1,0 +1,77 @@
+"""Rebuild a trained model from a run directory (for predict, export and reports).
+
+A run directory holds ``config.json`` (algorithm, student, image size, class
+names, domains, hyperparameters) and ``model.safetensors`` (the selected
+checkpoint's ``state_dict``; ``swad.safetensors`` for the SWAD average). The
+state dict carries the teacher's text classifier (``text``) where the
+algorithm predicts with it, so no teacher is needed to predict.
+
+Layering: this module builds on methods/, students/ and teachers/ only (never
+training/ or evaluation/), so every reader of runs can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vl2v.methods.base import Algorithm, Schedule, TaskContext, get_algorithm, make_hparams
+from vl2v.runs.layout import RunDir
+
+
+@dataclass
+class LoadedRun:
+    algorithm: Algorithm
+    config: dict[str, Any]
+    classes: list[str]
+    image_size: int
+    weights_path: Path
+
+    @property
+    def teacher_identity(self) -> str | None:
+        return self.config.get("args", {}).get("teacher_identity")
+
+
+def load_run_model(run_dir: str | Path, which: str = "selected", device: str = "cpu") -> LoadedRun:
+    """``which``: ``"selected"`` (model.safetensors) or ``"swad"`` (swad.safetensors)."""
+    from safetensors.torch import load_file
+
+    rd = RunDir(run_dir)
+    if not rd.has_config():
+        raise FileNotFoundError(f"{rd.path} is not a vl2v run directory (no config.json)")
+    cfg = rd.config()
+    name = cfg["spec"]["algorithm"]
+    info = get_algorithm(name)
+    if not info.cls.has_student:
+        raise ValueError(f"run {rd.path} is '{name}': it has no student model to load")
+    wfile = rd.weights(which)
+    if not wfile.exists():
+        raise FileNotFoundError(f"{wfile} does not exist (is the run finished?)")
+    state = load_file(str(wfile))  # the weights written by training.checkpoint.save_weights
+    from vl2v.students.registry import create_student
+
+    size = int(cfg.get("input_size") or cfg["train"]["image_size"])
+    text = state.get("text")
+    encoder = None
+    if info.cls.uses_registry_student:
+        student = create_student(cfg["args"]["student"], pretrained=False)
+        student.image_size = size
+    else:  # VL2V-SD: the student is a copy of the teacher's image encoder; rebuild the architecture
+        from vl2v.teachers.registry import create_teacher
+
+        teacher = create_teacher(cfg["args"]["teacher"], **(cfg["args"].get("teacher_options") or {}))
+        encoder = teacher.image_encoder()
+        student = None
+    classes = list(cfg["classes"])
+    ctx = TaskContext(num_classes=len(classes), class_names=classes, source_domains=[],
+                      text_classifier=text if text is not None else torch.zeros(len(classes), 1),
+                      teacher_dim=int(text.shape[1]) if text is not None else 1,
+                      teacher_encoder=encoder, teacher_image_size=size, schedule=Schedule())
+    hp = make_hparams(info.hparams_cls, dict(cfg["spec"].get("hparams") or []))
+    algo = info.cls(ctx, student, hp)
+    algo.load_state_dict(state, strict=True)
+    algo.to(device).eval()
+    return LoadedRun(algo, cfg, classes, size, wfile)
