@@ -158,17 +158,17 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
 
 
 def _resume_config(path: str):
-    import json
-
     from vl2v.evaluation.protocol import ExperimentConfig
+    from vl2v.runs.layout import ExperimentDir
 
     p = Path(path)
-    exp = p / "experiment.json"
-    if not exp.exists():
+    exp_dir = ExperimentDir(p)
+    exp = exp_dir.experiment_json
+    if not exp_dir.exists():
         raise CLIError(f"{p} is not a vl2v output folder (no experiment.json); --resume takes the --out folder of "
                        "an earlier `vl2v train` or `vl2v compare`")
     try:
-        cfg = ExperimentConfig.from_dict(json.loads(exp.read_text())["config"])
+        cfg = ExperimentConfig.from_dict(exp_dir.load_config_dict())
     except (KeyError, TypeError, ValueError) as exc:
         raise CLIError(f"{exp} is unreadable or from an incompatible vl2v version: {exc}") from exc
     from dataclasses import replace

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vl2v.errors import ConfigError
+from vl2v.runs.layout import JobDir, SweepDir
 from vl2v.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -38,7 +39,7 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def job_dir(self, sweep_dir: Path) -> Path:
-        return Path(sweep_dir) / "jobs" / self.id
+        return SweepDir(sweep_dir).job(self.id).path
 
     def full_argv(self, sweep_dir: Path) -> list[str]:
         return [*self.argv, "--out", str(self.job_dir(sweep_dir))]
@@ -123,18 +124,19 @@ def default_workers(threads_per_job: int = 1) -> int:
 
 
 def _run_local(job: Job, sweep_dir: Path, threads: int, gpu: int | None) -> int:
-    d = job.job_dir(sweep_dir)
+    jd = SweepDir(sweep_dir).job(job.id)
+    d = jd.path
     d.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VL2V_PROGRESS": "0"}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    with open(d / "log.txt", "a") as log:
+    with open(jd.log, "a") as log:
         log.write(f"\n$ vl2v {' '.join(job.full_argv(sweep_dir))}\n")
         log.flush()
         rc = subprocess.run([sys.executable, "-m", "vl2v", *job.full_argv(sweep_dir)], stdout=log, stderr=log,
                             env=env).returncode
     if rc == 0:
-        atomic_write_text(d / "job.done", "done")
+        atomic_write_text(jd.job_done, "done")
     return rc
 
 
@@ -144,7 +146,7 @@ def run_job_in_process(argv: list[str], job_dir: str) -> int:
 
     rc = main(argv)
     if rc == 0:
-        atomic_write_text(Path(job_dir) / "job.done", "done")
+        atomic_write_text(JobDir(job_dir).job_done, "done")
     return rc
 
 
@@ -160,12 +162,13 @@ def run_sweep(jobs: list[Job], sweep_dir: str | Path, launcher: str = "local", w
               threads_per_job: int = 1, slurm: dict[str, Any] | None = None,
               log: Callable[[str], None] = print) -> SweepResult:
     sweep_dir = Path(sweep_dir)
+    sd = SweepDir(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(sweep_dir / "sweep.json", {"jobs": [{"id": j.id, "argv": list(j.argv), **j.meta} for j in jobs]})
+    atomic_write_json(sd.sweep_json, {"jobs": [{"id": j.id, "argv": list(j.argv), **j.meta} for j in jobs]})
     for j in jobs:
         j.job_dir(sweep_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(j.job_dir(sweep_dir) / "job.json", {"id": j.id, "argv": list(j.argv), **j.meta})
-    pending = [j for j in jobs if not (j.job_dir(sweep_dir) / "job.done").exists()]
+        atomic_write_json(sd.job(j.id).job_json, {"id": j.id, "argv": list(j.argv), **j.meta})
+    pending = [j for j in jobs if not sd.job(j.id).is_done()]
     skipped = len(jobs) - len(pending)
     log(f"sweep {sweep_dir}: {len(jobs)} jobs, {skipped} already finished, {len(pending)} to run ({launcher})")
     failed: list[str] = []
@@ -182,7 +185,7 @@ def run_sweep(jobs: list[Job], sweep_dir: str | Path, launcher: str = "local", w
                 j = futs[fut]
                 if fut.result() != 0:
                     failed.append(j.id)
-                    log(f"  job {j.id} ({j.meta}) failed: see {j.job_dir(sweep_dir) / 'log.txt'}")
+                    log(f"  job {j.id} ({j.meta}) failed: see {sd.job(j.id).log}")
                 pbar.update(1)
         pbar.close()
     elif launcher in ("slurm", "submitit-local"):
@@ -190,14 +193,14 @@ def run_sweep(jobs: list[Job], sweep_dir: str | Path, launcher: str = "local", w
             import submitit
         except ImportError as exc:
             raise ConfigError("the slurm launcher needs submitit (pip install submitit)") from exc
-        ex = submitit.AutoExecutor(folder=str(sweep_dir / "submitit"), cluster="local" if launcher == "submitit-local" else None)
+        ex = submitit.AutoExecutor(folder=str(sd.submitit), cluster="local" if launcher == "submitit-local" else None)
         params = dict(slurm or {})
         if launcher == "submitit-local":
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         ex.update_parameters(**params)
         submitted = ex.map_array(run_job_in_process, [j.full_argv(sweep_dir) for j in pending],
                                  [str(j.job_dir(sweep_dir)) for j in pending]) if pending else []
-        log(f"  submitted {len(submitted)} jobs (submitit folder {sweep_dir / 'submitit'})")
+        log(f"  submitted {len(submitted)} jobs (submitit folder {sd.submitit})")
         for j, s in zip(pending, submitted):
             try:
                 rc = s.result()

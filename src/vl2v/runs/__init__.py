@@ -1,7 +1,7 @@
 """Run folders: the one owner of their layout, records, model selection, labels and grouping.
 
 * :mod:`vl2v.runs.layout`: :class:`RunDir` (every file of a run), :class:`ExperimentDir`
-  (the ``--out`` folder), :func:`find_runs`;
+  (the ``--out`` folder), :class:`SweepDir`/:class:`JobDir` (sweeps), :func:`find_runs`;
 * :mod:`vl2v.runs.records`: the record schema and :class:`RunRecorder` (``results.jsonl``);
 * :mod:`vl2v.runs.selection`: training-domain validation and oracle selection;
 * :mod:`vl2v.runs.summary`: run labels, per-run summaries, runs grouped by dataset;
@@ -11,11 +11,12 @@ Layering: runs/ imports utils/ (and, in ``model``, methods/students/teachers), n
 training/ or evaluation/, which both build on it.
 """
 
-from vl2v.runs.layout import ExperimentDir, RunConfig, RunData, RunDir, RunFinal, find_runs, run_name
+from vl2v.runs.layout import (ExperimentDir, JobDir, RunConfig, RunData, RunDir, RunFinal, SweepDir, find_runs,
+                              run_name)
 from vl2v.runs.records import RunRecorder
 from vl2v.runs.selection import select_record, selection_value, summarize
 from vl2v.runs.summary import DatasetGroup, RunEntry, collect_runs, group_by_dataset, label, run_label, run_summary
 
-__all__ = ["ExperimentDir", "RunConfig", "RunData", "RunDir", "RunFinal", "find_runs", "run_name", "RunRecorder",
+__all__ = ["ExperimentDir", "JobDir", "SweepDir", "RunConfig", "RunData", "RunDir", "RunFinal", "find_runs", "run_name", "RunRecorder",
            "select_record", "selection_value", "summarize", "DatasetGroup", "RunEntry", "collect_runs",
            "group_by_dataset", "label", "run_label", "run_summary"]

@@ -1,5 +1,7 @@
 """The run-folder layout: the one place that knows every file of a run and of an experiment.
 
+A sweep folder holds ``sweep.json`` and one experiment folder per job
+(``jobs/<id>/``, with ``job.json``, ``log.txt`` and, when finished, ``job.done``).
 An experiment folder (``OUT``) holds ``experiment.json``, ``results.md``,
 ``summary.json``, ``report.html`` and one folder per run::
 
@@ -266,3 +268,43 @@ class ExperimentDir:
 
     def find_runs(self) -> list[Path]:
         return find_runs([self.path])
+
+
+class JobDir(ExperimentDir):
+    """One sweep job: an experiment folder (the job's ``--out``) plus ``job.json``, ``job.done`` and ``log.txt``."""
+
+    @property
+    def job_json(self) -> Path:
+        return self.path / "job.json"
+
+    @property
+    def job_done(self) -> Path:
+        return self.path / "job.done"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "log.txt"
+
+    def is_done(self) -> bool:
+        return self.job_done.exists()
+
+
+class SweepDir:
+    """A sweep folder: ``sweep.json``, ``jobs/<id>/`` (see :class:`JobDir`) and ``submitit/`` (SLURM logs)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def sweep_json(self) -> Path:
+        return self.path / "sweep.json"
+
+    @property
+    def submitit(self) -> Path:
+        return self.path / "submitit"
+
+    def job(self, job_id: str) -> JobDir:
+        return JobDir(self.path / "jobs" / job_id)
