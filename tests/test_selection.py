@@ -2,7 +2,7 @@
 
 import pytest
 
-from vl2v.evaluation.selection import select_record, summarize
+from vl2v.runs.selection import select_record, summarize
 from vl2v.evaluation.tables import build_tables, mean_se
 
 

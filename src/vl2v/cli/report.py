@@ -25,7 +25,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from vl2v.evaluation.html_report import write_html_report
 
     # default: next to --out, else in the (first) folder of runs; only an explicit --html may fail the command
-    html = args.html or (Path(args.out).with_suffix(".html") if args.out else Path(args.runs[0]) / "report.html")
+    from vl2v.runs.layout import ExperimentDir
+
+    html = args.html or (Path(args.out).with_suffix(".html") if args.out else ExperimentDir(args.runs[0]).report_html)
     try:
         path = write_html_report(args.runs, html)
     except OSError as exc:

@@ -86,7 +86,10 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
         try:
             from vl2v.evaluation.html_report import write_html_report
 
-            print(f"HTML report (figures): {write_html_report([result['out_dir']], Path(result['out_dir']) / 'report.html')}")
+            from vl2v.runs.layout import ExperimentDir
+
+            html = ExperimentDir(result["out_dir"]).report_html
+            print(f"HTML report (figures): {write_html_report([result['out_dir']], html)}")
         except Exception as exc:  # the runs are saved; a failed figure must not fail the training job
             print(f"vl2v: warning: could not write the HTML report ({type(exc).__name__}: {exc}); "
                   f"retry with `vl2v report {result['out_dir']}`", file=sys.stderr)
@@ -94,18 +97,18 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
 
 
 def _resume_config(path: str):
-    import json
-
     from vl2v.config import from_dict
     from vl2v.errors import ConfigError
+    from vl2v.runs.layout import ExperimentDir
 
     p = Path(path)
-    exp = p / "experiment.json"
-    if not exp.exists():
+    exp_dir = ExperimentDir(p)
+    exp = exp_dir.experiment_json
+    if not exp_dir.exists():
         raise CLIError(f"{p} is not a vl2v output folder (no experiment.json); --resume takes the --out folder of "
                        "an earlier `vl2v train` or `vl2v compare`")
     try:
-        cfg = from_dict(ExperimentConfig, json.loads(exp.read_text())["config"])
+        cfg = from_dict(ExperimentConfig, exp_dir.load_config_dict())
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise CLIError(f"{exp} is unreadable or from an incompatible vl2v version: {exc}") from exc
     from dataclasses import replace

@@ -8,7 +8,6 @@ no global state or display backend is involved.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vl2v.evaluation.tables import mean_se
+from vl2v.runs.layout import RunDir
 
 ACC_BLUE, ACC_ORANGE, LOSS_GREY = "#1f77b4", "#ff7f0e", "#555555"
 SEED_STYLES = ["-", "--", ":", "-."]
@@ -73,9 +73,8 @@ class RunView:
     @property
     def predictions(self) -> dict[str, Any] | None:
         if self._predictions is None:
-            p = self.path / "predictions.json"
             try:
-                self._predictions = json.loads(p.read_text()) if p.exists() else False
+                self._predictions = RunDir(self.path).load_predictions() or False
             except (OSError, ValueError):
                 self._predictions = False
         return self._predictions or None

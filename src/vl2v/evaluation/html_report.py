@@ -20,9 +20,9 @@ from typing import Any, Sequence
 
 from vl2v import __version__
 from vl2v.evaluation import figures as F
-from vl2v.evaluation.records import find_runs, load_run
-from vl2v.evaluation.report import run_summary
 from vl2v.evaluation.tables import ResultTable, fmt
+from vl2v.runs.layout import ExperimentDir
+from vl2v.runs.summary import collect_runs, group_by_dataset
 from vl2v.utils.io import atomic_write_bytes, atomic_write_text
 
 FIGURE_DPI = 110
@@ -38,32 +38,19 @@ class DatasetRuns:
 
 def load_views(paths: Sequence[str | Path]) -> list[DatasetRuns]:
     """Run views grouped by dataset, in the order runs are found."""
-    groups: dict[str, DatasetRuns] = {}
-    for run_dir in find_runs(list(paths)):
-        summary = run_summary(run_dir)
-        if summary is None or "selected" not in summary:
-            continue
-        info = load_run(run_dir)
-        cfg = info.get("config", {})
-        recs = info.get("records", [])
-        args = cfg.get("args") or (recs[0]["args"] if recs else {})
-        dataset = summary.get("_dataset") or args.get("dataset") or "?"
-        domains = list(summary.get("_domains") or cfg.get("domains") or [])
-        g = groups.setdefault(dataset, DatasetRuns(dataset, domains, list(cfg.get("classes") or [])))
-        if not g.domains and domains:
-            g.domains = domains
-        if not g.classes and cfg.get("classes"):
-            g.classes = list(cfg["classes"])
-        algo = summary.get("algorithm") or args.get("algorithm", "?")
-        g.runs.append(F.RunView(path=Path(run_dir), label=summary.get("label") or algo, algorithm=algo,
-                                target=int(summary["target"]), seed=int(summary["trial_seed"]), domains=domains,
-                                summary=summary, records=recs, config=cfg))
+    out: list[DatasetRuns] = []
+    groups = group_by_dataset(e for e in collect_runs(list(paths)) if "selected" in e.summary)
     for g in groups.values():
-        if not g.domains:
-            g.domains = [str(i) for i in range(1 + max(r.target for r in g.runs))]
-        for r in g.runs:
-            r.domains = g.domains
-    return list(groups.values())
+        domains = g.domain_names()
+        runs = [F.RunView(path=e.run.path, label=e.summary.get("label") or _algo(e), algorithm=_algo(e),
+                          target=int(e.summary["target"]), seed=int(e.summary["trial_seed"]), domains=domains,
+                          summary=e.summary, records=e.data.records, config=e.config) for e in g.entries]
+        out.append(DatasetRuns(g.name, domains, list(g.classes), runs))
+    return out
+
+
+def _algo(e) -> str:
+    return e.summary.get("algorithm") or e.args.get("algorithm", "?")
 
 
 def headline_label(runs: Sequence[F.RunView]) -> str | None:
@@ -301,7 +288,7 @@ def write_html_report(paths: Sequence[str | Path], out: str | Path, title: str |
     """Write the report page (``out``: an .html file or a folder for ``report.html``); return its path."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
-        out = out / "report.html"
+        out = ExperimentDir(out).report_html
     out.parent.mkdir(parents=True, exist_ok=True)
     fig_dir = out.parent / f"{out.stem}_figures" if save_pngs else None
     if fig_dir is not None:

@@ -24,6 +24,8 @@ from vl2v.errors import ConfigError
 from vl2v.evaluation.tables import build_tables
 from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile  # noqa: F401  (the experiment API)
 from vl2v.methods import get_algorithm, make_hparams
+from vl2v.runs.layout import ExperimentDir
+from vl2v.runs.summary import label as make_label
 from vl2v.training.loop import RunSpec, Trainer
 from vl2v.training.resources import SharedResources
 from vl2v.utils.device import resolve_device
@@ -52,7 +54,7 @@ class AlgoSpec:
 
     @property
     def label(self) -> str:
-        return self.name + (" (" + ", ".join(f"{k}={v}" for k, v in self.hparams) + ")" if self.hparams else "")
+        return make_label(self.name, self.hparams)
 
 
 def check_experiment(cfg: ExperimentConfig) -> list[AlgoSpec]:
@@ -182,6 +184,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
         log = lambda *_: None  # noqa: E731
     exp = prepare(cfg, log)
     out = Path(cfg.out_dir)
+    exp_dir = ExperimentDir(out)
     if dist.is_main:
         check_writable(out)
     targets = list(cfg.targets) if cfg.targets is not None else list(range(len(exp.data.domains)))
@@ -189,7 +192,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
         if not 0 <= t < len(exp.data.domains):
             raise ConfigError(f"target {t} out of range: domains are 0..{len(exp.data.domains) - 1} ({', '.join(exp.data.domains)})")
     if dist.is_main:
-        atomic_write_json(out / "experiment.json", {"config": json.loads(json.dumps(asdict(cfg), default=str)),
+        atomic_write_json(exp_dir.experiment_json, {"config": json.loads(json.dumps(asdict(cfg), default=str)),
                                                     "dataset": exp.dataset_name, "domains": exp.data.domains,
                                                     "classes": exp.data.classes, "teacher": exp.teacher_identity,
                                                     "data_issues": [{"path": i.path, "reason": i.reason,
@@ -207,7 +210,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
         for t in targets:
             for a in specs:
                 rs = RunSpec(a.name, t, seed, cfg.hparams_seed, a.hparams)
-                run_dir = out / rs.run_name(exp.data.domains)
+                run_dir = exp_dir.run(rs.algorithm, rs.hparams, rs.target, exp.data.domains, rs.trial_seed).path
                 trainer = Trainer(rs, cfg.train, exp.res, exp.make_student, run_dir, args_base, exp.student_key, data=data,
                                   teacher_encoder=exp.teacher_encoder)
                 outcome = trainer.run(resume=resume)
@@ -220,8 +223,8 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     tables = build_tables(finals, exp.data.domains)
     text = render_summary(tables, exp, cfg, time.time() - t0)
     if dist.is_main:
-        atomic_write_text(out / "results.md", text)
-        atomic_write_json(out / "summary.json", {"finals": finals, "wall_time": time.time() - t0})
+        atomic_write_text(exp_dir.results_md, text)
+        atomic_write_json(exp_dir.summary_json, {"finals": finals, "wall_time": time.time() - t0})
     return {"finals": finals, "tables": tables, "text": text, "out_dir": str(out)}
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from vl2v.config import ExperimentConfig, from_dict
 from vl2v.errors import ConfigError
+from vl2v.runs.layout import JobDir, SweepDir
 from vl2v.utils.io import atomic_write_json, atomic_write_text
 
 #: ``configure(dataset=..., data_dir=..., data_root=...)`` -> the sweep's options applied to one dataset
@@ -44,7 +45,7 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def job_dir(self, sweep_dir: Path) -> Path:
-        return Path(sweep_dir) / "jobs" / self.id
+        return SweepDir(sweep_dir).job(self.id).path
 
     def config_in(self, sweep_dir: Path) -> ExperimentConfig:
         return replace(self.config, out_dir=str(self.job_dir(sweep_dir)))
@@ -143,13 +144,14 @@ def default_workers(threads_per_job: int = 1) -> int:
 
 
 def _run_local(job: Job, sweep_dir: Path, threads: int, gpu: int | None) -> int:
-    d = job.job_dir(sweep_dir)
+    jd = SweepDir(sweep_dir).job(job.id)
+    d = jd.path
     d.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VL2V_PROGRESS": "0"}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     cmd = [sys.executable, "-m", "vl2v.evaluation.sweep", str(d)]
-    with open(d / "log.txt", "a") as log:
+    with open(jd.log, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
         rc = subprocess.run(cmd, stdout=log, stderr=log, env=env).returncode
@@ -160,11 +162,11 @@ def run_job_in_process(job_dir: str) -> int:
     """Run one job (its ``job.json`` config) in this process; the entry point of local and submitit jobs."""
     from vl2v.evaluation.protocol import run_experiment
 
-    d = Path(job_dir)
-    cfg = replace(from_dict(ExperimentConfig, json.loads((d / "job.json").read_text())["config"]), out_dir=str(d))
+    jd = JobDir(job_dir)
+    cfg = replace(from_dict(ExperimentConfig, json.loads(jd.job_json.read_text())["config"]), out_dir=str(jd.path))
     result = run_experiment(cfg, resume=True)
     print(result["text"])
-    atomic_write_text(d / "job.done", "done")
+    atomic_write_text(jd.job_done, "done")
     return 0
 
 
@@ -180,13 +182,13 @@ def run_sweep(jobs: list[Job], sweep_dir: str | Path, launcher: str = "local", w
               threads_per_job: int = 1, slurm: dict[str, Any] | None = None,
               log: Callable[[str], None] = print) -> SweepResult:
     sweep_dir = Path(sweep_dir)
+    sd = SweepDir(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(sweep_dir / "sweep.json", {"jobs": [{"id": j.id, **j.meta} for j in jobs]})
+    atomic_write_json(sd.sweep_json, {"jobs": [{"id": j.id, **j.meta} for j in jobs]})
     for j in jobs:
         j.job_dir(sweep_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(j.job_dir(sweep_dir) / "job.json",
-                          {"id": j.id, **j.meta, "config": _config_json(j.config_in(sweep_dir))})
-    pending = [j for j in jobs if not (j.job_dir(sweep_dir) / "job.done").exists()]
+        atomic_write_json(sd.job(j.id).job_json, {"id": j.id, **j.meta, "config": _config_json(j.config_in(sweep_dir))})
+    pending = [j for j in jobs if not sd.job(j.id).is_done()]
     skipped = len(jobs) - len(pending)
     log(f"sweep {sweep_dir}: {len(jobs)} jobs, {skipped} already finished, {len(pending)} to run ({launcher})")
     failed: list[str] = []
@@ -203,7 +205,7 @@ def run_sweep(jobs: list[Job], sweep_dir: str | Path, launcher: str = "local", w
                 j = futs[fut]
                 if fut.result() != 0:
                     failed.append(j.id)
-                    log(f"  job {j.id} ({j.meta}) failed: see {j.job_dir(sweep_dir) / 'log.txt'}")
+                    log(f"  job {j.id} ({j.meta}) failed: see {sd.job(j.id).log}")
                 pbar.update(1)
         pbar.close()
     elif launcher in ("slurm", "submitit-local"):
@@ -211,13 +213,13 @@ def run_sweep(jobs: list[Job], sweep_dir: str | Path, launcher: str = "local", w
 
         require("slurm", "submitit")
         import submitit
-        ex = submitit.AutoExecutor(folder=str(sweep_dir / "submitit"), cluster="local" if launcher == "submitit-local" else None)
+        ex = submitit.AutoExecutor(folder=str(sd.submitit), cluster="local" if launcher == "submitit-local" else None)
         params = dict(slurm or {})
         if launcher == "submitit-local":
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         ex.update_parameters(**params)
         submitted = ex.map_array(run_job_in_process, [str(j.job_dir(sweep_dir)) for j in pending]) if pending else []
-        log(f"  submitted {len(submitted)} jobs (submitit folder {sweep_dir / 'submitit'})")
+        log(f"  submitted {len(submitted)} jobs (submitit folder {sd.submitit})")
         for j, s in zip(pending, submitted):
             try:
                 rc = s.result()

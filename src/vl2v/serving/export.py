@@ -18,7 +18,6 @@ and the parity of the exported model with the PyTorch one on a check batch.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from torch import nn
 
 from vl2v import __version__
 from vl2v.errors import ConfigError
+from vl2v.runs.layout import RunDir
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 WHICH = ("selected", "swad")
@@ -122,26 +122,27 @@ def build_head(algorithm: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
 # --------------------------------------------------------------------------- run loading
 def load_student_run(run_dir: str | Path, which: str = "selected"):
     """Load a run's trained model with clear errors (no directory, zero-shot, no SWAD, unfinished)."""
-    from vl2v.evaluation.runs import load_run_model
     from vl2v.methods import get_algorithm
+    from vl2v.runs.model import load_run_model
 
     if which not in WHICH:
         raise ExportError(f"unknown checkpoint {which!r}; choose from {', '.join(WHICH)}")
     run = Path(run_dir)
+    rd = RunDir(run)
     if not run.exists():
         raise FileNotFoundError(f"{run} does not exist")
-    if not run.is_dir() or not (run / "config.json").exists():
+    if not run.is_dir() or not rd.has_config():
         raise FileNotFoundError(f"{run} is not a vl2v run directory (no config.json); "
                                 "pass OUT/<algorithm>/target-<i>-<domain>/seed<s>")
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = rd.config()
     name = cfg.get("spec", {}).get("algorithm") or cfg.get("args", {}).get("algorithm", "?")
     if not get_algorithm(name).cls.has_student:
         raise ExportError(f"run {run} is '{name}' (the teacher's zero-shot classifier): it has no student "
                           "model to export or run; use a run of adip, erm_lp, erm_ft, lp_ft or kd")
-    wfile = run / ("swad.safetensors" if which == "swad" else "model.safetensors")
+    wfile = rd.weights(which)
     if not wfile.exists():
         hint = (" (the run was trained without --swad, or SWAD found no loss valley)" if which == "swad"
-                else " (is the run finished? its `done` file is " + ("present)" if (run / "done").exists() else "missing)"))
+                else " (is the run finished? its `done` file is " + ("present)" if rd.is_done() else "missing)"))
         raise FileNotFoundError(f"{wfile} does not exist{hint}")
     return load_run_model(run, which=which)
 
@@ -184,10 +185,10 @@ def check_images(run_dir: Path, size: int, n: int = 8) -> tuple[torch.Tensor, st
     """A parity batch: up to ``n`` of the run's target images (from predictions.json), else seeded noise."""
     from vl2v.serving.predict import load_image
 
-    pred = run_dir / "predictions.json"
-    if pred.exists():
+    rd = RunDir(run_dir)
+    if rd.predictions.exists():
         try:
-            p = json.loads(pred.read_text())
+            p = rd.load_predictions()
             root = Path(p.get("root", ""))
             paths = [root / it["path"] for it in p.get("items", [])]
             paths = [q for q in paths if q.exists()][:n]
@@ -209,7 +210,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", which: str = "selected", 
     loaded = load_student_run(run, which)
     model, head_desc = deploy_model(loaded)
     size = int(loaded.image_size)
-    out = Path(out_dir) if out_dir is not None else run / "export"
+    rd = RunDir(run)
+    out = Path(out_dir) if out_dir is not None else rd.export_dir
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}{FORMATS[fmt]}"
     t0 = time.time()
@@ -223,9 +225,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", which: str = "selected", 
     diff = float(abs(got - ref).max())
     cfg = loaded.config
     args = cfg.get("args", {})
-    final = {}
-    if (run / "final.json").exists():
-        final = json.loads((run / "final.json").read_text())
+    final = rd.final() or {}
     summary = final.get("swad" if which == "swad" else "selected", {}) or {}
     meta: dict[str, Any] = {
         "format": fmt,

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from vl2v.runs.layout import RunDir
 from vl2v.serving.export import ExportError, load_student_run, onnx_session, sidecar_path, INPUT_NAME, OUTPUT_NAME
 
 
@@ -114,10 +115,10 @@ def load_predictor(path: str | Path, which: str = "selected", threads: int | Non
     if path.is_dir():
         return _pytorch_predictor(path, which)
     if path.suffix == ".safetensors":
-        if not (path.parent / "config.json").exists():
+        if not RunDir(path.parent).has_config():
             raise ExportError(f"{path} is not inside a vl2v run directory (no config.json beside it); "
                               "pass the run directory, or an exported .onnx/.pt file")
-        return _pytorch_predictor(path.parent, "swad" if path.name == "swad.safetensors" else "selected")
+        return _pytorch_predictor(path.parent, RunDir.which_weights(path))
     if path.suffix in (".onnx", ".pt"):
         meta = _read_sidecar(path)
         classes, size = meta["classes"], int(meta["input"]["shape"][-1])

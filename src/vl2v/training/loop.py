@@ -30,10 +30,11 @@ from vl2v.data.dataset import DomainData
 from vl2v.data.splits import seed_hash
 from vl2v.data.transforms import render_view, sample_aug_params, teacher_view
 from vl2v.errors import ConfigError
-from vl2v.evaluation.records import RunRecorder
-from vl2v.evaluation.selection import select_record, summarize
 from vl2v.config import TrainConfig
 from vl2v.methods import Algorithm, Batch, Stage, TaskContext, create_algorithm, get_algorithm
+from vl2v.runs.layout import RunDir
+from vl2v.runs.records import RunRecorder
+from vl2v.runs.selection import select_record, summarize
 from vl2v.students.registry import Student
 from vl2v.teachers.prompts import prompts_for, text_classifier
 from vl2v.training.checkpoint import load_state, load_weights, save_state, save_weights
@@ -52,11 +53,7 @@ class RunSpec:
     target: int
     trial_seed: int = 0
     hparams_seed: int = 0
-    hparams: tuple[tuple[str, Any], ...] = ()
-
-    def run_name(self, domains: list[str]) -> str:
-        hp = "".join(f"_{k}{v}" for k, v in self.hparams)
-        return f"{self.algorithm}{hp}/target-{self.target}-{domains[self.target]}/seed{self.trial_seed}"
+    hparams: tuple[tuple[str, Any], ...] = ()  # the run folder's name: vl2v.runs.RunDir.for_spec
 
 
 class DomainSampler:
@@ -109,6 +106,7 @@ class Trainer:
         cfg.validate()
         self.spec, self.cfg, self.res = spec, cfg, res
         self.run_dir = Path(run_dir)
+        self.rd = RunDir(self.run_dir)
         self.data = data if data is not None else res.data  # same images as res.data; splits of this trial seed
         self.device = torch.device(resolve_device(cfg.device))
         self.info = get_algorithm(spec.algorithm)
@@ -259,16 +257,15 @@ class Trainer:
 
     def run(self, resume: bool = False) -> RunOutcome:
         cfg, spec, res = self.cfg, self.spec, self.res
-        run_dir = self.run_dir
+        run_dir, rd = self.run_dir, self.rd
         self.main = dist_info().is_main
-        if (run_dir / "done").exists():
-            return RunOutcome(run_dir, json.loads((run_dir / "final.json").read_text()))
+        if rd.is_done():
+            return RunOutcome(run_dir, rd.final())
         if cfg.batch_size % dist_info().world_size:
             raise ConfigError(f"the global batch ({cfg.batch_size} per domain) must divide evenly over "
                               f"{dist_info().world_size} processes")
-        last_pt = run_dir / "checkpoints" / "last.pt"
-        if resume and last_pt.exists() and (run_dir / "config.json").exists():
-            old = json.loads((run_dir / "config.json").read_text()).get("args", {}).get("teacher_identity")
+        if resume and rd.last_state.exists() and rd.has_config():
+            old = rd.config().get("args", {}).get("teacher_identity")
             new = self.args_record.get("teacher_identity")
             if old != new:
                 raise ConfigError(f"{run_dir} was started with teacher {old!r} but the teacher is now {new!r}; "
@@ -293,7 +290,7 @@ class Trainer:
                                         "teacher_mode": cfg.teacher_mode, "views": res.views, "swad": cfg.swad},
                                enabled=self.main)
         if self.main:
-            atomic_write_json(run_dir / "config.json", {
+            atomic_write_json(rd.config_json, {
                 "spec": asdict(spec), "train": _jsonable(asdict(cfg)), "args": recorder.args, "hparams": recorder.hparams,
                 "stages": [asdict(s) for s in stages], "domains": self.data.domains, "classes": self.data.classes,
                 "input_size": self.input_size, "world_size": dist_info().world_size})
@@ -310,10 +307,9 @@ class Trainer:
         self.state = {"global_step": 0, "stage_index": 0, "stage_step": 0, "best": None, "stage_best": None,
                       "loss_sum": 0.0, "loss_n": 0, "elapsed": 0.0}
         self.sampler = DomainSampler(self.pools, cfg.batch_size, self.seed)
-        self.ckpt_dir = run_dir / "checkpoints"
-        resume_state = load_state(self.ckpt_dir / "last.pt") if resume and (self.ckpt_dir / "last.pt").exists() else None
+        resume_state = load_state(rd.last_state) if resume and rd.last_state.exists() else None
         if resume_state is not None:
-            check_compatible(resume_state["algorithm"], algo, self.ckpt_dir / "last.pt")
+            check_compatible(resume_state["algorithm"], algo, rd.last_state)
             algo.load_state_dict(resume_state["algorithm"])
             self.state.update(resume_state["loop"])
             self.sampler.load_state_dict(resume_state["sampler"])
@@ -375,7 +371,7 @@ class Trainer:
         state["stage_seconds"][stage.name] = state["stage_seconds"].get(stage.name, 0.0) + time.time() - t_stage
         if not last_stage:  # the next stage starts from this stage's best checkpoint
             best = self._stage_best_mem
-            path = self.ckpt_dir / f"stage{si}_best.safetensors"
+            path = self.rd.stage_best(si)
             if best is None and path.exists():
                 best = load_weights(path)[0]
             if best is not None:
@@ -386,7 +382,7 @@ class Trainer:
 
     def _evaluate_and_checkpoint(self, algo: Algorithm, si: int, stage: Stage, s: int, use_feats: bool,
                                  swad: LossValley | None, recorder: RunRecorder, logs: dict, pbar) -> None:
-        cfg, state, ckpt = self.cfg, self.state, self.ckpt_dir
+        cfg, state, rd = self.cfg, self.state, self.rd
         ev = self.evaluate(algo, use_feats)
         # mean training loss since the last evaluation, over all ranks' shards
         loss_sum = float(all_reduce_sum(torch.tensor([state["loss_sum"]], dtype=torch.float64))) / dist_info().world_size
@@ -403,24 +399,25 @@ class Trainer:
             state["stage_best"] = {"step": step, "val_acc": ev["val_acc"]}
             self._stage_best_mem = copy.deepcopy(algo.state_dict())
             if save:
-                save_weights(ckpt / f"stage{si}_best.safetensors", algo.state_dict(), {"step": step, "stage": stage.name})
+                save_weights(rd.stage_best(si), algo.state_dict(), {"step": step, "stage": stage.name})
         if state["best"] is None or ev["val_acc"] > state["best"]["val_acc"]:
             state["best"] = {"step": step, "val_acc": ev["val_acc"]}
             if save:
-                save_weights(ckpt / "best.safetensors", algo.state_dict(),
+                save_weights(rd.best, algo.state_dict(),
                              {"step": step, "stage": stage.name, "val_acc": ev["val_acc"]})
         state["global_step"] = step + 1
         state["stage_step"] = s + 1
         state["elapsed"] = time.time() - self.t_start
         if save:
-            save_state(ckpt / "last.pt", {
+            save_state(rd.last_state, {
                 "algorithm": algo.state_dict(), "loop": _plain(state),
                 "optimizer": algo.optimizer.state_dict() if algo.optimizer else {},
                 "sampler": self.sampler.state_dict(), "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "swad": swad.state_dict() if swad is not None else None})
 
     def _finish(self, algo: Algorithm, stages: list[Stage], swad: LossValley | None, recorder: RunRecorder) -> RunOutcome:
-        cfg, spec, run_dir, ckpt = self.cfg, self.spec, self.run_dir, self.ckpt_dir
+        cfg, spec, run_dir, rd = self.cfg, self.spec, self.run_dir, self.rd
+        ckpt = rd.checkpoints
         store = self.res.store
         save = cfg.save_checkpoints and self.main
         final: dict[str, Any] = {"run_dir": str(run_dir), "algorithm": self.info.name, "target": spec.target,
@@ -430,7 +427,7 @@ class Trainer:
         if chosen is not None:
             final["selected"] = summarize(chosen)
         if save and stages:
-            save_weights(run_dir / "last.safetensors", algo.state_dict(), {"step": self.state["global_step"] - 1})
+            save_weights(rd.last_weights, algo.state_dict(), {"step": self.state["global_step"] - 1})
         if swad is not None:
             summary = swad.summary()
             if swad.apply_to(algo):
@@ -438,30 +435,30 @@ class Trainer:
                 final["swad"] = {**summarize({**ev, "args": recorder.args, "step": self.state["global_step"], "stage": "swad"}),
                                  **summary}
                 if save:
-                    save_weights(run_dir / "swad.safetensors", algo.state_dict(), {"swad": summary})
+                    save_weights(rd.swad, algo.state_dict(), {"swad": summary})
             else:
                 final["swad"] = {"note": "SWAD found no loss valley (validation loss never converged); not averaged", **summary}
         if self.main:
-            if cfg.save_checkpoints and (ckpt / "best.safetensors").exists():
-                os.replace(ckpt / "best.safetensors", run_dir / "model.safetensors")
-                algo.load_state_dict(load_weights(run_dir / "model.safetensors")[0])
-                self._write_predictions(algo, run_dir / "predictions.json")
+            if cfg.save_checkpoints and rd.best.exists():
+                os.replace(rd.best, rd.model)
+                algo.load_state_dict(load_weights(rd.model)[0])
+                self._write_predictions(algo, rd.predictions)
             elif not stages:
-                self._write_predictions(algo, run_dir / "predictions.json")
+                self._write_predictions(algo, rd.predictions)
         final["queries"] = _diff(store, self.stats0)
         final["stage_seconds"] = {k: round(v, 2) for k, v in self.state.get("stage_seconds", {}).items()}
         final["n_train_images"] = len(self.train_indices)
         final["wall_time"] = time.time() - self.t_start
         if self.main:
-            atomic_write_json(run_dir / "final.json", final)
+            atomic_write_json(rd.final_json, final)
             # the run is final: drop resume state, per-stage bests and temp files of interrupted writes
             if ckpt.is_dir():
-                for p in [ckpt / "last.pt", *ckpt.glob("stage*_best.safetensors"), *ckpt.glob(".*.tmp")]:
+                for p in [rd.last_state, *rd.stage_bests(), *rd.temp_files()]:
                     if p.exists():
                         p.unlink()
                 if not any(ckpt.iterdir()):
                     ckpt.rmdir()
-            atomic_write_text(run_dir / "done", "done")
+            atomic_write_text(rd.done, "done")
         barrier()
         return RunOutcome(run_dir, final)
 

@@ -5,11 +5,13 @@ names, domains, hyperparameters) and ``model.safetensors`` (the selected
 checkpoint's ``state_dict``; ``swad.safetensors`` for the SWAD average). The
 state dict carries the teacher's text classifier (``text``) where the
 algorithm predicts with it, so no teacher is needed to predict.
+
+Layering: this module builds on methods/, students/ and teachers/ only (never
+training/ or evaluation/), so every reader of runs can use it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import torch
 
 from vl2v.config import Schedule
 from vl2v.methods import Algorithm, TaskContext, get_algorithm, make_hparams
-from vl2v.training.checkpoint import load_weights
+from vl2v.runs.layout import RunDir
 
 
 @dataclass
@@ -36,19 +38,20 @@ class LoadedRun:
 
 def load_run_model(run_dir: str | Path, which: str = "selected", device: str = "cpu") -> LoadedRun:
     """``which``: ``"selected"`` (model.safetensors) or ``"swad"`` (swad.safetensors)."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a vl2v run directory (no config.json)")
-    cfg = json.loads(cfg_path.read_text())
+    from safetensors.torch import load_file
+
+    rd = RunDir(run_dir)
+    if not rd.has_config():
+        raise FileNotFoundError(f"{rd.path} is not a vl2v run directory (no config.json)")
+    cfg = rd.config()
     name = cfg["spec"]["algorithm"]
     info = get_algorithm(name)
     if not info.cls.has_student:
-        raise ValueError(f"run {run_dir} is '{name}': it has no student model to load")
-    wfile = run_dir / ("swad.safetensors" if which == "swad" else "model.safetensors")
+        raise ValueError(f"run {rd.path} is '{name}': it has no student model to load")
+    wfile = rd.weights(which)
     if not wfile.exists():
         raise FileNotFoundError(f"{wfile} does not exist (is the run finished?)")
-    state, _ = load_weights(wfile)
+    state = load_file(str(wfile))  # the weights written by training.checkpoint.save_weights
     from vl2v.students.registry import create_student
 
     size = int(cfg.get("input_size") or cfg["train"]["image_size"])

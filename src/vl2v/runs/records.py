@@ -5,29 +5,55 @@ Each line keeps DomainBed's keys (``args`` with ``dataset``, ``algorithm``,
 ``env{i}_in_acc`` / ``env{i}_out_acc``) beside ours (``stage``, ``loss``,
 ``val_acc``, ``teacher_image_queries`` ..., ``wall_time``). A finished run
 has a ``done`` file, as in DomainBed, so ``domainbed.scripts.collect_results``
-can read a vl2v output directory.
+can read a vl2v output directory. This one schema feeds model selection
+(:mod:`vl2v.runs.selection`), as DomainBed's records feed its ``model_selection.py``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
+from vl2v.runs.layout import RunDir
 from vl2v.utils.io import append_jsonl, atomic_write_text, read_jsonl
-import json
+
+
+class RecordArgs(TypedDict, total=False):
+    """``args`` of a record: DomainBed's keys plus vl2v's run settings."""
+
+    dataset: str
+    algorithm: str
+    test_envs: list[int]  # [target domain index]
+    trial_seed: int
+    hparams_seed: int
+    output_dir: str
+    data_dir: str
+    holdout_fraction: float
+    teacher: str
+    teacher_options: dict[str, Any]
+    teacher_identity: str | None
+    student: str
+    views: int
+
+
+# A record also holds, per evaluated split, ``env{i}_{in,out}_{acc,loss}`` (every domain's "out",
+# the target's "in"; the sources' "in" with eval_source_in), ``val_acc``/``val_loss`` (mean over the
+# sources' "out"), ``teacher_<stat>`` query counters and ``train_<log>`` training logs.
+Record = dict[str, Any]
 
 
 class RunRecorder:
     def __init__(self, run_dir: Path, args: dict[str, Any], hparams: dict[str, Any], enabled: bool = True) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "results.jsonl"
+        self.path = RunDir(self.run_dir).results_jsonl
         self.args = args
         self.hparams = hparams
         self.enabled = enabled  # only one process of a data-parallel run writes
 
     def write(self, step: int, stage: str, stage_step: int, loss: float | None, evals: dict[str, float],
-              wall: float, queries: dict[str, float] | None = None, extra: dict[str, float] | None = None) -> dict[str, Any]:
+              wall: float, queries: dict[str, float] | None = None, extra: dict[str, float] | None = None) -> Record:
         rec: dict[str, Any] = {"args": self.args, "hparams": self.hparams, "step": step, "stage": stage,
                                "stage_step": stage_step, "loss": loss, "wall_time": round(wall, 3),
                                "time": time.time()}
@@ -41,10 +67,10 @@ class RunRecorder:
             append_jsonl(self.path, rec)
         return rec
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[Record]:
         return read_jsonl(self.path) if self.path.exists() else []
 
-    def record_at(self, step: int) -> dict[str, Any]:
+    def record_at(self, step: int) -> Record:
         for r in self.records():
             if r["step"] == step:
                 return r
@@ -56,29 +82,3 @@ class RunRecorder:
             return
         keep = [r for r in self.records() if r["step"] <= step]
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
-
-
-def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """Records, config and final summary of one run directory."""
-    run_dir = Path(run_dir)
-    out: dict[str, Any] = {"run_dir": str(run_dir), "done": (run_dir / "done").exists()}
-    out["records"] = read_jsonl(run_dir / "results.jsonl") if (run_dir / "results.jsonl").exists() else []
-    if (run_dir / "final.json").exists():
-        out["final"] = json.loads((run_dir / "final.json").read_text())
-    if (run_dir / "config.json").exists():
-        out["config"] = json.loads((run_dir / "config.json").read_text())
-    return out
-
-
-def find_runs(paths: list[str | Path]) -> list[Path]:
-    """Every run directory (holding ``results.jsonl``) under the given paths, sorted."""
-    found: set[Path] = set()
-    for p in paths:
-        p = Path(p)
-        if (p / "results.jsonl").exists():
-            found.add(p)
-        elif p.is_dir():
-            found.update(q.parent for q in p.rglob("results.jsonl"))
-        else:
-            raise FileNotFoundError(f"{p} is not a run directory or a folder of runs")
-    return sorted(found)

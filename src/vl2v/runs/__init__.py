@@ -1,0 +1,22 @@
+"""Run folders: the one owner of their layout, records, model selection, labels and grouping.
+
+* :mod:`vl2v.runs.layout`: :class:`RunDir` (every file of a run), :class:`ExperimentDir`
+  (the ``--out`` folder), :class:`SweepDir`/:class:`JobDir` (sweeps), :func:`find_runs`;
+* :mod:`vl2v.runs.records`: the record schema and :class:`RunRecorder` (``results.jsonl``);
+* :mod:`vl2v.runs.selection`: training-domain validation and oracle selection;
+* :mod:`vl2v.runs.summary`: run labels, per-run summaries, runs grouped by dataset;
+* :mod:`vl2v.runs.model`: rebuild a run's trained model (imported on demand: it needs torch and the methods).
+
+Layering: runs/ imports utils/ (and, in ``model``, methods/students/teachers), never
+training/ or evaluation/, which both build on it.
+"""
+
+from vl2v.runs.layout import (ExperimentDir, JobDir, RunConfig, RunData, RunDir, RunFinal, SweepDir, find_runs,
+                              run_name)
+from vl2v.runs.records import RunRecorder
+from vl2v.runs.selection import select_record, selection_value, summarize
+from vl2v.runs.summary import DatasetGroup, RunEntry, collect_runs, group_by_dataset, label, run_label, run_summary
+
+__all__ = ["ExperimentDir", "JobDir", "SweepDir", "RunConfig", "RunData", "RunDir", "RunFinal", "find_runs", "run_name", "RunRecorder",
+           "select_record", "selection_value", "summarize", "DatasetGroup", "RunEntry", "collect_runs",
+           "group_by_dataset", "label", "run_label", "run_summary"]

@@ -1,0 +1,130 @@
+"""Run labels, one summary per run, and runs grouped by dataset (for the tables, report and HTML report)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from vl2v.runs.layout import RunData, RunDir, find_runs
+from vl2v.runs.selection import select_record, summarize
+
+
+def label(algorithm: str, hparams: Iterable[Sequence[Any]] = ()) -> str:
+    """The row label of a run in tables and figures: ``adip`` or ``adip (lam=0.25)``."""
+    hp = list(hparams or [])
+    return algorithm + (" (" + ", ".join(f"{k}={v}" for k, v in hp) + ")" if hp else "")
+
+
+def run_label(data: RunData) -> str:
+    """:func:`label` from a run's config (the algorithm from its records if the config is missing)."""
+    cfg = data.config or {}
+    hp = cfg.get("spec", {}).get("hparams") or []
+    name = cfg.get("args", {}).get("algorithm") or (data.records[0]["args"]["algorithm"] if data.records else "?")
+    return label(name, hp)
+
+
+def run_summary(run: str | Path | RunData) -> dict[str, Any] | None:
+    """``final.json`` of a run, or the same summary computed from its records (marked ``incomplete``).
+
+    Adds ``_domains`` and ``_dataset`` (and ``label`` where ``final.json`` has none); ``None`` for a run
+    without records or summary.
+    """
+    data = run if isinstance(run, RunData) else RunDir(run).load()
+    cfg = data.config or {}
+    if data.final is not None:
+        f = dict(data.final)
+        f["_domains"] = cfg.get("domains")
+        f["_dataset"] = data.records[0]["args"]["dataset"] if data.records else None
+        f.setdefault("label", run_label(data))
+        return f
+    recs = data.records
+    if not recs:
+        return None
+    rec = select_record(recs)
+    args = rec["args"]
+    return {"algorithm": args["algorithm"], "label": run_label(data), "target": args["test_envs"][0],
+            "trial_seed": args["trial_seed"], "selected": summarize(rec), "incomplete": True,
+            "run_dir": str(data.path), "_domains": cfg.get("domains"), "_dataset": args["dataset"]}
+
+
+@dataclass
+class RunEntry:
+    """One run as the reports see it: its folder, its files' contents and its summary."""
+
+    run: RunDir
+    data: RunData
+    summary: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.data.config or {})
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.config.get("args") or (self.data.records[0]["args"] if self.data.records else {})
+
+    @property
+    def dataset(self) -> str:
+        return self.summary.get("_dataset") or self.args.get("dataset") or "?"
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.summary.get("_domains") or self.config.get("domains") or [])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config.get("classes") or [])
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.summary.get("incomplete"))
+
+
+def collect_runs(paths: Iterable[str | Path]) -> list[RunEntry]:
+    """Every run under ``paths`` (see :func:`find_runs`) with a summary, in the order found."""
+    out: list[RunEntry] = []
+    for path in find_runs(list(paths)):
+        rd = RunDir(path)
+        data = rd.load()
+        s = run_summary(data)
+        if s is not None:
+            out.append(RunEntry(rd, data, s))
+    return out
+
+
+@dataclass
+class DatasetGroup:
+    """The runs of one dataset; ``domains`` and ``classes`` from the first run that names them."""
+
+    name: str
+    domains: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    entries: list[RunEntry] = field(default_factory=list)
+
+    @property
+    def incomplete(self) -> int:
+        return sum(e.incomplete for e in self.entries)
+
+    @property
+    def finals(self) -> list[dict[str, Any]]:
+        return [e.summary for e in self.entries]
+
+    def domain_names(self) -> list[str]:
+        """``domains``, or the target indices as names when no run recorded its domains."""
+        if self.domains:
+            return self.domains
+        return [str(i) for i in range(1 + max(int(e.summary["target"]) for e in self.entries))]
+
+
+def group_by_dataset(entries: Iterable[RunEntry]) -> dict[str, DatasetGroup]:
+    """Runs grouped by dataset, datasets in the order their first run is found."""
+    groups: dict[str, DatasetGroup] = {}
+    for e in entries:
+        g = groups.setdefault(e.dataset, DatasetGroup(e.dataset))
+        if not g.domains and e.domains:
+            g.domains = e.domains
+        if not g.classes and e.classes:
+            g.classes = e.classes
+        g.entries.append(e)
+    return groups
