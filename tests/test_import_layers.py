@@ -14,6 +14,7 @@ Run it as a script to print the graph, its cycles and the edges the layer table 
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -94,6 +95,7 @@ def imports_of(path: Path) -> list[tuple[str, int]]:
     return imports_in(path.read_text(), module_name(path), path.name == "__init__.py", str(path))
 
 
+@functools.lru_cache(maxsize=None)  # parsed once per session; the tests only read it
 def build_graph() -> tuple[dict[str, set[str]], dict[tuple[str, str], list[str]]]:
     """(part -> parts it imports, (part, part) -> the ``file:line -> module`` imports behind that edge)."""
     graph: dict[str, set[str]] = defaultdict(set)
