@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install Debian's headless-capable Chromium for the HTML report tests (tests/test_html_report*.py).
+# Install Debian's headless-capable Chromium (apt-get: chromium, fonts-dejavu-core) for the browser test
+# (tests/test_html_report.py, marker `browser`). Playwright drives it through executable_path=/usr/bin/chromium:
+# `playwright install` cannot download its own browsers here. `scripts/setup.sh test` calls this script.
 # A no-op when a chromium binary is already on PATH (or at $VL2V_CHROMIUM). Needs root (or sudo)
 # and the distribution's package archive; when neither works it says so and exits 0, and the
 # browser tests then skip with that reason.

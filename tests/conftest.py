@@ -133,3 +133,59 @@ if "tiny-test" not in TEACHERS:
 @pytest.fixture
 def tiny_teacher() -> TinyTeacher:
     return TinyTeacher()
+
+
+# --------------------------------------------------------------------------- test lanes
+# Markers are applied here, from one table, rather than in each test file: the lanes are a property of
+# the suite (measured with `pytest --durations=0 tests/` on the 2-core CPU machine: 346 tests, 9.8 min),
+# and test files change often. Lanes (registered in pyproject.toml, --strict-markers):
+#   slow     a test (with the module fixture it alone uses) that takes more than ~3 s;
+#   e2e      a whole run: training, the CLI, torchrun, a sweep, a live service, export of trained runs;
+#   browser  headless Chromium (marked in tests/test_html_report.py itself).
+# The fast lane is `pytest -m "not slow and not e2e and not browser"` (about 1.5 min here).
+# A key is a module ("test_x.py": every test in it) or a test ("test_x.py::test_y": every parametrisation;
+# "test_x.py::test_y[p]": that one). Tests sharing an expensive module fixture go together (a whole
+# module), or the fast lane would pay that fixture's setup anyway. Seconds measured are in the comments.
+SLOW, E2E = ("slow",), ("e2e",)
+SLOW_E2E = ("slow", "e2e")
+LANES: dict[str, tuple[str, ...]] = {
+    "test_distributed.py": SLOW_E2E,  # torchrun, 2 processes: 39 + 32 + 17 s
+    "test_sweep.py::test_interrupted_local_sweep_resumes_and_skips_finished_jobs": SLOW_E2E,  # 65 s
+    "test_sweep.py::test_submitit_launcher_runs_jobs": SLOW_E2E,  # 23 s
+    "test_resume.py::test_sigkill_and_resume_gives_identical_results": SLOW_E2E,  # 83 s
+    "test_html_report.py": SLOW_E2E,  # module fixture runs a 16-run experiment (19 s); CLI train + report
+    "test_export.py": SLOW_E2E,  # module fixture trains 4 algorithms and exports ONNX (42 s)
+    "test_predict.py": SLOW_E2E,  # shares test_export's trained runs and ONNX exports
+    "test_training_e2e.py": E2E,  # whole-pipeline training and CLI runs
+    "test_training_e2e.py::test_every_algorithm_trains_and_writes_domainbed_records": SLOW,  # 21 s
+    "test_training_e2e.py::test_cli_train_and_report": SLOW,  # 12 s
+    "test_training_e2e.py::test_distill_starts_from_best_align_checkpoint": SLOW,  # 3.4 s
+    "test_service.py::test_service_writes_nothing_outside_its_data_dir": SLOW_E2E,  # `vl2v serve` process, 14 s
+    "test_service.py::test_schemathesis_finds_no_server_errors": SLOW,  # 13 s
+    "test_service.py::test_metering_exact_under_32_concurrent_clients": SLOW,  # 3.1 s
+    "test_hf_teachers.py::test_cli_train_adip_end_to_end": SLOW_E2E,  # 7 families, 1.7-5 s each (21 s)
+    "test_teachers.py::test_conse_is_a_convex_combination_of_class_name_embeddings": SLOW,  # ConSE fixture 8.5 s
+    "test_teachers.py::test_conse_text_side_and_zero_shot_prompt_ensemble": SLOW,  # same fixture
+    "test_remote.py::test_conse_round_trip": SLOW_E2E,  # ConSE served over HTTP, 8.1 s
+    "test_remote.py::test_persistent_failure_gives_up_with_a_clear_error": SLOW,  # retry back-off, 3.7 s
+    "test_store.py::test_sigkill_mid_write_leaves_a_usable_store": SLOW,  # 8.3 s
+    "test_precompute.py::test_precompute_then_training_queries_nothing": SLOW_E2E,  # 7.5 s
+    "test_disk_faults.py::test_disk_full_mid_run_keeps_last_good_checkpoint": SLOW_E2E,  # 4.2 s
+    "test_teacher_catalog.py::test_cli_train_with_a_coca_tower_end_to_end": SLOW_E2E,  # 4.2 s
+    "test_students.py::test_student_contract[vit_base_patch16_224]": SLOW,  # 4.1 s
+    "test_messy_data.py::test_training_on_a_messy_folder_records_every_skip": SLOW_E2E,  # 3.7 s
+}
+
+
+def _lane_keys(item: pytest.Item) -> list[str]:
+    """The table keys that can name ``item``: its module, its test (any parametrisation), itself."""
+    module = Path(str(item.fspath)).name
+    rest = item.nodeid.split("::", 1)[1] if "::" in item.nodeid else ""
+    return [module, f"{module}::{rest.split('[', 1)[0]}", f"{module}::{rest}"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marks = {m for key in _lane_keys(item) for m in LANES.get(key, ())}
+        for m in sorted(marks):
+            item.add_marker(m)
