@@ -30,15 +30,18 @@ ALLOWED: dict[str, set[str]] = {
     "errors": {"__init__"},
     "registry": {"__init__", "errors"},
     "utils": {"__init__", "errors", "registry"},
+    "configs": set(),  # package data only (profiles.toml)
     "data": BOTTOM,
     "students": BOTTOM,
-    "teachers": BOTTOM | {"data", "students"},
-    "methods": BOTTOM | {"data", "students", "teachers"},
-    "runs": BOTTOM | {"data", "students", "teachers", "methods"},
-    "training": BOTTOM | {"data", "students", "teachers", "methods", "runs"},
-    "evaluation": BOTTOM | {"data", "students", "teachers", "methods", "runs", "training"},
-    "serving": BOTTOM | {"data", "students", "teachers", "methods", "runs"},
-    "cli": BOTTOM | {"data", "students", "teachers", "methods", "runs", "training", "evaluation", "serving"},
+    # the typed run configuration; it reads a registered dataset's budget for the paper profile
+    "config": BOTTOM | {"data", "configs"},
+    "teachers": BOTTOM | {"data", "students", "config"},
+    "methods": BOTTOM | {"data", "students", "teachers", "config"},
+    "runs": BOTTOM | {"data", "students", "teachers", "methods", "config"},
+    "training": BOTTOM | {"data", "students", "teachers", "methods", "runs", "config"},
+    "evaluation": BOTTOM | {"data", "students", "teachers", "methods", "runs", "training", "config"},
+    "serving": BOTTOM | {"data", "students", "teachers", "methods", "runs", "config"},
+    "cli": BOTTOM | {"data", "students", "teachers", "methods", "runs", "training", "evaluation", "serving", "config"},
     # `python -m vl2v` is the command line; the package's __init__ stays light (no heavy subpackage).
     "__main__": {"cli"},
     "__init__": set(),  # the package root imports no part of vl2v (`import vl2v` stays instant)
