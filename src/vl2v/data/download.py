@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -35,6 +34,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Iterator
+
+from vl2v.utils.hashing import file_digest
 
 Fetch = Callable[[str, Path], None]
 
@@ -176,14 +177,6 @@ def default_fetch(url: str, dest: Path) -> None:
         http_fetch(url, dest)
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_source(src: Source, cache_dir: Path, fetch: Fetch) -> Path:
     """Return ``cache_dir/src.filename``, fetching it first unless it is already there.
 
@@ -200,7 +193,7 @@ def fetch_source(src: Source, cache_dir: Path, fetch: Fetch) -> Path:
     if src.size is not None and dest.stat().st_size != src.size:
         problem = f"size {dest.stat().st_size} bytes, expected {src.size}"
     elif src.sha256 is not None:
-        got = sha256_of(dest)
+        got = file_digest(dest)
         if got != src.sha256.lower():
             problem = f"SHA-256 {got}, expected {src.sha256}"
     if problem:

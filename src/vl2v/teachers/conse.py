@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_SIZES, LITE_STD, create_lite, file_digest
+from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_SIZES, LITE_STD, create_lite
 from vl2v.teachers.base import Teacher, TeacherError, check_embeddings
+from vl2v.utils.hashing import cached_file_digest
 
 
 def imagenet_class_names() -> list[str]:
@@ -100,7 +101,7 @@ class ConSETeacher(Teacher):
         model.eval()
         self._text, text_path = load_sentence_encoder(text_model, device=str(self.device))
         st = text_path / "model.safetensors"
-        ttag = f"{text_path.name}:{file_digest(st)[:12]}" if st.exists() else str(text_path)
+        ttag = f"{text_path.name}:{cached_file_digest(st)[:12]}" if st.exists() else str(text_path)
         self.label_template = label_template
         names = imagenet_class_names()
         class_text = self.embed_texts([label_template.format(c=n) for n in names])

@@ -28,7 +28,6 @@ the caller's, as for every teacher (see :mod:`vl2v.teachers.base`).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -39,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vl2v.students.efficientnet_lite import file_digest
 from vl2v.teachers.base import Teacher, TeacherError, check_embeddings
+from vl2v.utils.hashing import files_digest
 
 
 # --------------------------------------------------------------------------- families
@@ -243,14 +242,11 @@ def _accepted(module: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, t
 # --------------------------------------------------------------------------- the teacher
 def _dir_digest(path: Path) -> str:
     """SHA-256 over the files from_pretrained reads in a model directory (weights, configs, tokenizer)."""
-    h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
                    and p.suffix in (".safetensors", ".bin", ".json", ".txt", ".model", ".pt", ".pth"))
     if not any(p.suffix in (".safetensors", ".bin", ".pt", ".pth") for p in files):
         raise TeacherError(f"{path} has no weights file (*.safetensors or *.bin): is it a downloaded model folder?")
-    for p in files:
-        h.update(str(p.relative_to(path)).encode() + b"\0" + file_digest(p).encode() + b"\0")
-    return h.hexdigest()
+    return files_digest(path, files)
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,

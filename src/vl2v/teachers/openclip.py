@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vl2v.students.efficientnet_lite import file_digest
 from vl2v.teachers.base import Teacher, TeacherError, check_embeddings
+from vl2v.utils.hashing import cached_file_digest
 
 
 class OpenCLIPImageEncoder(nn.Module):
@@ -97,7 +97,7 @@ class OpenCLIPTeacher(Teacher):
                 open_clip.load_checkpoint(clip, str(path), strict=True, weights_only=True)
             except Exception as exc:
                 raise TeacherError(f"cannot load open_clip checkpoint {path} into {model}: {exc}") from exc
-            weights = f"{path.name}:{file_digest(path)[:12]}"
+            weights = f"{path.name}:{cached_file_digest(path)[:12]}"
             tag_preprocess = _tag_preprocess(open_clip, model, preprocess)
         else:
             tags = [t for m, t in open_clip.list_pretrained() if m == model]

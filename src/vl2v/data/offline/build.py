@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from vl2v.utils.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl, sha256_bytes,
-                           vl2v_home)
+from vl2v.utils.hashing import sha256_bytes
+from vl2v.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl, vl2v_home
 
 BUILDER_VERSION = 1
 RENDER_VERSION = 1  # bump when rendering or preprocessing changes: cached renders are then redone
