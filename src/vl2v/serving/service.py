@@ -48,10 +48,10 @@ from vl2v.serving import KEYS_FILE, confine_writes
 from vl2v.serving.images import ImageLimits, ImageRejected, b64_image, decode_batch
 from vl2v.serving.keys import KeyRing
 from vl2v.serving.meter import UsageLedger
-from vl2v.serving.protocol import (API_KEY_HEADER, API_VERSION, HEALTH_PATH, IDEMPOTENCY_HEADER,
-                                   IDEMPOTENCY_KEY_PATTERN, IMAGE_FORMATS, IMAGES_PATH, MODEL_PATH,
-                                   REPLAYED_HEADER, TEXTS_PATH, USAGE_PATH, encode_vector)
 from vl2v.teachers.base import Teacher, check_embeddings
+from vl2v.teachers.wire import (API_KEY_HEADER, API_VERSION, HEALTH_PATH, IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_PATTERN,
+                                IMAGE_FORMATS, IMAGES_PATH, MODEL_PATH, REPLAYED_HEADER, TEXTS_PATH, USAGE_PATH,
+                                encode_vector)
 
 log = logging.getLogger("vl2v.serve")
 

@@ -49,8 +49,7 @@ def precompute(scan: FolderScan, store: TeacherStore, views: int = 0, view_seed:
 
     from vl2v.data.dataset import decode_for_bank
     from vl2v.data.images import ImageDecodeError
-    from vl2v.data.transforms import teacher_view
-    from vl2v.training.resources import view_params
+    from vl2v.data.transforms import teacher_view, view_params
 
     conn = _index(store)
     stats = PrecomputeStats()

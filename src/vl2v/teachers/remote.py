@@ -41,9 +41,9 @@ import torch
 from PIL import Image
 
 from vl2v import __version__
-from vl2v.serving.protocol import (IDEMPOTENCY_HEADER, IMAGES_PATH, MODEL_PATH, TEXTS_PATH, USAGE_PATH,
-                                   decode_vector, json_body_overhead)
 from vl2v.teachers.base import QueryBudgetExceeded, Teacher, TeacherError, check_embeddings
+from vl2v.teachers.wire import (IDEMPOTENCY_HEADER, IMAGES_PATH, MODEL_PATH, TEXTS_PATH, USAGE_PATH, decode_vector,
+                                json_body_overhead)
 
 API_KEY_ENV = "VL2V_API_KEY"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
