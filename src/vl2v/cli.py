@@ -350,8 +350,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         from vl2v.teachers.registry import list_teachers
 
         print("teachers:")
-        for name, meta in list_teachers():
-            print(f"  {name:<13} {'white-box' if meta.get('white_box') else 'black-box':<9} {meta.get('summary', '')}")
+        for t in list_teachers():
+            print(f"  {t.name:<13} {'white-box' if t.white_box else 'black-box':<9} {t.summary}")
     if what in ("datasets", "all"):
         from vl2v.data.registry import list_datasets
 

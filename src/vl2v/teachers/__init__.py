@@ -16,13 +16,15 @@ _LAZY = {
     "TeacherInfo": "vl2v.teachers.registry",
     "create_teacher": "vl2v.teachers.registry",
     "list_teachers": "vl2v.teachers.registry",
+    "register_teacher": "vl2v.teachers.registry",
 }
 
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
     from vl2v.teachers.base import Teacher, TeacherError  # noqa: F401
-    from vl2v.teachers.registry import TEACHERS, TeacherInfo, create_teacher, list_teachers  # noqa: F401
+    from vl2v.teachers.registry import (TEACHERS, TeacherInfo, create_teacher, list_teachers,  # noqa: F401
+                                        register_teacher)
 
 
 def __getattr__(name: str) -> Any:

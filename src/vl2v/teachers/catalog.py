@@ -96,11 +96,11 @@ def render(what: str = "all", grep: str | None = None) -> str:
     lines: list[str] = []
     if what in ("all", "backends"):
         lines.append("teacher backends (--teacher BACKEND[:SPEC]; white-box = VL2V-SD can fine-tune the image tower):")
-        for name, meta in list_teachers():
-            if keep(name, meta.get("summary", "")):
-                lines.append(f"  {name:<13} {'white-box' if meta.get('white_box') else 'black-box':<9}  "
-                             f"{'offline' if meta.get('offline') else 'weights: download or local path':<32} "
-                             f"{meta.get('summary', '')}")
+        for info in list_teachers():
+            if keep(info.name, info.summary):
+                lines.append(f"  {info.name:<13} {'white-box' if info.white_box else 'black-box':<9}  "
+                             f"{'offline' if info.offline else 'weights: download or local path':<32} "
+                             f"{info.summary}")
         lines.append("")
     if what in ("all", "transformers"):
         from vl2v.teachers.hf import FAMILIES

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vl2v.teachers.base import Teacher, TeacherError
+from vl2v.utils.extras import require
 from vl2v.utils.hashing import files_digest
 
 
@@ -258,10 +259,9 @@ class HFTeacher(Teacher):
 
     def __init__(self, model: str, revision: str | None = None, device: str = "cpu", batch_size: int = 64,
                  dtype: str = "float32", cache_dir: str | None = None) -> None:
-        try:
-            import transformers
-        except ImportError as exc:  # pragma: no cover - dependency of the package
-            raise TeacherError("the transformers teacher needs transformers (pip install transformers)") from exc
+        require("hf", "transformers")
+        import transformers
+
         if not model:
             raise TeacherError("transformers teacher needs a model: transformers:<hub id or local directory>")
         if dtype not in _DTYPES:

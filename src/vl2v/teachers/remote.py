@@ -35,7 +35,6 @@ import time
 import uuid
 from typing import Any, Sequence
 
-import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -44,6 +43,10 @@ from vl2v import __version__
 from vl2v.teachers.base import QueryBudgetExceeded, Teacher, TeacherError
 from vl2v.teachers.wire import (IDEMPOTENCY_HEADER, IMAGES_PATH, MODEL_PATH, TEXTS_PATH, USAGE_PATH, decode_vector,
                                 json_body_overhead)
+from vl2v.utils.extras import require
+
+require("serve", "httpx")  # a one-line error naming the extra, not a bare ImportError
+import httpx  # noqa: E402
 
 API_KEY_ENV = "VL2V_API_KEY"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
