@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"with {threads} threads; onnxruntime with {threads} threads; 1-min load average {load0[0]:.1f} at the "
           f"start, {load1[0]:.1f} at the end (above the thread count, other processes competed for the cores)")
-    head = f"| model | input | batch | images/s | " + " | ".join(f"x {t.split(': ', 1)[1]}" for t in teachers) + " |"
+    head = "| model | input | batch | images/s | " + " | ".join(f"x {t.split(': ', 1)[1]}" for t in teachers) + " |"
     print(head)
     print("|" + "---|" * (4 + len(teachers)))
     for r in results:

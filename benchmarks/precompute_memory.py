@@ -72,7 +72,7 @@ def main() -> None:
                   flush=True)
     s0, b0 = rows[0][2], rows[0][4]
     print(f"\npeak resident memory, teacher {args.teacher} {' '.join(args.teacher_opt or [])}, shard {args.shard_size}")
-    print(f"| size | images | `vl2v embed` (streaming) | vs 1x | decode everything (training's bank) | vs 1x |")
+    print("| size | images | `vl2v embed` (streaming) | vs 1x | decode everything (training's bank) | vs 1x |")
     print("|---|---:|---:|---:|---:|---:|")
     for f, n, s, _, b in rows:
         print(f"| {f}x | {n} | {s:.0f} MiB | {s / s0:.2f} | {b:.0f} MiB | {b / b0:.2f} |")

@@ -65,7 +65,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from vl2v.teachers.base import Teacher  # noqa: E402
-from vl2v.teachers.registry import TEACHERS  # noqa: E402
+from vl2v.teachers.registry import TEACHERS, register_teacher  # noqa: E402
 
 
 class TinyEncoder(nn.Module):
@@ -126,7 +126,7 @@ class TinyTeacher(Teacher):
 
 
 if "tiny-test" not in TEACHERS:
-    TEACHERS.register("tiny-test", white_box=True, summary="test-only tiny teacher")(
+    register_teacher("tiny-test", white_box=True, summary="test-only tiny teacher")(
         lambda spec=None, **opts: TinyTeacher(**{k: int(v) for k, v in opts.items()}))
 
 

@@ -2,9 +2,6 @@
 
 import errno
 
-import pytest
-import torch
-
 from vl2v.cli import main
 from vl2v.training.checkpoint import load_state
 
@@ -16,7 +13,6 @@ def argv(data, out):
 
 
 def test_read_only_output_folder_fails_before_work(image_folder, tmp_path, monkeypatch, capsys):
-    import tempfile
 
     from vl2v.evaluation import protocol
 

@@ -23,6 +23,7 @@ from vl2v.data import download as dl
 from vl2v.data.download import DownloadError
 from vl2v.data.folder import scan_folder
 from vl2v.data.registry import get_dataset
+from vl2v.utils.hashing import file_digest
 
 
 # --------------------------------------------------------------------------- fixture archives
@@ -189,7 +190,7 @@ def _domainnet_spec(expected):
 
 
 def _dn_sha(path: Path) -> str:
-    return dl.sha256_of(path)
+    return file_digest(path)
 
 
 # --------------------------------------------------------------------------- per dataset

@@ -15,6 +15,7 @@ import pytest
 
 from vl2v.data import download as dl
 from vl2v.data.download import DownloadError, Source
+from vl2v.utils.hashing import file_digest
 
 PAYLOAD = bytes(range(256)) * 4000  # ~1 MB
 
@@ -162,7 +163,7 @@ def test_fetch_source_skips_present_file_and_checks_it(tmp_path):
         calls.append(url)
         dest.write_bytes(b"hello")
 
-    src = Source("http://example.invalid/f.txt", "f.txt", sha256=dl.sha256_of(_write(tmp_path / "h", b"hello")))
+    src = Source("http://example.invalid/f.txt", "f.txt", sha256=file_digest(_write(tmp_path / "h", b"hello")))
     path = dl.fetch_source(src, tmp_path / "cache", fetch)
     assert path.read_bytes() == b"hello" and len(calls) == 1
     dl.fetch_source(src, tmp_path / "cache", fetch)

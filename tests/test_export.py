@@ -12,12 +12,10 @@ import torch
 
 from conftest import build_image_folder, make_image
 from vl2v.cli import main
-from vl2v.config import ExperimentConfig
+from vl2v.config import ExperimentConfig, Schedule, TrainConfig
 from vl2v.evaluation.protocol import run_experiment
-from vl2v.config import Schedule
 from vl2v.serving.export import CosineHead, ExportError, LinearHead, build_head, export_run, load_student_run
 from vl2v.serving.predict import load_image
-from vl2v.config import TrainConfig
 
 OFFLINE_PACS = Path("/work/data/offline_pacs")  # the real offline benchmark, where this machine has it
 PARITY_ATOL = 1e-4

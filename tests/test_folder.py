@@ -221,7 +221,6 @@ def test_scan_matches_imagefolder_on_random_trees(tmp_path_factory, tree):
     assert all(Path(p).suffix.lower() in IMG_EXTENSIONS for p in listed)
     fatal_paths = {i.path for i in scan.fatal_issues}
     for d in scan.domains:
-        present = set(os.listdir(root / d))
         for c in scan.classes:
             n = sum(1 for r in scan.items if r.path.startswith(f"{d}/{c}/"))
             if n == 0:  # an empty or missing class is reported, or its whole domain is

@@ -16,11 +16,9 @@ from PIL import Image
 
 from conftest import build_image_folder
 from vl2v.cli import main
+from vl2v.config import ExperimentConfig, Schedule, TrainConfig
 from vl2v.evaluation.html_report import load_views, write_html_report
-from vl2v.config import ExperimentConfig
 from vl2v.evaluation.protocol import run_experiment
-from vl2v.config import Schedule
-from vl2v.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ALGOS = ("zeroshot", "erm_lp", "adip", "adip:lam=0.2")

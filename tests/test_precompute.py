@@ -1,7 +1,6 @@
 """Streaming teacher-embedding precomputation: complete, reused by training, resumable."""
 
 import pytest
-import torch
 
 from vl2v.data.folder import scan_folder
 from vl2v.teachers.base import QueryBudgetExceeded

@@ -11,6 +11,7 @@ embedding lost.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import numpy as np
@@ -120,7 +121,7 @@ def billed(service) -> dict:
 
 # --------------------------------------------------------------------------- basics
 def test_registry_lists_remote_as_black_box():
-    meta = dict(list_teachers())["remote"]
+    meta = dataclasses.asdict({t.name: t for t in list_teachers()}["remote"])
     assert meta["white_box"] is False and "VL2V_API_KEY" in meta["summary"]
 
 

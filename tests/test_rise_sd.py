@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vl2v.errors import ConfigError
 from vl2v.config import Schedule
+from vl2v.errors import ConfigError
 from vl2v.methods import Batch, TaskContext, create_algorithm
 from vl2v.methods.rise import relative_distance
 from vl2v.students import create_student
@@ -100,8 +100,8 @@ def test_sd_on_a_random_open_clip_teacher(image_folder, tmp_path):
 
     import open_clip
 
-    from test_training_e2e import tiny_cfg
     from test_teachers import TINY_CLIP
+    from test_training_e2e import tiny_cfg
     from vl2v.evaluation.protocol import run_experiment
 
     cfgfile = tmp_path / "vl2v-tiny-clip-sd.json"

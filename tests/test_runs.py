@@ -7,8 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from vl2v.runs import (ExperimentDir, RunDir, RunRecorder, SweepDir, collect_runs, find_runs, group_by_dataset, label,
-                       run_summary, select_record, selection_value, summarize)
+from vl2v.runs import (
+    ExperimentDir,
+    RunDir,
+    RunRecorder,
+    SweepDir,
+    collect_runs,
+    find_runs,
+    group_by_dataset,
+    label,
+    run_summary,
+    select_record,
+    selection_value,
+    summarize,
+)
 from vl2v.utils.io import atomic_write_json, atomic_write_text
 
 DOMAINS = ["art", "photo", "sketch"]

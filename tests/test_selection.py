@@ -2,8 +2,8 @@
 
 import pytest
 
-from vl2v.runs.selection import select_record, summarize
 from vl2v.evaluation.tables import build_tables, mean_se
+from vl2v.runs.selection import select_record, summarize
 
 
 def rec(step, outs, target_in, test_env=1):

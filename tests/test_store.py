@@ -1,6 +1,5 @@
 """The persistent teacher-embedding store."""
 
-import sqlite3
 
 import pytest
 import torch

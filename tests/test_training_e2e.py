@@ -1,17 +1,14 @@
 """End to end on tiny data: every algorithm trains a few steps, records are DomainBed-readable."""
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
 
 from vl2v.cli import main
-from vl2v.config import ExperimentConfig
+from vl2v.config import ExperimentConfig, Schedule, TrainConfig
 from vl2v.evaluation.protocol import run_experiment
-from vl2v.config import Schedule
 from vl2v.methods import list_algorithms
-from vl2v.config import TrainConfig
 
 ALL = [a.name for a in list_algorithms()]
 

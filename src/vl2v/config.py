@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import tomllib
 from dataclasses import field, replace
 from importlib import resources
 from typing import Annotated, Any, Literal, TypeVar
 
+import tomllib
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 

@@ -16,7 +16,7 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_download(args: argparse.Namespace) -> int:
-    from vl2v.data.registry import get_dataset, default_data_root
+    from vl2v.data.registry import default_data_root, get_dataset
 
     spec = get_dataset(args.name)
     if spec.downloader is None:
@@ -29,7 +29,7 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_build(args: argparse.Namespace) -> int:
-    from vl2v.data.registry import get_dataset, default_data_root
+    from vl2v.data.registry import default_data_root, get_dataset
 
     spec = get_dataset(args.name)
     if spec.builder is None:

@@ -85,7 +85,6 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
         print(f"records, checkpoints and configs: {result['out_dir']}  (aggregate trials with `vl2v report {result['out_dir']}`)")
         try:
             from vl2v.evaluation.html_report import write_html_report
-
             from vl2v.runs.layout import ExperimentDir
 
             html = ExperimentDir(result["out_dir"]).report_html

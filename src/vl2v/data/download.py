@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Iterator
+
 from vl2v.errors import UserError
+from vl2v.utils.hashing import file_digest
 
 Fetch = Callable[[str, Path], None]
 
@@ -179,14 +180,6 @@ def default_fetch(url: str, dest: Path) -> None:
         http_fetch(url, dest)
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_source(src: Source, cache_dir: Path, fetch: Fetch) -> Path:
     """Return ``cache_dir/src.filename``, fetching it first unless it is already there.
 
@@ -203,7 +196,7 @@ def fetch_source(src: Source, cache_dir: Path, fetch: Fetch) -> Path:
     if src.size is not None and dest.stat().st_size != src.size:
         problem = f"size {dest.stat().st_size} bytes, expected {src.size}"
     elif src.sha256 is not None:
-        got = sha256_of(dest)
+        got = file_digest(dest)
         if got != src.sha256.lower():
             problem = f"SHA-256 {got}, expected {src.sha256}"
     if problem:

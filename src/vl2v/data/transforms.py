@@ -25,6 +25,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageEnhance
 
+from vl2v.data.splits import seed_hash
+
 
 @dataclass(frozen=True)
 class AugParams:
@@ -106,6 +108,16 @@ def sample_aug_params(gen: torch.Generator, cfg: AugConfig = AugConfig(), aspect
     h_ = u(-cfg.hue, cfg.hue)
     gray = u(0, 1) < cfg.grayscale_p
     return AugParams(*box, flip, order, b, c, s, h_, gray)
+
+
+def view_params(content_hash: str, k: int, view_seed: int = 0, aug: AugConfig = AugConfig(), aspect: float = 1.0) -> AugParams:
+    """Augmentation parameters of view ``k`` (1-based) of an image: a pure function of its content.
+
+    Training (the view plan) and ``vl2v embed`` (precomputation) both call this, so they ask the
+    teacher store for the same views.
+    """
+    g = torch.Generator().manual_seed(seed_hash("view", view_seed, content_hash, k))
+    return sample_aug_params(g, aug, aspect)
 
 
 def _resize(img: torch.Tensor, size: int) -> torch.Tensor:

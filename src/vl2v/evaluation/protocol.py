@@ -18,11 +18,11 @@ from typing import Any, Callable
 
 import torch
 
+from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile  # noqa: F401  (the experiment API)
 from vl2v.data.dataset import DomainData, load_domain_data
 from vl2v.data.registry import resolve_dataset
 from vl2v.errors import ConfigError
 from vl2v.evaluation.tables import build_tables
-from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile  # noqa: F401  (the experiment API)
 from vl2v.methods import get_algorithm, make_hparams
 from vl2v.runs.layout import ExperimentDir
 from vl2v.runs.summary import label as make_label

@@ -6,8 +6,15 @@ To add one: write ``methods/NAME.py`` with a hyperparameter dataclass and an
 """
 
 from vl2v.methods.base import Algorithm, Batch, Stage, TaskContext  # noqa: F401
-from vl2v.methods.registry import (ALGORITHMS, AlgorithmInfo, create_algorithm, get_algorithm,  # noqa: F401
-                                   list_algorithms, make_hparams, register_algorithm)
+from vl2v.methods.registry import (  # noqa: F401
+                                   ALGORITHMS,
+                                   AlgorithmInfo,
+                                   create_algorithm,
+                                   get_algorithm,
+                                   list_algorithms,
+                                   make_hparams,
+                                   register_algorithm,
+)
 
 # the members: importing each registers it (order = `vl2v list algorithms` order)
 from vl2v.methods import adip, erm, kd, rise, sd, zeroshot  # noqa: E402,F401  isort: skip

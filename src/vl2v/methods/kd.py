@@ -15,8 +15,8 @@ from torch import nn
 
 from vl2v.config import Fraction, NonNegFloat, NonNegInt, config_dataclass
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable
-from vl2v.methods.registry import register_algorithm
 from vl2v.methods.losses import kd_loss
+from vl2v.methods.registry import register_algorithm
 
 
 @config_dataclass

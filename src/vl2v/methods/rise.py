@@ -28,8 +28,8 @@ from torch import nn
 from vl2v.config import NonNegFloat, NonNegInt, config_dataclass
 from vl2v.errors import ConfigError
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable
-from vl2v.methods.registry import register_algorithm
 from vl2v.methods.losses import cosine_distance, kd_loss
+from vl2v.methods.registry import register_algorithm
 from vl2v.teachers.prompts import class_name
 
 

@@ -18,8 +18,8 @@ from torch import nn
 from vl2v.config import Fraction, NonNegFloat, NonNegInt, config_dataclass
 from vl2v.errors import ConfigError
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_trainable
-from vl2v.methods.registry import register_algorithm
 from vl2v.methods.losses import vl2v_loss
+from vl2v.methods.registry import register_algorithm
 from vl2v.students.registry import Student
 
 

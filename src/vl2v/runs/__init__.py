@@ -11,8 +11,7 @@ Layering: runs/ imports utils/ (and, in ``model``, methods/students/teachers), n
 training/ or evaluation/, which both build on it.
 """
 
-from vl2v.runs.layout import (ExperimentDir, JobDir, RunConfig, RunData, RunDir, RunFinal, SweepDir, find_runs,
-                              run_name)
+from vl2v.runs.layout import ExperimentDir, JobDir, RunConfig, RunData, RunDir, RunFinal, SweepDir, find_runs, run_name
 from vl2v.runs.records import RunRecorder
 from vl2v.runs.selection import select_record, selection_value, summarize
 from vl2v.runs.summary import DatasetGroup, RunEntry, collect_runs, group_by_dataset, label, run_label, run_summary

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from vl2v.serving.keys import KeyRing, KeysFileError, add_key  # noqa: F401
-from vl2v.serving.protocol import API_VERSION  # noqa: F401
+from vl2v.teachers.wire import API_VERSION  # noqa: F401
 
 TORCH_CACHE = "torch-cache"
 KEYS_FILE = "keys.txt"

@@ -17,7 +17,6 @@ and the parity of the exported model with the PyTorch one on a check batch.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from torch import nn
 from vl2v import __version__
 from vl2v.errors import ConfigError
 from vl2v.runs.layout import RunDir
+from vl2v.utils.hashing import file_digest
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 WHICH = ("selected", "swad")
@@ -173,14 +173,6 @@ def sidecar_path(model_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_images(run_dir: Path, size: int, n: int = 8) -> tuple[torch.Tensor, str]:
     """A parity batch: up to ``n`` of the run's target images (from predictions.json), else seeded noise."""
     from vl2v.serving.predict import load_image
@@ -230,7 +222,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", which: str = "selected", 
     meta: dict[str, Any] = {
         "format": fmt,
         "file": path.name,
-        "sha256": _sha256(path),
+        "sha256": file_digest(path),
         "classes": list(loaded.classes),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32", "layout": "NCHW",
                   "color": "RGB", "range": [0.0, 1.0]},

@@ -24,7 +24,7 @@ from PIL import Image
 
 from vl2v.data.images import _to_rgb
 from vl2v.data.transforms import center_view
-from vl2v.serving.protocol import JPEG_MAGIC, PNG_MAGIC
+from vl2v.teachers.wire import JPEG_MAGIC, PNG_MAGIC
 
 
 class ImageRejected(Exception):

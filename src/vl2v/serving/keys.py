@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from vl2v.errors import UserError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")

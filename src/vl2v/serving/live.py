@@ -63,7 +63,7 @@ def wait_until_healthy(url: str, proc: subprocess.Popen, timeout: float, interva
     """
     import httpx
 
-    from vl2v.serving.protocol import HEALTH_PATH
+    from vl2v.teachers.wire import HEALTH_PATH
 
     deadline = time.time() + timeout
     while True:

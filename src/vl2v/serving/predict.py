@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vl2v.runs.layout import RunDir
-from vl2v.serving.export import ExportError, load_student_run, onnx_session, sidecar_path, INPUT_NAME, OUTPUT_NAME
+from vl2v.serving.export import INPUT_NAME, OUTPUT_NAME, ExportError, load_student_run, onnx_session, sidecar_path
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:

@@ -32,26 +32,41 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
-import anyio
-import numpy as np
-import torch
-from fastapi import FastAPI, Header, Request, Security
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.security import APIKeyHeader, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from vl2v.utils.extras import require
 
-from vl2v import __version__
-from vl2v.serving import KEYS_FILE, confine_writes
-from vl2v.serving.images import ImageLimits, ImageRejected, b64_image, decode_batch
-from vl2v.serving.keys import KeyRing
-from vl2v.serving.meter import UsageLedger
-from vl2v.serving.protocol import (API_KEY_HEADER, API_VERSION, HEALTH_PATH, IDEMPOTENCY_HEADER,
-                                   IDEMPOTENCY_KEY_PATTERN, IMAGE_FORMATS, IMAGES_PATH, MODEL_PATH,
-                                   REPLAYED_HEADER, TEXTS_PATH, USAGE_PATH, encode_vector)
-from vl2v.teachers.base import Teacher, check_embeddings
+require("serve", "fastapi", "uvicorn")  # a one-line error naming the extra, not a bare ImportError
+
+import anyio  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from fastapi import FastAPI, Header, Request, Security  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import Response  # noqa: E402
+from fastapi.security import APIKeyHeader, HTTPBearer  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+from starlette.datastructures import Headers  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+
+from vl2v import __version__  # noqa: E402
+from vl2v.serving import KEYS_FILE, confine_writes  # noqa: E402
+from vl2v.serving.images import ImageLimits, ImageRejected, b64_image, decode_batch  # noqa: E402
+from vl2v.serving.keys import KeyRing  # noqa: E402
+from vl2v.serving.meter import UsageLedger  # noqa: E402
+from vl2v.teachers.base import Teacher, check_embeddings  # noqa: E402
+from vl2v.teachers.wire import (  # noqa: E402
+    API_KEY_HEADER,
+    API_VERSION,
+    HEALTH_PATH,
+    IDEMPOTENCY_HEADER,
+    IDEMPOTENCY_KEY_PATTERN,
+    IMAGE_FORMATS,
+    IMAGES_PATH,
+    MODEL_PATH,
+    REPLAYED_HEADER,
+    TEXTS_PATH,
+    USAGE_PATH,
+    encode_vector,
+)
 
 log = logging.getLogger("vl2v.serve")
 

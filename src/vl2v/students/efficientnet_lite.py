@@ -9,12 +9,13 @@ The package's input convention is (x - 127) / 128 on 0..255 RGB.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from vl2v.utils.hashing import cached_file_digest
 
 # (mean, std) on [0, 1] input equal to (255 x - 127) / 128
 LITE_MEAN = (127.0 / 255.0,) * 3
@@ -60,23 +61,8 @@ def create_lite(variant: int, num_classes: int = 1000, pretrained: bool = True) 
         path = package_weights_path(variant)
         state = torch.load(path, map_location="cpu", weights_only=True)
         load_by_position(model, state, str(path))
-        tag = f"{path.name}:{file_digest(path)[:12]}"
+        tag = f"{path.name}:{cached_file_digest(path)[:12]}"
     if num_classes != 1000:
         model.reset_classifier(num_classes)
     return model, tag
 
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a weights file, memoised by (path, size, mtime)."""
-    st = path.stat()
-    key = (str(path), st.st_size, int(st.st_mtime_ns))
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]

@@ -12,9 +12,19 @@ from typing import Any
 
 from torch import nn
 
-from vl2v.students.registry import (IMAGENET_MEAN, IMAGENET_STD, Student, StudentError, _drop_head_dropout,
-                                    _efficientnet_stages, _timm_features, _timm_pretrained, _vit_stages,
-                                    load_weights_file, register_student)
+from vl2v.students.registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Student,
+    StudentError,
+    _drop_head_dropout,
+    _efficientnet_stages,
+    _timm_features,
+    _timm_pretrained,
+    _vit_stages,
+    load_weights_file,
+    register_student,
+)
 
 
 @register_student("efficientnet_lite0", 1280, 224, True,

@@ -16,9 +16,10 @@ preprocessing. See docs/method_notes.md.)
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vl2v.errors import ConfigError
@@ -33,36 +34,88 @@ class QueryBudgetExceeded(RuntimeError):
 
 
 class Teacher(abc.ABC):
+    """Shared work of every teacher; a backend sets attributes and implements two small hooks.
+
+    A backend's constructor sets :attr:`embed_dim`, :attr:`image_size`, :attr:`device`,
+    :attr:`batch_size` and ``_identity``, and implements
+
+    * ``_encode_images(x)``: one chunk ``x`` of at most ``batch_size`` images, already on
+      :attr:`device` as float32 -> unnormalised embeddings [n, D];
+    * ``_encode_texts(texts)``: one chunk of at most ``text_batch_size`` strings -> unnormalised [n, D].
+
+    :meth:`embed_images` / :meth:`embed_texts` do the rest the same way for every backend:
+    chunking, ``torch.no_grad``, float32, L2 normalisation (on the backend's device, then to the
+    CPU) and the shape/finiteness check. A backend whose answers are finished embeddings (the
+    remote teacher) overrides :meth:`_finish`.
+    """
+
     #: registry name of the backend, e.g. "conse", "openclip"
     backend: str = ""
     #: True when the image encoder is available as a differentiable module (VL2V-SD)
     white_box: bool = False
+    #: embedding size D (set by the backend's constructor)
+    embed_dim: int
+    #: side of the square [0, 1] RGB input ``embed_images`` expects (set by the backend's constructor)
+    image_size: int
+    device: torch.device = torch.device("cpu")
+    #: images per ``_encode_images`` call
+    batch_size: int = 64
+    #: texts per ``_encode_texts`` call; None: all of them in one call
+    text_batch_size: int | None = 256
+    _identity: str
 
-    @property
-    @abc.abstractmethod
-    def embed_dim(self) -> int: ...
-
-    @property
-    @abc.abstractmethod
-    def image_size(self) -> int:
-        """Side of the square [0, 1] RGB input ``embed_images`` expects."""
-
-    @abc.abstractmethod
     def identity(self) -> str:
         """A string naming the model, its weights (hash or tag) and preprocessing.
 
         Two teachers with the same identity must give the same embeddings; the
         embedding store keys on it, so any change here invalidates cached entries.
         """
+        try:
+            return self._identity
+        except AttributeError:
+            raise NotImplementedError(f"{type(self).__name__} sets no _identity and does not override identity()") from None
 
-    @abc.abstractmethod
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] in [0, 1] -> [B, D] L2-normalised float32 (no gradient)."""
+        with torch.no_grad():
+            outs = [self._finish(self._encode_images(x)) for x in self._image_batches(images)]
+        return self._collect(outs, int(images.shape[0]), "image")
 
-    @abc.abstractmethod
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """N strings -> [N, D] L2-normalised float32 (no gradient)."""
+        texts = list(texts)
+        with torch.no_grad():
+            outs = [self._finish(self._encode_texts(chunk)) for chunk in self._text_batches(texts)]
+        return self._collect(outs, len(texts), "text")
 
+    # ------------------------------------------------------------------ hooks
+    def _encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        """One chunk of images (on :attr:`device`, float32) -> unnormalised embeddings."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _encode_images nor embed_images")
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """One chunk of texts -> unnormalised embeddings."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _encode_texts nor embed_texts")
+
+    def _image_batches(self, images: torch.Tensor) -> Iterator[Any]:
+        for chunk in images.split(self.batch_size):
+            if len(chunk):
+                yield chunk.to(self.device).float()
+
+    def _text_batches(self, texts: list[str]) -> Iterator[Any]:
+        step = self.text_batch_size or max(1, len(texts))
+        for i in range(0, len(texts), step):
+            yield texts[i:i + step]
+
+    def _finish(self, e: torch.Tensor) -> torch.Tensor:
+        """One chunk's embeddings -> L2-normalised float32 on the CPU."""
+        return F.normalize(e.float(), dim=-1).cpu()
+
+    def _collect(self, outs: list[torch.Tensor], n: int, what: str) -> torch.Tensor:
+        out = torch.cat(outs) if outs else torch.empty(0, self.embed_dim)
+        return check_embeddings(out, n, self.embed_dim, what)
+
+    # ------------------------------------------------------------------ the rest
     def describe(self) -> str:
         return self.identity()
 

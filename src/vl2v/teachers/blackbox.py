@@ -20,16 +20,10 @@ class BlackBoxTeacher(Teacher):
 
     def __init__(self, inner: Teacher) -> None:
         self._inner = inner
+        self.embed_dim = inner.embed_dim
+        self.image_size = inner.image_size
         self.image_queries = 0
         self.text_queries = 0
-
-    @property
-    def embed_dim(self) -> int:
-        return self._inner.embed_dim
-
-    @property
-    def image_size(self) -> int:
-        return self._inner.image_size
 
     def identity(self) -> str:
         return self._inner.identity()

@@ -96,11 +96,11 @@ def render(what: str = "all", grep: str | None = None) -> str:
     lines: list[str] = []
     if what in ("all", "backends"):
         lines.append("teacher backends (--teacher BACKEND[:SPEC]; white-box = VL2V-SD can fine-tune the image tower):")
-        for name, meta in list_teachers():
-            if keep(name, meta.get("summary", "")):
-                lines.append(f"  {name:<13} {'white-box' if meta.get('white_box') else 'black-box':<9}  "
-                             f"{'offline' if meta.get('offline') else 'weights: download or local path':<32} "
-                             f"{meta.get('summary', '')}")
+        for info in list_teachers():
+            if keep(info.name, info.summary):
+                lines.append(f"  {info.name:<13} {'white-box' if info.white_box else 'black-box':<9}  "
+                             f"{'offline' if info.offline else 'weights: download or local path':<32} "
+                             f"{info.summary}")
         lines.append("")
     if what in ("all", "transformers"):
         from vl2v.teachers.hf import FAMILIES
@@ -121,6 +121,6 @@ def render(what: str = "all", grep: str | None = None) -> str:
             lines.append(f"  {e.family:<26} {'white-box' if e.white_box else 'black-box':<9}  {e.spec:<64} {e.notes}")
         bare = [m for m in openclip_architectures_without_tags() if keep(m, openclip_family(m))]
         if bare:
-            lines.append(f"  architectures without a pretrained tag (openclip:MODEL:none or openclip:MODEL:/path): "
+            lines.append("  architectures without a pretrained tag (openclip:MODEL:none or openclip:MODEL:/path): "
                          + ", ".join(bare))
     return "\n".join(lines).rstrip()

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_SIZES, LITE_STD, create_lite, file_digest
-from vl2v.teachers.base import Teacher, TeacherError, check_embeddings
+from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_SIZES, LITE_STD, create_lite
+from vl2v.teachers.base import Teacher, TeacherError
+from vl2v.utils.hashing import cached_file_digest
 
 
 def imagenet_class_names() -> list[str]:
@@ -83,6 +83,7 @@ class ConSEImageEncoder(nn.Module):
 class ConSETeacher(Teacher):
     backend = "conse"
     white_box = True
+    text_batch_size = None
 
     def __init__(self, k: int = 10, classifier: str = "efficientnet_lite2", text_model: str | None = None,
                  label_template: str = "a photo of a {c}", device: str = "cpu", batch_size: int = 64) -> None:
@@ -95,50 +96,35 @@ class ConSETeacher(Teacher):
         self.k = k
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self._size = LITE_SIZES[v]
+        self.image_size = LITE_SIZES[v]
         model, wtag = create_lite(v, pretrained=True)
         model.eval()
         self._text, text_path = load_sentence_encoder(text_model, device=str(self.device))
         st = text_path / "model.safetensors"
-        ttag = f"{text_path.name}:{file_digest(st)[:12]}" if st.exists() else str(text_path)
+        ttag = f"{text_path.name}:{cached_file_digest(st)[:12]}" if st.exists() else str(text_path)
         self.label_template = label_template
         names = imagenet_class_names()
-        class_text = self.embed_texts([label_template.format(c=n) for n in names])
+        with torch.no_grad():
+            class_text = self._finish(self._encode_texts([label_template.format(c=n) for n in names]))
+        self.embed_dim = int(class_text.shape[1])
         # channels-last halves the convolution time on CPUs
-        self.encoder = ConSEImageEncoder(model, class_text, k, self._size).to(self.device).eval()
+        self.encoder = ConSEImageEncoder(model, class_text, k, self.image_size).to(self.device).eval()
         self.encoder.classifier.to(memory_format=torch.channels_last)
         for p in self.encoder.parameters():
             p.requires_grad_(False)
         self._identity = (
             f"conse(k={k};classifier=tf_{classifier}:{wtag};text=all-MiniLM-L6-v2:{ttag};"
-            f"labels=imagenet1k-first-lemma;label_prompt={label_template!r};input={self._size}px;norm=(255x-127)/128)"
+            f"labels=imagenet1k-first-lemma;label_prompt={label_template!r};input={self.image_size}px;norm=(255x-127)/128)"
         )
 
-    @property
-    def embed_dim(self) -> int:
-        return int(self.encoder.class_text.shape[1])
+    def _encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x.contiguous(memory_format=torch.channels_last))
 
-    @property
-    def image_size(self) -> int:
-        return self._size
-
-    def identity(self) -> str:
-        return self._identity
-
-    @torch.no_grad()
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for chunk in images.split(self.batch_size):
-            x = chunk.to(self.device).float().contiguous(memory_format=torch.channels_last)
-            outs.append(F.normalize(self.encoder(x), dim=-1).cpu())
-        out = torch.cat(outs) if outs else torch.empty(0, self.embed_dim)
-        return check_embeddings(out, images.shape[0], self.embed_dim, "image")
-
-    @torch.no_grad()
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        e = self._text.encode(list(texts), convert_to_tensor=True, batch_size=128, show_progress_bar=False)
-        e = F.normalize(e.float().cpu(), dim=-1)
-        return check_embeddings(e, len(texts), e.shape[1], "text")
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        # normalised on the CPU, as always for this teacher (text_batch_size None: sentence-transformers
+        # gets the whole list and batches it itself, 128 at a time, sorted by length)
+        e = self._text.encode(texts, convert_to_tensor=True, batch_size=128, show_progress_bar=False)
+        return e.float().cpu()
 
     def image_encoder(self) -> nn.Module:
         return self.encoder

@@ -28,19 +28,19 @@ the caller's, as for every teacher (see :mod:`vl2v.teachers.base`).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vl2v.students.efficientnet_lite import file_digest
-from vl2v.teachers.base import Teacher, TeacherError, check_embeddings
+from vl2v.teachers.base import Teacher, TeacherError
+from vl2v.utils.extras import require
+from vl2v.utils.hashing import files_digest
 
 
 # --------------------------------------------------------------------------- families
@@ -243,14 +243,11 @@ def _accepted(module: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, t
 # --------------------------------------------------------------------------- the teacher
 def _dir_digest(path: Path) -> str:
     """SHA-256 over the files from_pretrained reads in a model directory (weights, configs, tokenizer)."""
-    h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
                    and p.suffix in (".safetensors", ".bin", ".json", ".txt", ".model", ".pt", ".pth"))
     if not any(p.suffix in (".safetensors", ".bin", ".pt", ".pth") for p in files):
         raise TeacherError(f"{path} has no weights file (*.safetensors or *.bin): is it a downloaded model folder?")
-    for p in files:
-        h.update(str(p.relative_to(path)).encode() + b"\0" + file_digest(p).encode() + b"\0")
-    return h.hexdigest()
+    return files_digest(path, files)
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -262,10 +259,9 @@ class HFTeacher(Teacher):
 
     def __init__(self, model: str, revision: str | None = None, device: str = "cpu", batch_size: int = 64,
                  dtype: str = "float32", cache_dir: str | None = None) -> None:
-        try:
-            import transformers
-        except ImportError as exc:  # pragma: no cover - dependency of the package
-            raise TeacherError("the transformers teacher needs transformers (pip install transformers)") from exc
+        require("hf", "transformers")
+        import transformers
+
         if not model:
             raise TeacherError("transformers teacher needs a model: transformers:<hub id or local directory>")
         if dtype not in _DTYPES:
@@ -316,18 +312,18 @@ class HFTeacher(Teacher):
         self._text_proj = getattr(hf, tproj) if tproj else nn.Identity()
         text_cfg = getattr(config, "text_config", None) or config
         self._context = int(getattr(text_cfg, "max_position_embeddings", 0) or 77)
-        self._size = pre.size
+        self.image_size = pre.size
         self.white_box = fam.white_box
         with torch.no_grad():
             try:
                 img_dim = int(self.encoder(torch.zeros(1, 3, pre.size, pre.size, device=self.device)).shape[-1])
-                txt_dim = int(self._encode_text(["a"]).shape[-1])
+                txt_dim = int(self._encode_texts(["a"]).shape[-1])
             except Exception as exc:
                 raise TeacherError(f"{fam.name} model {model!r} fails on a {pre.size}px image or a short text: {exc}") from exc
         if img_dim != txt_dim:
             raise TeacherError(f"{fam.name} model {model!r}: image ({img_dim}) and text ({txt_dim}) embedding sizes "
                                "differ, so images and texts are not in one space; not usable as a teacher")
-        self._dim = img_dim
+        self.embed_dim = img_dim
         if local:
             weights = f"sha256:{_dir_digest(path.resolve())[:16]}"
             where = f"dir={path.resolve()}"
@@ -341,18 +337,10 @@ class HFTeacher(Teacher):
                           f"{'' if fam.text_attention_mask else '-nomask'}-{type(tokenizer).__name__})")
 
     # ----------------------------------------------------------- interface
-    @property
-    def embed_dim(self) -> int:
-        return self._dim
+    def _encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
 
-    @property
-    def image_size(self) -> int:
-        return self._size
-
-    def identity(self) -> str:
-        return self._identity
-
-    def _encode_text(self, texts: list[str]) -> torch.Tensor:
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         fam = self.family
         if fam.text_padding == "max_length":
             tok = self.tokenizer(texts, padding="max_length", max_length=self._context, truncation=True, return_tensors="pt")
@@ -365,20 +353,6 @@ class HFTeacher(Teacher):
         inputs = _accepted(self._text_tower, inputs)
         out = self._text_tower(**inputs, return_dict=True)
         return self._text_proj(_pool(out, self._text_pool))
-
-    @torch.no_grad()
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        outs = [F.normalize(self.encoder(c.to(self.device)).float(), dim=-1).cpu()
-                for c in images.split(self.batch_size) if len(c)]
-        out = torch.cat(outs) if outs else torch.empty(0, self.embed_dim)
-        return check_embeddings(out, images.shape[0], self.embed_dim, "image")
-
-    @torch.no_grad()
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        texts = list(texts)
-        outs = [F.normalize(self._encode_text(texts[i:i + 256]).float(), dim=-1).cpu() for i in range(0, len(texts), 256)]
-        out = torch.cat(outs) if outs else torch.empty(0, self.embed_dim)
-        return check_embeddings(out, len(texts), self.embed_dim, "text")
 
     def image_encoder(self) -> nn.Module:
         if not self.white_box:

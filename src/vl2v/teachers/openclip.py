@@ -16,17 +16,15 @@ shortest-side resize + centre crop for the evaluation view.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
-
 import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vl2v.students.efficientnet_lite import file_digest
-from vl2v.teachers.base import Teacher, TeacherError, check_embeddings
+from vl2v.teachers.base import Teacher, TeacherError
+from vl2v.utils.hashing import cached_file_digest
 
 
 class OpenCLIPImageEncoder(nn.Module):
@@ -97,7 +95,7 @@ class OpenCLIPTeacher(Teacher):
                 open_clip.load_checkpoint(clip, str(path), strict=True, weights_only=True)
             except Exception as exc:
                 raise TeacherError(f"cannot load open_clip checkpoint {path} into {model}: {exc}") from exc
-            weights = f"{path.name}:{file_digest(path)[:12]}"
+            weights = f"{path.name}:{cached_file_digest(path)[:12]}"
             tag_preprocess = _tag_preprocess(open_clip, model, preprocess)
         else:
             tags = [t for m, t in open_clip.list_pretrained() if m == model]
@@ -122,7 +120,7 @@ class OpenCLIPTeacher(Teacher):
         size = int(size[0] if isinstance(size, (tuple, list)) else size)
         mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
-        self._size = size
+        self.image_size = size
         self.encoder = OpenCLIPImageEncoder(clip.visual, mean, std, size).to(self.device).eval()
         for p in self.clip.parameters():
             p.requires_grad_(False)
@@ -131,38 +129,16 @@ class OpenCLIPTeacher(Teacher):
             img_dim = int(self.encoder(torch.zeros(1, 3, size, size, device=self.device)).shape[-1])
         if dim != img_dim:
             raise TeacherError(f"open_clip {model}: image ({img_dim}) and text ({dim}) embedding sizes differ")
-        self._dim = dim
+        self.embed_dim = dim
         interp = cfg.get("interpolation", "bicubic")
         self._identity = (f"openclip({model};weights={weights};input={size}px-{interp}-shortest-centercrop;"
                           f"mean={tuple(round(m, 6) for m in mean)};std={tuple(round(s, 6) for s in std)})")
 
-    @property
-    def embed_dim(self) -> int:
-        return self._dim
+    def _encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
 
-    @property
-    def image_size(self) -> int:
-        return self._size
-
-    def identity(self) -> str:
-        return self._identity
-
-    @torch.no_grad()
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        outs = [F.normalize(self.encoder(c.to(self.device).float()).float(), dim=-1).cpu()
-                for c in images.split(self.batch_size) if len(c)]
-        out = torch.cat(outs) if outs else torch.empty(0, self.embed_dim)
-        return check_embeddings(out, images.shape[0], self.embed_dim, "image")
-
-    @torch.no_grad()
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        outs = []
-        texts = list(texts)
-        for i in range(0, len(texts), 256):
-            tok = self.tokenizer(texts[i:i + 256]).to(self.device)
-            outs.append(F.normalize(self.clip.encode_text(tok).float(), dim=-1).cpu())
-        out = torch.cat(outs) if outs else torch.empty(0, self.embed_dim)
-        return check_embeddings(out, len(texts), self.embed_dim, "text")
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.clip.encode_text(self.tokenizer(texts).to(self.device))
 
     def image_encoder(self) -> nn.Module:
         return self.encoder

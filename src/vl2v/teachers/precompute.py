@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from vl2v.data.folder import FolderScan
@@ -49,8 +48,7 @@ def precompute(scan: FolderScan, store: TeacherStore, views: int = 0, view_seed:
 
     from vl2v.data.dataset import decode_for_bank
     from vl2v.data.images import ImageDecodeError
-    from vl2v.data.transforms import teacher_view
-    from vl2v.training.resources import view_params
+    from vl2v.data.transforms import teacher_view, view_params
 
     conn = _index(store)
     stats = PrecomputeStats()

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {c}",)
+from vl2v.config import DEFAULT_TEMPLATES  # noqa: E402,F401  (CLIP's default prompt; defined once, with the run config)
 
 
 def class_name(folder: str) -> str:

@@ -22,11 +22,34 @@ from typing import Any, Callable
 from vl2v.registry import Registry
 from vl2v.teachers.base import Teacher, TeacherError
 
-TEACHERS: Registry[Callable[..., Teacher]] = Registry("teacher")
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """One teacher backend: how to build it (``factory(spec, **options)``) and what `vl2v teachers` says of it."""
+
+    name: str
+    factory: Callable[..., Teacher]
+    summary: str
+    white_box: bool  # the backend can hand VL2V-SD a differentiable image tower
+    offline: bool = False  # its weights ship with vl2v's dependencies (no download, no local path)
 
 
-@TEACHERS.register("conse", white_box=True, offline=True,
-                   summary="ConSE: EfficientNet-Lite2 ImageNet probabilities x MiniLM class-name embeddings (offline, NOT CLIP)")
+TEACHERS: Registry[TeacherInfo] = Registry("teacher")
+
+
+def register_teacher(name: str, *, summary: str, white_box: bool,
+                     offline: bool = False) -> Callable[[Callable[..., Teacher]], Callable[..., Teacher]]:
+    """Decorator: register ``factory(spec, **options) -> Teacher`` as backend ``name``."""
+
+    def deco(factory: Callable[..., Teacher]) -> Callable[..., Teacher]:
+        TEACHERS.register(name)(TeacherInfo(name, factory, summary, white_box, offline))
+        return factory
+
+    return deco
+
+
+@register_teacher("conse", white_box=True, offline=True,
+                  summary="ConSE: EfficientNet-Lite2 ImageNet probabilities x MiniLM class-name embeddings (offline, NOT CLIP)")
 def _conse(spec: str | None = None, **opts: Any) -> Teacher:
     from vl2v.teachers.conse import ConSETeacher
 
@@ -37,8 +60,8 @@ def _conse(spec: str | None = None, **opts: Any) -> Teacher:
     return ConSETeacher(**opts)
 
 
-@TEACHERS.register("openclip", white_box=True, offline=False,
-                   summary="any open_clip model: openclip:MODEL:TAG, openclip:MODEL:/path/to/checkpoint or openclip:local-dir:/path")
+@register_teacher("openclip", white_box=True, offline=False,
+                  summary="any open_clip model: openclip:MODEL:TAG, openclip:MODEL:/path/to/checkpoint or openclip:local-dir:/path")
 def _openclip(spec: str | None = None, **opts: Any) -> Teacher:
     from vl2v.teachers.openclip import OpenCLIPTeacher
 
@@ -53,8 +76,8 @@ def _openclip(spec: str | None = None, **opts: Any) -> Teacher:
     return OpenCLIPTeacher(model=model, pretrained=pretrained, **opts)
 
 
-@TEACHERS.register("transformers", white_box=True, offline=False,
-                   summary="Hugging Face CLIP/MetaCLIP2/SigLIP/SigLIP2/ALIGN/FLAVA/BLIP: transformers:HUB_ID or transformers:/local/dir")
+@register_teacher("transformers", white_box=True, offline=False,
+                  summary="Hugging Face CLIP/MetaCLIP2/SigLIP/SigLIP2/ALIGN/FLAVA/BLIP: transformers:HUB_ID or transformers:/local/dir")
 def _transformers(spec: str | None = None, **opts: Any) -> Teacher:
     from vl2v.teachers.hf import HFTeacher
 
@@ -63,9 +86,9 @@ def _transformers(spec: str | None = None, **opts: Any) -> Teacher:
     return HFTeacher(model=spec or "", **opts)
 
 
-@TEACHERS.register("remote", white_box=False, offline=False,
-                   summary="a `vl2v serve` embedding service: remote:http://HOST:PORT (key: api_key=... or $VL2V_API_KEY; "
-                           "batch_size, timeout, retries, backoff, budget)")
+@register_teacher("remote", white_box=False, offline=False,
+                  summary="a `vl2v serve` embedding service: remote:http://HOST:PORT (key: api_key=... or $VL2V_API_KEY; "
+                          "batch_size, timeout, retries, backoff, budget)")
 def _remote(spec: str | None = None, **opts: Any) -> Teacher:
     from vl2v.teachers.remote import create_remote_teacher
 
@@ -91,7 +114,7 @@ class TeacherSpec:
 def create_teacher(text: str, blackbox: bool = False, **options: Any) -> Teacher:
     spec = TeacherSpec.parse(text, options)
     try:
-        teacher = TEACHERS.get(spec.backend)(spec.spec, **dict(spec.options))
+        teacher = teacher_info(spec.backend).factory(spec.spec, **dict(spec.options))
     except TypeError as exc:
         raise TeacherError(f"bad options for teacher {text!r}: {exc}") from exc
     if blackbox:
@@ -101,5 +124,13 @@ def create_teacher(text: str, blackbox: bool = False, **options: Any) -> Teacher
     return teacher
 
 
-def list_teachers() -> list[tuple[str, dict[str, Any]]]:
-    return [(e.name, e.meta) for e in TEACHERS.entries()]
+def teacher_info(name: str) -> TeacherInfo:
+    info = TEACHERS.get(name)
+    if not isinstance(info, TeacherInfo):
+        raise TypeError(f"teacher {name!r} was registered as {type(info).__name__}, not TeacherInfo: "
+                        "register backends with vl2v.teachers.registry.register_teacher")
+    return info
+
+
+def list_teachers() -> list[TeacherInfo]:
+    return [teacher_info(name) for name in TEACHERS.names()]

@@ -35,15 +35,25 @@ import time
 import uuid
 from typing import Any, Sequence
 
-import httpx
 import numpy as np
 import torch
 from PIL import Image
 
 from vl2v import __version__
-from vl2v.serving.protocol import (IDEMPOTENCY_HEADER, IMAGES_PATH, MODEL_PATH, TEXTS_PATH, USAGE_PATH,
-                                   decode_vector, json_body_overhead)
-from vl2v.teachers.base import QueryBudgetExceeded, Teacher, TeacherError, check_embeddings
+from vl2v.teachers.base import QueryBudgetExceeded, Teacher, TeacherError
+from vl2v.teachers.wire import (
+    IDEMPOTENCY_HEADER,
+    IMAGES_PATH,
+    MODEL_PATH,
+    TEXTS_PATH,
+    USAGE_PATH,
+    decode_vector,
+    json_body_overhead,
+)
+from vl2v.utils.extras import require
+
+require("serve", "httpx")  # a one-line error naming the extra, not a bare ImportError
+import httpx  # noqa: E402
 
 API_KEY_ENV = "VL2V_API_KEY"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -110,25 +120,17 @@ class RemoteTeacher(Teacher):
         info = self._call("GET", MODEL_PATH).json()
         try:
             self._identity = str(info["identity"])
-            self._dim = int(info["embed_dim"])
-            self._size = int(info["image_size"])
+            self.embed_dim = int(info["embed_dim"])
+            self.image_size = int(info["image_size"])
             self.limits = {k: int(v) for k, v in dict(info.get("limits", {})).items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise RemoteTeacherError(f"{self.url} does not look like a vl2v embedding service "
                                      f"(bad {MODEL_PATH} answer: {exc})") from None
         self.server_name = str(info.get("name", ""))
         self.batch_size = min(self.batch_size, self.limits.get("max_batch_images", self.batch_size))
-        self.text_batch = self.limits.get("max_batch_texts", 256)
+        self.text_batch_size = self.limits.get("max_batch_texts", 256)
 
     # ------------------------------------------------------------------ Teacher
-    @property
-    def embed_dim(self) -> int:
-        return self._dim
-
-    @property
-    def image_size(self) -> int:
-        return self._size
-
     def identity(self) -> str:
         """The server's teacher identity, marked remote (inputs are 8-bit PNG, so keep its cache apart)."""
         return f"remote[{self._identity}]"
@@ -148,33 +150,42 @@ class RemoteTeacher(Teacher):
                 f"raise --teacher-opt budget=N to continue")
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (self._size, self._size):
-            raise TeacherError(f"remote teacher expects images of shape [B, 3, {self._size}, {self._size}], "
-                               f"got {tuple(images.shape)}")
+        """The base class's loop, one request per chunk, after the budget check (nothing is sent past it)."""
+        s = self.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (s, s):
+            raise TeacherError(f"remote teacher expects images of shape [B, 3, {s}, {s}], got {tuple(images.shape)}")
         n = int(images.shape[0])
         if n == 0:
-            return torch.zeros((0, self._dim))
+            return torch.zeros((0, self.embed_dim))
         with self._lock:
             self._charge(n, "images")
-            pngs = _encode_pngs(images)
-            out: list[np.ndarray] = []
-            for chunk in self._chunks(pngs):
-                out.append(self._embed("images", IMAGES_PATH, chunk, len(chunk)))
-                self.image_queries += len(chunk)
-        return check_embeddings(torch.from_numpy(np.concatenate(out)), n, self._dim, "image")
+            return super().embed_images(images)
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         texts = [str(t) for t in texts]
         if not texts:
-            return torch.zeros((0, self._dim))
+            return torch.zeros((0, self.embed_dim))
         with self._lock:
             self._charge(len(texts), "texts")
-            out: list[np.ndarray] = []
-            for i in range(0, len(texts), self.text_batch):
-                chunk = texts[i:i + self.text_batch]
-                out.append(self._embed("texts", TEXTS_PATH, chunk, len(chunk)))
-                self.text_queries += len(chunk)
-        return check_embeddings(torch.from_numpy(np.concatenate(out)), len(texts), self._dim, "text")
+            return super().embed_texts(texts)
+
+    # hooks of the base class's loop: a chunk is one request
+    def _image_batches(self, images: torch.Tensor) -> list[list[str]]:
+        return self._chunks(_encode_pngs(images))
+
+    def _encode_images(self, chunk: list[str]) -> torch.Tensor:  # type: ignore[override]
+        out = self._embed("images", IMAGES_PATH, chunk, len(chunk))
+        self.image_queries += len(chunk)
+        return torch.from_numpy(out)
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        out = self._embed("texts", TEXTS_PATH, texts, len(texts))
+        self.text_queries += len(texts)
+        return torch.from_numpy(out)
+
+    def _finish(self, e: torch.Tensor) -> torch.Tensor:
+        """The service's answers are finished embeddings (normalised by its teacher): kept bit for bit."""
+        return e
 
     def usage(self) -> dict[str, Any]:
         """The server's metering of this key (GET /v1/usage)."""
@@ -213,7 +224,7 @@ class RemoteTeacher(Teacher):
             rows = data["embeddings"]
             if data.get("encoding") != "base64" or len(rows) != n:
                 raise ValueError(f"{len(rows)} embeddings for {n} inputs")
-            return np.stack([decode_vector(s, self._dim) for s in rows])
+            return np.stack([decode_vector(s, self.embed_dim) for s in rows])
         except (ValueError, KeyError, TypeError) as exc:
             raise RemoteTeacherError(f"malformed answer from {self.url}{path}: {exc}") from None
 

@@ -22,7 +22,6 @@ disk (hits); these numbers go into every run record.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -36,7 +35,8 @@ import numpy as np
 import torch
 
 from vl2v.data.transforms import AugParams
-from vl2v.teachers.base import Teacher, TeacherError
+from vl2v.teachers.base import Teacher
+from vl2v.utils.hashing import sha256_text
 
 SCHEMA_VERSION = 1
 CENTER_VIEW = "center"
@@ -46,7 +46,7 @@ def view_id(params: AugParams | None) -> str:
     if params is None:
         return CENTER_VIEW
     blob = json.dumps(params.to_dict(), sort_keys=True, separators=(",", ":"))
-    return "aug:" + hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return "aug:" + sha256_text(blob)[:20]
 
 
 # Bump when the way vl2v renders a view (vl2v.data.transforms) changes: cached
@@ -55,7 +55,7 @@ RENDER_VERSION = 1
 
 
 def teacher_key(identity: str) -> str:
-    return hashlib.sha256(f"{identity}|render=v{RENDER_VERSION}".encode("utf-8")).hexdigest()[:32]
+    return sha256_text(f"{identity}|render=v{RENDER_VERSION}")[:32]
 
 
 @dataclass

@@ -18,7 +18,7 @@ import copy
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vl2v.config import TrainConfig
 from vl2v.data.dataset import DomainData
 from vl2v.data.splits import seed_hash
 from vl2v.data.transforms import render_view, sample_aug_params, teacher_view
 from vl2v.errors import ConfigError
-from vl2v.config import TrainConfig
 from vl2v.methods import Algorithm, Batch, Stage, TaskContext, create_algorithm, get_algorithm
 from vl2v.runs.layout import RunDir
 from vl2v.runs.records import RunRecorder

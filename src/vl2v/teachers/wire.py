@@ -1,7 +1,9 @@
 """The wire protocol of the embedding service, shared by the server and the remote teacher.
 
-Kept free of FastAPI imports so the client side (``vl2v.teachers.remote``)
-needs only ``httpx``. docs/serving.md describes the API for people.
+It lives with the teachers because the client (``vl2v.teachers.remote``) needs
+it and teachers never import ``vl2v.serving`` (the service, which imports
+teachers, does). Kept free of FastAPI and httpx imports. docs/serving.md
+describes the API for people.
 """
 
 from __future__ import annotations

@@ -1,0 +1,162 @@
+"""The contract every registered teacher backend keeps, checked on small offline builds of each.
+
+conse (the real offline teacher), openclip (a tiny random-weight architecture), transformers (a tiny
+random CLIPModel saved to a temporary folder), remote (a client of an in-process `vl2v serve` of the
+tiny test teacher) and the test suite's own tiny-test backend.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vl2v.teachers import Teacher, create_teacher, list_teachers
+from vl2v.teachers.base import TeacherError
+from vl2v.teachers.blackbox import BlackBoxTeacher
+from vl2v.teachers.registry import TeacherInfo
+from vl2v.utils.extras import MissingExtraError
+
+TINY_CLIP = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TEXTS = ["a photo of a dog", "a sketch of a cat", "a painting of a big elephant"]
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory):
+    """backend -> (teacher string, options) that builds it offline; a context (server) is kept open for remote."""
+    root = tmp_path_factory.mktemp("contract")
+    out = {"conse": ("conse", {"k": 5}), "tiny-test": ("tiny-test", {})}
+
+    import open_clip
+
+    (root / "vl2v-contract-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(root / "vl2v-contract-clip.json")
+    out["openclip"] = ("openclip:vl2v-contract-clip:none", {})
+
+    if importlib.util.find_spec("transformers") is not None:
+        from test_hf_teachers import build_clip
+
+        out["transformers"] = (f"transformers:{build_clip(root / 'hf-clip')}", {})
+    yield out
+
+
+@pytest.fixture(scope="module")
+def remote_service(tmp_path_factory):
+    pytest.importorskip("fastapi")
+    from conftest import TinyTeacher
+    from vl2v.serving.keys import add_key
+    from vl2v.serving.live import LiveServer
+    from vl2v.serving.service import ServiceConfig, create_app
+
+    data = tmp_path_factory.mktemp("serve")
+    token = add_key(data / "keys.txt", "contract")
+    app = create_app(TinyTeacher(), ServiceConfig(data, max_batch_images=2), name="tiny-test")
+    with LiveServer(app, log_level="critical") as srv:
+        yield f"remote:{srv.url}", {"api_key": token}
+
+
+_BUILT: dict[str, Teacher] = {}
+
+
+def build(name: str, specs, request) -> Teacher:
+    if name == "remote":
+        text, opts = request.getfixturevalue("remote_service")
+        return create_teacher(text, **opts)  # a new client each time: cheap
+    if name not in specs:
+        pytest.skip(f"no offline build of {name} here")
+    if name not in _BUILT:
+        text, opts = specs[name]
+        torch.manual_seed(0)
+        _BUILT[name] = create_teacher(text, **opts)
+    return _BUILT[name]
+
+
+BACKENDS = [t.name for t in list_teachers()]
+
+
+def test_every_backend_registers_typed_info():
+    assert {"conse", "openclip", "transformers", "remote"} <= set(BACKENDS)
+    for info in list_teachers():
+        assert isinstance(info, TeacherInfo) and callable(info.factory) and info.summary
+        assert isinstance(info.white_box, bool) and isinstance(info.offline, bool)
+
+
+def _images(n: int, size: int, seed: int) -> torch.Tensor:
+    # 8-bit values, so the remote teacher's lossless PNG transport does not change them
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), generator=g).float().div(255)
+
+
+def _unit(x: torch.Tensor) -> bool:
+    return bool(torch.allclose(x.norm(dim=1), torch.ones(x.shape[0]), atol=1e-5))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_teacher_contract(name, specs, request):
+    t = build(name, specs, request)
+    assert isinstance(t, Teacher) and t.backend == name
+    d, s = t.embed_dim, t.image_size
+    assert isinstance(d, int) and d > 0 and isinstance(s, int) and s > 0
+
+    x = _images(3, s, 0)
+    img = t.embed_images(x)
+    assert img.shape == (3, d) and img.dtype == torch.float32 and img.device.type == "cpu"
+    assert not img.requires_grad and _unit(img)
+    assert torch.equal(t.embed_images(x), img)  # deterministic
+    assert torch.allclose(t.embed_images(x[1:2]), img[1:2], atol=1e-5)  # a batch is embedded like its items
+    assert not torch.allclose(img[0], img[1])
+
+    txt = t.embed_texts(TEXTS)
+    assert txt.shape == (3, d) and txt.dtype == torch.float32 and not txt.requires_grad and _unit(txt)
+    assert torch.equal(t.embed_texts(list(TEXTS)), txt)
+    assert torch.allclose(t.embed_texts(TEXTS[2:]), txt[2:], atol=1e-5)
+
+    assert t.embed_images(torch.zeros(0, 3, s, s)).shape == (0, d)
+    if name != "tiny-test":  # the test-only teacher does not handle empty text lists
+        assert t.embed_texts([]).shape == (0, d)
+
+    ident = t.identity()
+    assert isinstance(ident, str) and ident and t.identity() == ident and t.describe().startswith(ident)
+
+    if t.white_box:
+        enc = t.image_encoder()
+        assert isinstance(enc, nn.Module)
+        with torch.no_grad():
+            assert torch.allclose(F.normalize(enc(x).float(), dim=-1), img, atol=1e-5)
+    else:
+        with pytest.raises(TeacherError):
+            t.image_encoder()
+    assert t.to("cpu") is t
+
+    bb = BlackBoxTeacher(t)
+    assert not bb.white_box and bb.identity() == ident and (bb.embed_dim, bb.image_size) == (d, s)
+    assert torch.equal(bb.embed_images(x), img) and bb.image_queries == 3
+    with pytest.raises(TeacherError):
+        bb.image_encoder()
+
+
+@pytest.mark.parametrize("name", [n for n in BACKENDS if n != "conse"])
+def test_identity_is_stable_across_builds(name, specs, request):
+    """The store keys on identity(): the same build gives the same string (ConSE: see the golden check)."""
+    a = build(name, specs, request)
+    if name in specs:
+        text, opts = specs[name]
+        torch.manual_seed(0)
+        b = create_teacher(text, **opts)
+    else:
+        b = build(name, specs, request)
+    assert a.identity() == b.identity()
+
+
+def test_missing_hf_extra_is_a_one_line_error(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "transformers" else real(name, *a, **k))
+    with pytest.raises(MissingExtraError, match=r"vl2v\[hf\]") as info:
+        create_teacher("transformers:x")
+    assert "\n" not in str(info.value)
