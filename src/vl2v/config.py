@@ -148,6 +148,10 @@ class ExperimentConfig:
     store_dtype: Literal["float16", "float32"] = "float16"
     holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     max_side: PosInt = 256
+    # memory: hold every decoded image; stream: decode from disk when needed (memory flat in the dataset's
+    # size); auto: stream when the decoded images would exceed ~4 GiB
+    data_mode: Literal["auto", "memory", "stream"] = "auto"
+    workers: NonNegInt | None = None  # loader processes decoding/rendering views; None: 0 on CPU, up to 8 with CUDA
     strict_data: bool = False
     out_dir: str = "runs/experiment"
     train: TrainConfig = field(default_factory=TrainConfig)

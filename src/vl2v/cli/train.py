@@ -40,7 +40,8 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
         seeds=tuple(args.seed) if args.seed else tuple(range(args.trials)), hparams_seed=args.hparams_seed,
         teacher=args.teacher, teacher_options=parse_kv(args.teacher_opt, "--teacher-opt"),
         blackbox=not args.white_box, student=args.student, student_pretrained=not args.no_pretrained,
-        student_weights=args.student_weights, store=args.store, out_dir=args.out, strict_data=args.strict_data))
+        student_weights=args.student_weights, store=args.store, out_dir=args.out, strict_data=args.strict_data,
+        data_mode=args.data_mode, workers=args.workers))
     cfg = apply_profile(cfg, args.profile)
     flags = dict(steps=args.steps, frozen_steps=args.frozen_steps, lr=args.lr, frozen_lr=args.frozen_lr,
                  freeze_stages=args.freeze_stages, batch_size=args.batch_size, image_size=args.image_size,
@@ -127,6 +128,11 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--root", help="folder holding datasets (default: $VL2V_DATA or ~/.cache/vl2v/datasets)")
     g.add_argument("--target", nargs="+", metavar="DOMAIN", help="target domain(s), by name or index (default: every domain in turn)")
     g.add_argument("--trials", type=int, default=1, help="number of trial seeds 0..N-1 (default 1)")
+    g.add_argument("--data-mode", choices=["auto", "memory", "stream"], default="auto",
+                   help="memory: hold every decoded image (fast); stream: decode from disk in loader workers when needed "
+                        "(memory flat in the dataset's size, e.g. DomainNet); auto (default): stream above ~4 GiB decoded")
+    g.add_argument("--workers", type=int, help="loader worker processes that decode and render views "
+                   "(default: 0 on a CPU, up to 8 with CUDA); results do not depend on it")
     g.add_argument("--strict-data", action="store_true",
                    help="fail on any data problem (unreadable files, empty classes) instead of skipping and recording it")
     g.add_argument("--seed", type=int, nargs="+", help="explicit trial seeds (overrides --trials)")

@@ -1,10 +1,20 @@
-"""A scanned dataset in memory: decoded images, content hashes, DomainBed splits.
+"""A scanned dataset: its images (in memory or streamed from disk), content hashes, DomainBed splits.
 
-:class:`ImageBank` holds every image as a uint8 tensor [3, H, W], shrunk so its
+:class:`ImageBank` gives every image as a uint8 tensor [3, H, W], shrunk so its
 shorter side is at most ``max_side`` (views are rendered from it at any size).
 Each image's *content hash* (SHA-256 of its decoded pixels and shape) keys the
 teacher-embedding store, so renamed or moved files still hit the cache and a
 changed file never does.
+
+Two modes, the same images bit for bit:
+
+* **memory**: every decoded image is held (fast; small datasets);
+* **stream**: only hashes and shapes are held; an image is decoded from disk each
+  time it is needed (by :mod:`torch.utils.data` loader workers in training), so
+  memory stays flat in the dataset's size (DomainNet).
+
+``mode="auto"`` streams when the decoded images would exceed ``memory_budget`` bytes.
+Indexing (decode once, hash, measure) runs in loader workers when ``workers > 0``.
 """
 
 from __future__ import annotations
@@ -48,32 +58,93 @@ def decode_for_bank(path, max_side: int | None = 256) -> tuple[torch.Tensor, str
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous(), pixels_hash(arr)
 
 
+#: decoded bytes above which ``mode="auto"`` streams images from disk instead of holding them
+DEFAULT_MEMORY_BUDGET = 4 << 30
+
+
+class _Decoder(torch.utils.data.Dataset):
+    """Loader-worker side of indexing: decode one file, return (image or None, hash, shape) or the error."""
+
+    def __init__(self, root: Path, records: list[ImageRecord], max_side: int | None, keep: bool) -> None:
+        self.root, self.records, self.max_side, self.keep = root, records, max_side, keep
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        try:
+            img, h = decode_for_bank(self.root / self.records[i].path, self.max_side)
+        except ImageDecodeError as exc:  # file changed since the scan
+            return i, None, None, None, exc.reason
+        return i, (img if self.keep else None), h, (int(img.shape[1]), int(img.shape[2])), None
+
+
+def _first(batch):
+    return batch[0]
+
+
 @dataclass
 class ImageBank:
-    """Decoded images and their content hashes, in scan order."""
+    """The dataset's images (held, or streamed from disk), their content hashes and shapes, in scan order."""
 
     root: Path
     records: list[ImageRecord]
-    images: list[torch.Tensor]
+    images: list[torch.Tensor] | None  # None: streamed (decoded on demand)
     hashes: list[str]
     skipped: list[FolderIssue] = field(default_factory=list)
+    shapes: list[tuple[int, int]] = field(default_factory=list)  # (H, W) after shrinking
+    max_side: int | None = 256
 
     @classmethod
-    def load(cls, scan: FolderScan, max_side: int | None = 256, desc: str = "loading images") -> "ImageBank":
-        images: list[torch.Tensor] = []
+    def load(cls, scan: FolderScan, max_side: int | None = 256, desc: str = "loading images", mode: str = "memory",
+             memory_budget: int = DEFAULT_MEMORY_BUDGET, workers: int = 0) -> "ImageBank":
+        """Index (and, in memory mode, hold) every image of ``scan``; unreadable files are skipped and listed."""
+        if mode not in ("auto", "memory", "stream"):
+            raise ValueError(f"data mode must be auto, memory or stream, got {mode!r}")
+        if mode == "auto":
+            side = max_side or 512
+            mode = "stream" if len(scan.items) * 3 * side * side * 4 // 3 > memory_budget else "memory"
+        keep = mode == "memory"
+        images: list[torch.Tensor] | None = [] if keep else None
         hashes: list[str] = []
+        shapes: list[tuple[int, int]] = []
         records: list[ImageRecord] = []
         skipped: list[FolderIssue] = []
-        for rec in progress(scan.items, desc=desc, unit="img"):
-            try:
-                img, h = decode_for_bank(scan.abspath(rec), max_side)
-            except ImageDecodeError as exc:  # file changed since the scan
-                skipped.append(FolderIssue(rec.path, exc.reason))
+        ds = _Decoder(scan.root, list(scan.items), max_side, keep)
+        loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=workers, collate_fn=_first,
+                                             prefetch_factor=8 if workers else None)
+        for i, img, h, shape, err in progress(loader, desc=desc + (" (index only: streamed)" if not keep else ""),
+                                              total=len(ds), unit="img"):
+            rec = ds.records[i]
+            if err is not None:
+                skipped.append(FolderIssue(rec.path, err))
                 continue
             hashes.append(h)
-            images.append(img)
+            shapes.append(shape)
             records.append(rec)
-        return cls(scan.root, records, images, hashes, skipped)
+            if keep:
+                images.append(img)
+        return cls(scan.root, records, images, hashes, skipped, shapes, max_side)
+
+    @property
+    def streamed(self) -> bool:
+        return self.images is None
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image ``i`` as uint8 [3, H, W] (held, or decoded from disk now)."""
+        if self.images is not None:
+            return self.images[i]
+        try:
+            img, _ = decode_for_bank(self.root / self.records[i].path, self.max_side)
+        except ImageDecodeError as exc:
+            raise ImageDecodeError(self.root / self.records[i].path,
+                                   f"{exc.reason} (the file changed after indexing; run again)") from None
+        return img
+
+    def aspect(self, i: int) -> float:
+        """Width / height of image ``i`` (as held, after shrinking)."""
+        h, w = self.shapes[i]
+        return w / h
 
     def __len__(self) -> int:
         return len(self.records)
@@ -122,12 +193,15 @@ def load_domain_data(
     max_side: int | None = 256,
     strict: bool = False,
     scan: FolderScan | None = None,
+    mode: str = "memory",
+    workers: int = 0,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> DomainData:
-    """Scan, validate and decode a ``ROOT/domain/class/image`` folder."""
+    """Scan, validate and index (``mode``: memory, stream or auto) a ``ROOT/domain/class/image`` folder."""
     if scan is None:
         scan = scan_folder(folder, verify=False, strict=False)
     scan.raise_if_fatal()
-    bank = ImageBank.load(scan, max_side=max_side)
+    bank = ImageBank.load(scan, max_side=max_side, mode=mode, workers=workers, memory_budget=memory_budget)
     issues = scan.issues + bank.skipped
     if strict and issues:
         from vl2v.data.folder import FolderError

@@ -20,6 +20,7 @@ import torch
 
 from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile  # noqa: F401  (the experiment API)
 from vl2v.data.dataset import DomainData, load_domain_data
+from vl2v.data.loader import default_workers
 from vl2v.data.registry import resolve_dataset
 from vl2v.errors import ConfigError
 from vl2v.evaluation.tables import build_tables
@@ -109,15 +110,18 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
 
     t0 = time.time()
     scan = scan_folder(folder, verify=False)
+    workers = cfg.workers if cfg.workers is not None else default_workers(resolve_device(cfg.train.device))
     data = load_domain_data(folder, trial_seed=cfg.seeds[0], holdout_fraction=cfg.holdout_fraction,
-                            max_side=cfg.max_side, strict=cfg.strict_data, scan=scan)
+                            max_side=cfg.max_side, strict=cfg.strict_data, scan=scan, mode=cfg.data_mode,
+                            workers=workers)
     for issue in data.scan.issues:
         log(f"  data: {issue}")
     if data.scan.issues:
         log(f"data: {len(data.scan.issues)} problems: {len(data.scan.skipped)} files skipped, "
             f"{sum(i.tolerable for i in data.scan.issues)} warnings (listed above and in experiment.json; "
             f"--strict-data fails instead)")
-    log(f"data: {name} at {folder}: {len(data.bank)} images, domains {data.domains}, "
+    log(f"data: {name} at {folder}: {len(data.bank)} images ({'streamed from disk' if data.bank.streamed else 'in memory'}, "
+        f"{workers} loader workers), domains {data.domains}, "
         f"{len(data.classes)} classes ({time.time() - t0:.1f}s)")
 
     store = None
@@ -158,7 +162,8 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
         s.image_size = cfg.train.image_size
         return s
 
-    res = SharedResources(data=data, store=store, views=cfg.views, view_seed=cfg.view_seed, device=device)
+    res = SharedResources(data=data, store=store, views=cfg.views, view_seed=cfg.view_seed, device=device,
+                          workers=workers)
     key = (cfg.student, template.weights if template else None, cfg.train.image_size)
     return Experiment(cfg, data, res, make_student, key, name, identity, raw_teacher)
 

@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,8 +29,9 @@ import torch.nn.functional as F
 
 from vl2v.config import TrainConfig
 from vl2v.data.dataset import DomainData
+from vl2v.data.loader import RenderRequest, render_stream
 from vl2v.data.splits import seed_hash
-from vl2v.data.transforms import render_view, sample_aug_params, teacher_view
+from vl2v.data.transforms import AugParams, sample_aug_params
 from vl2v.errors import ConfigError
 from vl2v.methods import Algorithm, Batch, Stage, TaskContext, create_algorithm, get_algorithm
 from vl2v.runs.layout import RunDir
@@ -94,6 +96,21 @@ def _np_state_to_list(st: tuple) -> list:
 
 
 @dataclass
+class _DomainPlan:
+    """One domain's part of a training step: images, random choices, and the views to render."""
+
+    d: int
+    idx: list[int]
+    choice: list  # stored-view indices, or AugParams of fresh augmentations
+    online: bool = False
+    needs_t: bool = False
+    use_feats: bool = False
+    rows: list[int] | None = None  # rows of the training-set caches (features, teacher targets)
+    student: tuple[tuple[int, AugParams | None], ...] = ()  # views for the student, at its input size
+    teacher: tuple[tuple[int, AugParams | None], ...] = ()  # views for an online teacher, at its size
+
+
+@dataclass
 class RunOutcome:
     run_dir: Path
     final: dict[str, Any]
@@ -152,16 +169,13 @@ class Trainer:
         return sets
 
     # ---------------------------------------------------------- batches
-    def _aspect(self, i: int) -> float:
-        img = self.res.data.bank.images[i]
-        return img.shape[2] / img.shape[1]
-
-    def _batch(self, algo: Algorithm, d: int, idx: list[int], use_feats: bool) -> Batch:
-        """This rank's part of domain ``d``'s global minibatch ``idx``.
+    def _plan(self, algo: Algorithm, d: int, idx: list[int], use_feats: bool) -> _DomainPlan:
+        """This rank's part of domain ``d``'s global minibatch ``idx``: the random choices, and what to render.
 
         Random choices (augmentation parameters, which stored view) are drawn for
         the whole global minibatch in the same order on every rank, then sliced:
         N ranks see exactly what one process with the same global batch sees.
+        Rendering happens later, in loader workers (:meth:`_assemble` puts the batch together).
         """
         res, cfg = self.res, self.cfg
         needs_t = algo.uses_teacher_images
@@ -169,25 +183,68 @@ class Trainer:
         if (use_feats or needs_t) and not online:  # replay stored views
             choice = torch.randint(0, res.n_views, (len(idx),), generator=self.gen).tolist()
         else:  # a fresh augmentation per image
-            choice = [sample_aug_params(self.gen, res.aug, self._aspect(i)) for i in idx]
+            choice = [sample_aug_params(self.gen, res.aug, res.data.bank.aspect(i)) for i in idx]
         idx, choice = shard(idx), shard(choice)
-        b = Batch(y=self.labels[idx], domain=d)
-        images = res.data.bank.images
+        plan = _DomainPlan(d, idx, choice, online=online, needs_t=needs_t, use_feats=use_feats)
         if online:
-            b.x = torch.stack([render_view(images[i], p, self.input_size) for i, p in zip(idx, choice)])
-            size = res.store.teacher.image_size
-            b.t_img = res.online_targets(torch.stack([teacher_view(images[i], p, size) for i, p in zip(idx, choice)]))
+            plan.student = tuple(zip(idx, choice))
+            plan.teacher = tuple(zip(idx, choice))
         elif use_feats or needs_t:
-            rows = [self.train_pos[i] for i in idx]
-            if use_feats:
-                b.feats = self.train_feats[rows, choice]  # [N_train, V, d] -> [B, d]
-            else:
-                b.x = torch.stack([render_view(images[i], res.view_list(i)[k], self.input_size) for i, k in zip(idx, choice)])
-            if needs_t:
-                b.t_img = self.targets[rows, choice]
+            plan.rows = [self.train_pos[i] for i in idx]
+            if not use_feats:
+                plan.student = tuple((i, res.view_list(i)[k]) for i, k in zip(idx, choice))
         else:
-            b.x = torch.stack([render_view(images[i], p, self.input_size) for i, p in zip(idx, choice)])
+            plan.student = tuple(zip(idx, choice))
+        return plan
+
+    def _requests(self, plans: list[_DomainPlan]) -> RenderRequest:
+        tsize = self.res.store.teacher.image_size if self.res.store is not None else 0
+        groups = []
+        for p in plans:
+            groups.append(("student", self.input_size, p.student))
+            groups.append(("teacher", tsize, p.teacher))
+        return RenderRequest(tuple(groups))
+
+    def _assemble(self, p: _DomainPlan, x: torch.Tensor | None, tx: torch.Tensor | None) -> Batch:
+        b = Batch(y=self.labels[p.idx], domain=p.d)
+        if x is not None:
+            b.x = x.float().div_(255.0)
+        if p.online:
+            b.t_img = self.res.online_targets(tx.float().div_(255.0))
+        elif p.rows is not None:
+            if p.use_feats:
+                b.feats = self.train_feats[p.rows, p.choice]  # [N_train, V, d] -> [B, d]
+            if p.needs_t:
+                b.t_img = self.targets[p.rows, p.choice]
         return b
+
+    def _rng_state(self) -> dict:
+        """What the data order depends on (the sampler and the augmentation generator), for checkpoints."""
+        return {"sampler": copy.deepcopy(self.sampler.state_dict()), "gen": self.gen.get_state()}
+
+    def _step_batches(self, algo: Algorithm, stage: Stage, start: int, use_feats: bool):
+        """``(step, minibatches, rng state after drawing them)`` for steps ``start..stage.steps-1``.
+
+        Plans are drawn here, in order; loader workers render them ahead of the step that uses them,
+        so the sampler runs ahead too: the state a checkpoint must save (the state right after drawing
+        that step's batch) travels with each step instead of being read from the sampler.
+        """
+        pending: deque = deque()
+
+        def requests():
+            for s in range(start, stage.steps):
+                plans = [self._plan(algo, d, self.sampler.next(d), use_feats) for d in self.sources]
+                pending.append((s, plans, self._rng_state() if self._is_eval_step(s, stage) else None))
+                yield self._requests(plans)
+
+        workers = self.res.workers if not use_feats else 0  # cached features: nothing to render
+        for rendered in render_stream(self.data.bank, requests(), workers, pin_memory=self.device.type == "cuda"):
+            s, plans, rng = pending.popleft()
+            mbs = [self._to_device(self._assemble(p, rendered[2 * k], rendered[2 * k + 1])) for k, p in enumerate(plans)]
+            yield s, mbs, rng
+
+    def _is_eval_step(self, s: int, stage: Stage) -> bool:
+        return s % self.cfg.eval_every == 0 or s == stage.steps - 1
 
     def _to_device(self, b: Batch) -> Batch:
         dev = self.device
@@ -213,8 +270,12 @@ class Trainer:
             elif use_feats:
                 b.feats = self.res.frozen_features(algo.student, chunk, "eval", self.student_key)
             else:
-                b.x = self.res.eval_inputs(chunk, self.input_size).float().div_(255.0)
+                continue  # rendered below, in parallel
             logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
+        if algo.has_student and not use_feats:
+            for s, x in zip(range(0, len(idx), bs), self.res.eval_batches(idx, self.input_size, bs)):
+                b = Batch(y=self.labels[idx[s:s + bs]], x=x.float().div_(255.0))
+                logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
         return torch.cat(logits) if logits else torch.empty(0, len(self.data.classes))
 
     @torch.no_grad()
@@ -352,17 +413,15 @@ class Trainer:
         pbar.update(state["stage_step"])
         algo.train()
         t_stage = time.time()
-        for s in range(state["stage_step"], stage.steps):
-            mbs = [self._to_device(self._batch(algo, d, self.sampler.next(d), use_feats)) for d in self.sources]
+        for s, mbs, rng in self._step_batches(algo, stage, state["stage_step"], use_feats):
             logs = algo.update(mbs, model)
             state["loss_sum"] += logs.get("loss", 0.0)
             state["loss_n"] += 1
             if swad is not None:
                 swad.observe(algo, state["global_step"])
             pbar.update(1)
-            evaluate = s % cfg.eval_every == 0 or s == stage.steps - 1
-            if evaluate:
-                self._evaluate_and_checkpoint(algo, si, stage, s, use_feats, swad, recorder, logs, pbar)
+            if self._is_eval_step(s, stage):
+                self._evaluate_and_checkpoint(algo, si, stage, s, use_feats, swad, recorder, logs, pbar, rng)
             else:
                 state["global_step"] += 1
                 state["stage_step"] = s + 1
@@ -381,7 +440,7 @@ class Trainer:
         return swad
 
     def _evaluate_and_checkpoint(self, algo: Algorithm, si: int, stage: Stage, s: int, use_feats: bool,
-                                 swad: LossValley | None, recorder: RunRecorder, logs: dict, pbar) -> None:
+                                 swad: LossValley | None, recorder: RunRecorder, logs: dict, pbar, rng: dict) -> None:
         cfg, state, rd = self.cfg, self.state, self.rd
         ev = self.evaluate(algo, use_feats)
         # mean training loss since the last evaluation, over all ranks' shards
@@ -412,7 +471,7 @@ class Trainer:
             save_state(rd.last_state, {
                 "algorithm": algo.state_dict(), "loop": _plain(state),
                 "optimizer": algo.optimizer.state_dict() if algo.optimizer else {},
-                "sampler": self.sampler.state_dict(), "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "sampler": rng["sampler"], "gen": rng["gen"], "torch_rng": torch.get_rng_state(),
                 "swad": swad.state_dict() if swad is not None else None})
 
     def _finish(self, algo: Algorithm, stages: list[Stage], swad: LossValley | None, recorder: RunRecorder) -> RunOutcome:

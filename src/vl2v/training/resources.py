@@ -10,7 +10,12 @@ that does not depend on the run is computed once here:
   :class:`TeacherStore`, so also across processes);
 * **frozen features**: the pretrained student's features of the same views
   (frozen-backbone stages train on these instead of images);
-* **eval inputs**: every image's evaluation view at the student's size.
+* **eval inputs**: every image's evaluation view at the student's size (held in
+  memory for in-memory datasets; rendered again by loader workers for streamed ones,
+  so memory stays flat in the dataset's size).
+
+Rendering goes through :func:`vl2v.data.loader.render_stream`: ``workers`` loader
+processes decode and render in parallel, with the same results as ``workers=0``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from vl2v.data.dataset import DomainData
-from vl2v.data.transforms import AugConfig, AugParams, eval_view, render_view, teacher_view, view_params
+from vl2v.data.loader import RenderRequest, render_stream
+from vl2v.data.transforms import AugConfig, AugParams, teacher_view, view_params
 from vl2v.students.registry import Student
 from vl2v.teachers.store import TeacherStore
 from vl2v.utils.progress import bar
@@ -35,6 +41,7 @@ class SharedResources:
     aug: AugConfig = field(default_factory=AugConfig)
     batch_size: int = 64
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    workers: int = 0  # loader worker processes that decode and render views (0: the main process)
     _params: dict[int, list[AugParams | None]] = field(default_factory=dict)
     _targets: dict[int, torch.Tensor] = field(default_factory=dict)  # bank idx -> [V, D]
     _center: dict[int, torch.Tensor] = field(default_factory=dict)  # bank idx -> [D] (teacher's eval view)
@@ -49,8 +56,7 @@ class SharedResources:
             if self.views == 0:
                 self._params[i] = [None]
             else:
-                img = self.data.bank.images[i]
-                aspect = img.shape[2] / img.shape[1]
+                aspect = self.data.bank.aspect(i)
                 h = self.data.bank.hashes[i]
                 self._params[i] = [view_params(h, k, self.view_seed, self.aug, aspect) for k in range(1, self.views + 1)]
         return self._params[i]
@@ -81,7 +87,7 @@ class SharedResources:
             pbar = bar(len(keys), desc=desc, unit="view")
             try:
                 emb = self.store.image_embeddings(
-                    keys, lambda j: teacher_view(self.data.bank.images[owners[j]], keys[j][1], size),
+                    keys, lambda j: teacher_view(self.data.bank.image(owners[j]), keys[j][1], size),
                     batch_size=self.batch_size, on_batch=pbar.update)
             finally:
                 pbar.close()
@@ -102,7 +108,7 @@ class SharedResources:
             pbar = bar(len(keys), desc=desc, unit="img")
             try:
                 emb = self.store.image_embeddings(
-                    keys, lambda j: teacher_view(self.data.bank.images[todo[j]], None, size),
+                    keys, lambda j: teacher_view(self.data.bank.image(todo[j]), None, size),
                     batch_size=self.batch_size, on_batch=pbar.update)
             finally:
                 pbar.close()
@@ -133,9 +139,10 @@ class SharedResources:
                     jobs.extend((i, k, p) for k, p in enumerate(self.view_list(i)))
             pbar = bar(len(jobs), desc=f"student features ({kind})", unit="img")
             out: dict[tuple[int, int], torch.Tensor] = {}
-            for b in range(0, len(jobs), self.batch_size):
-                chunk = jobs[b:b + self.batch_size]
-                x = torch.stack([render_view(self.data.bank.images[i], p, size) for i, _, p in chunk]).to(self.device)
+            chunks = [jobs[b:b + self.batch_size] for b in range(0, len(jobs), self.batch_size)]
+            requests = (RenderRequest((("student", size, tuple((i, p) for i, _, p in c)),)) for c in chunks)
+            for chunk, (x,) in zip(chunks, render_stream(self.data.bank, requests, self.workers, self._pin)):
+                x = x.to(self.device).float().div_(255.0)
                 f = student(x.contiguous(memory_format=torch.channels_last)).float().cpu()
                 for (i, k, _), fi in zip(chunk, f):
                     out[(i, k)] = fi
@@ -149,10 +156,32 @@ class SharedResources:
             student.train(was)
         return torch.stack([cache[i] for i in indices])
 
-    def eval_inputs(self, indices: list[int], size: int) -> torch.Tensor:
-        """uint8 [N, 3, size, size] evaluation views (resize to size x size, DomainBed's eval transform)."""
+    @property
+    def _pin(self) -> bool:
+        return self.device.type == "cuda"
+
+    def eval_batches(self, indices: list[int], size: int, batch_size: int):
+        """uint8 [n, 3, size, size] evaluation views (resize to size x size, DomainBed's eval transform) of
+        ``indices`` in chunks of ``batch_size``: held once rendered (in-memory datasets) or rendered by the
+        loader workers each time (streamed datasets)."""
+        chunks = [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
+        if self.data.bank.streamed:
+            requests = (RenderRequest((("student", size, tuple((i, None) for i in c)),)) for c in chunks)
+            for (x,) in render_stream(self.data.bank, requests, self.workers, self._pin):
+                yield x
+            return
         cache = self._eval_inputs.setdefault(size, {})
-        for i in indices:
-            if i not in cache:
-                cache[i] = (eval_view(self.data.bank.images[i], size) * 255.0).round().to(torch.uint8)
-        return torch.stack([cache[i] for i in indices])
+        todo = [i for i in dict.fromkeys(indices) if i not in cache]
+        if todo:
+            todo_chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
+            requests = (RenderRequest((("student", size, tuple((i, None) for i in c)),)) for c in todo_chunks)
+            for c, (x,) in zip(todo_chunks, render_stream(self.data.bank, requests, self.workers)):
+                for i, xi in zip(c, x):
+                    cache[i] = xi
+        for c in chunks:
+            yield torch.stack([cache[i] for i in c])
+
+    def eval_inputs(self, indices: list[int], size: int) -> torch.Tensor:
+        """uint8 [N, 3, size, size] evaluation views of ``indices`` (see :meth:`eval_batches`)."""
+        parts = list(self.eval_batches(indices, size, 256))
+        return torch.cat(parts) if parts else torch.empty(0, 3, size, size, dtype=torch.uint8)
