@@ -176,6 +176,7 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_messy_data.py::test_training_on_a_messy_folder_records_every_skip": SLOW_E2E,  # 3.7 s
     "test_loader.py::test_same_seed_same_records_whatever_the_workers_and_data_mode": SLOW_E2E,  # 2 runs, ~10 s
     "test_loader.py::test_checkpoint_taken_while_workers_render_ahead_resumes_exactly": SLOW_E2E,  # 4 runs, ~20 s
+    "test_loader.py::test_cached_frozen_prefix_gives_the_same_records": SLOW_E2E,  # 2 runs, ~15 s
     "test_algorithm_contract.py::test_student_contract[vit_base_patch16_224]": SLOW,  # random ViT-B, ~4 s
 }
 

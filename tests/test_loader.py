@@ -131,3 +131,37 @@ def test_checkpoint_taken_while_workers_render_ahead_resumes_exactly(image_folde
     run_experiment(_config(image_folder, out2, 2, "memory", steps=9), log=lambda *_: None)
     run_experiment(_config(image_folder, tmp_path / "clean", 0, "memory", steps=9), log=lambda *_: None)
     assert _records(out2) == _records(tmp_path / "clean")
+
+
+def test_cached_frozen_prefix_gives_the_same_records(image_folder, tmp_path):
+    """Fine-tuning with the first stages frozen: their activations computed once give the records of running them."""
+    from dataclasses import replace
+
+    def cfg(out, cache):
+        c = _config(image_folder, out, 0, "memory")
+        train = replace(c.train, schedule=replace(c.train.schedule, freeze_stages=3), cache_prefix=cache)
+        return replace(c, train=train, algorithms=("erm_ft", "adip", "kd", "lp_ft"))
+
+    run_experiment(cfg(tmp_path / "full", False), log=lambda *_: None)
+    run_experiment(cfg(tmp_path / "cached", True), log=lambda *_: None)
+    ref, got = _records(tmp_path / "full"), _records(tmp_path / "cached")
+    assert len(ref) == len(got) > 8
+    assert ref == got
+
+
+def test_student_prefix_and_rest_compose_to_the_forward_pass():
+    from vl2v.students import create_student, list_students
+
+    for info in list_students():
+        torch.manual_seed(0)
+        s = create_student(info.name, pretrained=False).eval()
+        if not s.splittable:
+            continue
+        x = torch.rand(3, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            full = s(x)
+            for n in range(len(s.stages()) + 1):
+                assert torch.equal(s.forward_from(s.forward_prefix(x, n), n), full), (info.name, n)
+                # computed in other batch groupings (as the cache does): equal up to float rounding
+                h = torch.cat([s.forward_prefix(x[:1], n), s.forward_prefix(x[1:], n)])
+                torch.testing.assert_close(s.forward_from(h, n), full, rtol=1e-4, atol=1e-4)

@@ -115,6 +115,9 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when present, else CPU
     eval_batch_size: PosInt = 128
     save_checkpoints: bool = True
+    # compute the output of the student's frozen first `freeze_stages` stages once per image/view and train and
+    # evaluate only the rest (exactly the same numbers; needs a student that declares its stages' forward pass)
+    cache_prefix: bool = True
 
     def validate(self) -> None:
         """Range checks run on construction; this re-checks a copy changed with ``dataclasses.replace``."""

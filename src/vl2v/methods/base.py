@@ -35,6 +35,8 @@ class Batch:
     feats: torch.Tensor | None = None
     t_img: torch.Tensor | None = None
     domain: int = -1
+    hidden: torch.Tensor | None = None  # activations after the student's first `hidden_stage` (frozen) stages
+    hidden_stage: int = 0
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -98,7 +100,10 @@ class Algorithm(nn.Module):
     def features(self, b: Batch) -> torch.Tensor:
         if b.feats is not None:
             return b.feats
-        assert self.student is not None and b.x is not None
+        assert self.student is not None
+        if b.hidden is not None:  # the frozen prefix was computed once (same values as running it again)
+            return self.student.forward_from(b.hidden, b.hidden_stage)
+        assert b.x is not None
         return self.student(b.x)
 
     def compute_loss(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -158,7 +163,8 @@ def cat_batches(minibatches: Sequence[Batch]) -> Batch:
         return None if any(v is None for v in vals) else torch.cat(vals)
 
     y = torch.cat([b.y for b in minibatches])
-    return Batch(y=y, x=cat("x"), feats=cat("feats"), t_img=cat("t_img"))
+    return Batch(y=y, x=cat("x"), feats=cat("feats"), t_img=cat("t_img"), hidden=cat("hidden"),
+                 hidden_stage=minibatches[0].hidden_stage)
 
 
 def cosine_logits(z: torch.Tensor, text: torch.Tensor, scale: float = 100.0) -> torch.Tensor:

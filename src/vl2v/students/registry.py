@@ -39,7 +39,9 @@ class Student(nn.Module):
 
     def __init__(self, name: str, backbone: nn.Module, feature_dim: int, mean, std, image_size: int,
                  stages: Callable[[nn.Module], list[nn.Module]], features: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-                 weights: str, freeze_bn: bool = True) -> None:
+                 weights: str, freeze_bn: bool = True,
+                 ops: Callable[[nn.Module], list[Callable[[torch.Tensor], torch.Tensor]]] | None = None,
+                 pool: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.name = name
         self.backbone = backbone
@@ -49,6 +51,10 @@ class Student(nn.Module):
         self.freeze_bn = freeze_bn
         self._stages_fn = stages
         self._features_fn = features
+        # optional: the forward pass as one callable per stage, then pooling; lets a run compute the
+        # output of a frozen prefix of stages once and train/evaluate only the rest
+        self._ops_fn = ops
+        self._pool_fn = pool
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -57,6 +63,24 @@ class Student(nn.Module):
 
     def stages(self) -> list[nn.Module]:
         return self._stages_fn(self.backbone)
+
+    @property
+    def splittable(self) -> bool:
+        """``forward_prefix``/``forward_from`` available (the forward pass is known stage by stage)."""
+        return self._ops_fn is not None and self._pool_fn is not None
+
+    def forward_prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The activations after the first ``n`` stages (``forward(x) == forward_from(forward_prefix(x, n), n)``)."""
+        h = (x - self.mean) / self.std
+        for op in self._ops_fn(self.backbone)[:n]:
+            h = op(h)
+        return h
+
+    def forward_from(self, h: torch.Tensor, n: int) -> torch.Tensor:
+        """Features from the activations after stage ``n`` (see :meth:`forward_prefix`)."""
+        for op in self._ops_fn(self.backbone)[n:]:
+            h = op(h)
+        return self._pool_fn(self.backbone, h)
 
     def train(self, mode: bool = True) -> "Student":
         super().train(mode)
@@ -144,6 +168,15 @@ def _drop_head_dropout(m: nn.Module) -> nn.Module:
 
 def _efficientnet_stages(m: nn.Module) -> list[nn.Module]:
     return [nn.ModuleList([m.conv_stem, m.bn1]), *list(m.blocks), nn.ModuleList([m.conv_head, m.bn2])]
+
+
+def _efficientnet_ops(m: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """timm EfficientNet's forward_features, one callable per entry of :func:`_efficientnet_stages`."""
+    return [lambda x: m.bn1(m.conv_stem(x)), *list(m.blocks), lambda x: m.bn2(m.conv_head(x))]
+
+
+def _timm_pool(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m.forward_head(x, pre_logits=True)
 
 
 def _vit_stages(m: nn.Module) -> list[nn.Module]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from vl2v.students.registry import (
@@ -18,8 +19,10 @@ from vl2v.students.registry import (
     Student,
     StudentError,
     _drop_head_dropout,
+    _efficientnet_ops,
     _efficientnet_stages,
     _timm_features,
+    _timm_pool,
     _timm_pretrained,
     _vit_stages,
     load_weights_file,
@@ -39,7 +42,7 @@ def efficientnet_lite0(pretrained: bool = True, weights: str | None = None, free
         model.reset_classifier(0)
     _drop_head_dropout(model)
     return Student("efficientnet_lite0", model, 1280, LITE_MEAN, LITE_STD, 224,
-                   _efficientnet_stages, _timm_features, tag, freeze_bn)
+                   _efficientnet_stages, _timm_features, tag, freeze_bn, ops=_efficientnet_ops, pool=_timm_pool)
 
 
 @register_student("resnet50", 2048, 224, False, "torchvision ResNet-50, ImageNet (IMAGENET1K_V1 as DomainBed), frozen BatchNorm")
@@ -66,7 +69,14 @@ def resnet50(pretrained: bool = True, weights: str | None = None, freeze_bn: boo
     def stages(m: nn.Module) -> list[nn.Module]:
         return [nn.ModuleList([m.conv1, m.bn1]), m.layer1, m.layer2, m.layer3, m.layer4]
 
-    return Student("resnet50", model, 2048, IMAGENET_MEAN, IMAGENET_STD, 224, stages, lambda m, x: m(x), tag, freeze_bn)
+    def ops(m: nn.Module) -> list:
+        return [lambda x: m.maxpool(m.relu(m.bn1(m.conv1(x)))), m.layer1, m.layer2, m.layer3, m.layer4]
+
+    def pool(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return m.fc(torch.flatten(m.avgpool(x), 1))
+
+    return Student("resnet50", model, 2048, IMAGENET_MEAN, IMAGENET_STD, 224, stages, lambda m, x: m(x), tag, freeze_bn,
+                   ops=ops, pool=pool)
 
 
 def _timm_student(reg_name: str, timm_name: str, dim: int, summary: str, stages=_vit_stages) -> None:

@@ -191,7 +191,7 @@ class Trainer:
             plan.teacher = tuple(zip(idx, choice))
         elif use_feats or needs_t:
             plan.rows = [self.train_pos[i] for i in idx]
-            if not use_feats:
+            if not use_feats and not self._prefix_n:
                 plan.student = tuple((i, res.view_list(i)[k]) for i, k in zip(idx, choice))
         else:
             plan.student = tuple(zip(idx, choice))
@@ -214,6 +214,8 @@ class Trainer:
         elif p.rows is not None:
             if p.use_feats:
                 b.feats = self.train_feats[p.rows, p.choice]  # [N_train, V, d] -> [B, d]
+            elif self._prefix_n:
+                b.hidden, b.hidden_stage = self.train_hidden[p.rows, p.choice], self._prefix_n
             if p.needs_t:
                 b.t_img = self.targets[p.rows, p.choice]
         return b
@@ -243,6 +245,20 @@ class Trainer:
             mbs = [self._to_device(self._assemble(p, rendered[2 * k], rendered[2 * k + 1])) for k, p in enumerate(plans)]
             yield s, mbs, rng
 
+    def _cacheable_prefix(self, algo: Algorithm, stage: Stage, backbone_pristine: bool) -> int:
+        """How many leading student stages this (fine-tuning) stage can take from a cache: they are frozen,
+        still pretrained (no earlier stage trained them) and their BatchNorm is in eval mode; 0 = none."""
+        n = self.cfg.schedule.freeze_stages
+        st = algo.student
+        if (not self.cfg.cache_prefix or n <= 0 or stage.backbone_frozen or not backbone_pristine or st is None
+                or not algo.info.uses_registry_student or not getattr(st, "splittable", False) or not st.freeze_bn):
+            return 0
+        if any(p.requires_grad for m in st.stages()[:n] for p in m.parameters()):
+            return 0
+        if not self.res.prefix_cache_fits(st, n, len(self.train_indices) + len(self.data.bank)):
+            return 0
+        return n
+
     def _is_eval_step(self, s: int, stage: Stage) -> bool:
         return s % self.cfg.eval_every == 0 or s == stage.steps - 1
 
@@ -250,6 +266,8 @@ class Trainer:
         dev = self.device
         if b.x is not None:
             b.x = b.x.to(dev).contiguous(memory_format=torch.channels_last)
+        if b.hidden is not None:
+            b.hidden = b.hidden.to(dev).contiguous(memory_format=torch.channels_last)
         if b.feats is not None:
             b.feats = b.feats.to(dev)
         if b.t_img is not None:
@@ -269,10 +287,13 @@ class Trainer:
                 b.t_img = self.res.teacher_center(chunk)
             elif use_feats:
                 b.feats = self.res.frozen_features(algo.student, chunk, "eval", self.student_key)
+            elif self._prefix_n:
+                b.hidden = self.res.frozen_features(algo.student, chunk, "eval", self.student_key, prefix=self._prefix_n)
+                b.hidden_stage = self._prefix_n
             else:
                 continue  # rendered below, in parallel
             logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
-        if algo.has_student and not use_feats:
+        if algo.has_student and not use_feats and not self._prefix_n:
             for s, x in zip(range(0, len(idx), bs), self.res.eval_batches(idx, self.input_size, bs)):
                 b = Batch(y=self.labels[idx[s:s + bs]], x=x.float().div_(255.0))
                 logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
@@ -365,6 +386,7 @@ class Trainer:
                 self.targets = res.teacher_targets(self.train_indices)  # every training view, paid once
             if not algo.has_student:
                 res.teacher_center(sorted({i for d, w in self._eval_sets() for i in self.data.split_items(d, w)}))
+        self._prefix_n = 0  # leading student stages served from a cache in the current stage
         self.state = {"global_step": 0, "stage_index": 0, "stage_step": 0, "best": None, "stage_best": None,
                       "loss_sum": 0.0, "loss_n": 0, "elapsed": 0.0}
         self.sampler = DomainSampler(self.pools, cfg.batch_size, self.seed)
@@ -404,6 +426,10 @@ class Trainer:
         use_feats = stage.backbone_frozen and backbone_pristine and cfg.teacher_mode == "cached"
         if use_feats:
             self.train_feats = self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key)
+        self._prefix_n = self._cacheable_prefix(algo, stage, backbone_pristine)
+        if self._prefix_n and algo.uses_teacher_images and cfg.teacher_mode == "cached":
+            self.train_hidden = self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key,
+                                                         prefix=self._prefix_n)
         last_stage = si == len(stages) - 1
         swad = LossValley(algo, cfg.swad_cfg) if (cfg.swad and last_stage and not stage.backbone_frozen) else None
         if swad is not None and resuming and resume_state.get("swad"):

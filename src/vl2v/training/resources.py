@@ -123,9 +123,14 @@ class SharedResources:
 
     # ------------------------------------------------------- student side
     @torch.no_grad()
-    def frozen_features(self, student: Student, indices: list[int], kind: str, key: tuple) -> torch.Tensor:
-        """Pretrained-student features: ``kind="train"`` -> [N, V, d] over the views; ``"eval"`` -> [N, d]."""
-        cache = self._features.setdefault(key + (kind,), {})
+    def frozen_features(self, student: Student, indices: list[int], kind: str, key: tuple,
+                        prefix: int | None = None) -> torch.Tensor:
+        """Pretrained-student features: ``kind="train"`` -> [N, V, d] over the views; ``"eval"`` -> [N, d].
+
+        ``prefix=n``: instead of features, the activations after the student's first ``n`` stages
+        (``student.forward_prefix``), for runs that keep those stages frozen: [N, V, C, H, W] / [N, C, H, W].
+        """
+        cache = self._features.setdefault(key + (kind,) + (("prefix", prefix) if prefix else ()), {})
         todo = [i for i in indices if i not in cache]
         if todo:
             was = student.training
@@ -137,13 +142,15 @@ class SharedResources:
                     jobs.append((i, 0, None))
                 else:
                     jobs.extend((i, k, p) for k, p in enumerate(self.view_list(i)))
-            pbar = bar(len(jobs), desc=f"student features ({kind})", unit="img")
+            what = f"student stage-{prefix} activations" if prefix else "student features"
+            pbar = bar(len(jobs), desc=f"{what} ({kind})", unit="img")
             out: dict[tuple[int, int], torch.Tensor] = {}
             chunks = [jobs[b:b + self.batch_size] for b in range(0, len(jobs), self.batch_size)]
             requests = (RenderRequest((("student", size, tuple((i, p) for i, _, p in c)),)) for c in chunks)
             for chunk, (x,) in zip(chunks, render_stream(self.data.bank, requests, self.workers, self._pin)):
                 x = x.to(self.device).float().div_(255.0)
-                f = student(x.contiguous(memory_format=torch.channels_last)).float().cpu()
+                x = x.contiguous(memory_format=torch.channels_last)
+                f = (student.forward_prefix(x, prefix) if prefix else student(x)).float().cpu()
                 for (i, k, _), fi in zip(chunk, f):
                     out[(i, k)] = fi
                 pbar.update(len(chunk))
@@ -155,6 +162,18 @@ class SharedResources:
                     cache[i] = torch.stack([out[(i, k)] for k in range(len(self.view_list(i)))])
             student.train(was)
         return torch.stack([cache[i] for i in indices])
+
+    def prefix_cache_fits(self, student: Student, n: int, indices: int, budget: int = 4 << 30) -> bool:
+        """Whether holding stage-``n`` activations of ``indices`` images x views stays within ``budget`` bytes."""
+        if self.data.bank.streamed:
+            return False
+        with torch.no_grad():
+            was = student.training
+            student.eval()
+            probe = torch.zeros(1, 3, student.image_size, student.image_size, device=self.device)
+            per = student.forward_prefix(probe.contiguous(memory_format=torch.channels_last), n).numel() * 4
+            student.train(was)
+        return per * indices * self.n_views <= budget
 
     @property
     def _pin(self) -> bool:
