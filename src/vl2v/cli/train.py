@@ -46,7 +46,9 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
     flags = dict(steps=args.steps, frozen_steps=args.frozen_steps, lr=args.lr, frozen_lr=args.frozen_lr,
                  freeze_stages=args.freeze_stages, batch_size=args.batch_size, image_size=args.image_size,
                  eval_every=args.eval_every, teacher_mode=args.teacher_mode, device=args.device, views=args.views,
-                 templates=tuple(args.template) if args.template else None, swad=True if args.swad else None)
+                 templates=tuple(args.template) if args.template else None, swad=True if args.swad else None,
+                 amp=args.amp, compile=True if args.compile else None,
+                 cache_prefix=False if args.no_cache_prefix else None)
     cfg = with_settings(cfg, {k: v for k, v in flags.items() if v is not None})
     if args.target:
         from dataclasses import replace
@@ -163,6 +165,11 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--views", type=int, help="K stored augmented teacher views per training image (0: un-augmented only)")
     g.add_argument("--teacher-mode", choices=["cached", "online"], help="cached: replay stored views; online: query the teacher every step")
     g.add_argument("--swad", action="store_true", help="also report SWAD (LossValley) weight averaging of the last stage")
+    g.add_argument("--amp", choices=["auto", "off", "bf16"], help="bf16 autocast of forward passes (default auto: on with "
+                   "CUDA, off on the CPU)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the student (pays on GPUs)")
+    g.add_argument("--no-cache-prefix", action="store_true", help="run the frozen first --freeze-stages stages every "
+                   "step instead of caching their output (same numbers; for benchmarking)")
     g = q.add_argument_group("output")
     g.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
     g.add_argument("--store", help="teacher-embedding store file (default ~/.cache/vl2v/teacher_store.sqlite; 'memory' for none)")

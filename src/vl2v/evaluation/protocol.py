@@ -184,6 +184,9 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
 
     cfg = replace(cfg, train=replace(cfg.train, device=resolve_device(cfg.train.device)))  # --device auto
     specs = check_experiment(cfg)
+    if cfg.train.device.startswith("cuda"):  # TF32 matmuls/convolutions: the usual speed/precision trade on GPUs
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     dist = init_distributed(cfg.train.device)
     if not dist.is_main:  # one voice and one writer in data-parallel runs
         log = lambda *_: None  # noqa: E731

@@ -13,6 +13,7 @@ features (``Batch.feats``) instead of images: identical results, far faster.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -114,13 +115,17 @@ class Algorithm(nn.Module):
         # Going through forward lets DistributedDataParallel wrap the algorithm.
         return self.compute_loss(minibatches)
 
-    def update(self, minibatches: Sequence[Batch], model: nn.Module | None = None) -> dict[str, float]:
+    def update(self, minibatches: Sequence[Batch], model: nn.Module | None = None,
+               autocast: Any = None) -> dict[str, float]:
         """DomainBed's interface: one optimisation step on per-domain minibatches.
 
         ``model`` is the module to call (a DistributedDataParallel wrapper of
         ``self`` in data-parallel runs); gradients are averaged across ranks there.
+        ``autocast``: a context (e.g. ``torch.autocast("cuda", torch.bfloat16)``) for the forward pass
+        and the loss; the backward pass runs outside it, as PyTorch recommends.
         """
-        loss, logs = (model or self)(minibatches)
+        with autocast if autocast is not None else contextlib.nullcontext():
+            loss, logs = (model or self)(minibatches)
         self.step(loss)
         return {"loss": float(loss.detach()), **logs}
 

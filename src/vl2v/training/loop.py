@@ -259,6 +259,11 @@ class Trainer:
             return 0
         return n
 
+    def _autocast(self):
+        """bf16 autocast for forward passes when ``amp`` says so (auto: with CUDA only)."""
+        on = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
+
     def _is_eval_step(self, s: int, stage: Stage) -> bool:
         return s % self.cfg.eval_every == 0 or s == stage.steps - 1
 
@@ -292,11 +297,13 @@ class Trainer:
                 b.hidden_stage = self._prefix_n
             else:
                 continue  # rendered below, in parallel
-            logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
+            with self._autocast():
+                logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
         if algo.has_student and not use_feats and not self._prefix_n:
             for s, x in zip(range(0, len(idx), bs), self.res.eval_batches(idx, self.input_size, bs)):
                 b = Batch(y=self.labels[idx[s:s + bs]], x=x.float().div_(255.0))
-                logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
+                with self._autocast():
+                    logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
         return torch.cat(logits) if logits else torch.empty(0, len(self.data.classes))
 
     @torch.no_grad()
@@ -362,6 +369,8 @@ class Trainer:
         algo = create_algorithm(spec.algorithm, ctx, student, dict(spec.hparams)).to(self.device)
         if algo.student is not None:
             algo.student.to(memory_format=torch.channels_last)
+            if cfg.compile:
+                algo.student.compile()  # in place: state_dict keys stay as they are
         self.input_size = algo.image_size or cfg.image_size
         stages = algo.stages() if algo.needs_training else []
         recorder = RunRecorder(run_dir, args={**self.args_record, "algorithm": self.info.name,
@@ -440,7 +449,7 @@ class Trainer:
         algo.train()
         t_stage = time.time()
         for s, mbs, rng in self._step_batches(algo, stage, state["stage_step"], use_feats):
-            logs = algo.update(mbs, model)
+            logs = algo.update(mbs, model, autocast=self._autocast())
             state["loss_sum"] += logs.get("loss", 0.0)
             state["loss_n"] += 1
             if swad is not None:
