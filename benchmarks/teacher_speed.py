@@ -18,8 +18,8 @@ fp32 torch: max abs difference of the normalised embeddings, top-1 ImageNet clas
 "out" splits (trial seed 0) at 260 px vs 224 px, with ONNX Runtime: validation data, not the reported
 numbers.
 
-    python benchmarks/teacher_speed.py                        # quick: 64 images, 3 rounds (~3-5 min)
-    python benchmarks/teacher_speed.py --images 128 --repeats 3 --compile --json speed.json   # ~10 min
+    python benchmarks/teacher_speed.py                        # quick: 64 images, 3 rounds (5 min on 2 busy cores)
+    python benchmarks/teacher_speed.py --images 128 --repeats 3 --compile --json speed.json   # ~11 min there
 """
 
 from __future__ import annotations
