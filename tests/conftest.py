@@ -166,6 +166,11 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_hf_teachers.py::test_cli_train_adip_end_to_end": SLOW_E2E,  # 7 families, 1.7-5 s each (21 s)
     "test_teachers.py::test_conse_is_a_convex_combination_of_class_name_embeddings": SLOW,  # ConSE fixture 8.5 s
     "test_teachers.py::test_conse_text_side_and_zero_shot_prompt_ensemble": SLOW,  # same fixture
+    # two ConSE builds and two EfficientNet-Lite2 ONNX exports: 55 s in all
+    "test_conse_runtime.py::test_torch_identity_is_unchanged": SLOW,  # module fixture: torch + onnx teachers, 33 s
+    "test_conse_runtime.py::test_onnx_identity_is_the_torch_one_plus_the_runtime": SLOW,  # same fixture
+    "test_conse_runtime.py::test_onnx_embeddings_match_torch": SLOW,  # same fixture
+    "test_conse_runtime.py::test_onnx_cache_is_reused_then_rebuilt_when_corrupted": SLOW,  # re-export, 17 s
     "test_remote.py::test_conse_round_trip": SLOW_E2E,  # ConSE served over HTTP, 8.1 s
     "test_remote.py::test_persistent_failure_gives_up_with_a_clear_error": SLOW,  # retry back-off, 3.7 s
     "test_store.py::test_sigkill_mid_write_leaves_a_usable_store": SLOW,  # 8.3 s

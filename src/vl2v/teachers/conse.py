@@ -70,14 +70,44 @@ class ConSEImageEncoder(nn.Module):
         self.image_size = image_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.logits(self.resize(x)))
+
+    # The three steps of forward, apart so that another runtime can compute the logits
+    # (the ONNX Runtime path of ConSETeacher); forward is exactly their composition.
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """Any square-ish [B,3,H,W] in [0,1] -> [B,3,S,S] (a no-op at the teacher's input size)."""
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=True)
-        logits = self.classifier((x - self.mean) / self.std)
+        return x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[B,3,S,S] in [0,1] -> ImageNet-1k logits [B,1000] (the classifier's own normalisation first)."""
+        return self.classifier((x - self.mean) / self.std)
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> the top-k probability-weighted mean of the class-name embeddings (unnormalised)."""
         p = logits.float().softmax(dim=-1)
         top_p, top_i = p.topk(self.k, dim=-1)
         w = top_p / top_p.sum(dim=-1, keepdim=True)
         return torch.einsum("bk,bkd->bd", w, self.class_text[top_i])
+
+
+class ConSELogits(nn.Module):
+    """The part of :class:`ConSEImageEncoder` another runtime computes: normalisation + classifier -> logits."""
+
+    def __init__(self, encoder: ConSEImageEncoder) -> None:
+        super().__init__()
+        self.classifier = encoder.classifier
+        self.register_buffer("mean", encoder.mean.detach().clone())
+        self.register_buffer("std", encoder.std.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier((x - self.mean) / self.std)
+
+
+#: how the classifier runs: eager PyTorch (the default; identities as they always were) or ONNX Runtime
+RUNTIMES = ("torch", "onnx")
 
 
 class ConSETeacher(Teacher):
@@ -86,7 +116,10 @@ class ConSETeacher(Teacher):
     text_batch_size = None
 
     def __init__(self, k: int = 10, classifier: str = "efficientnet_lite2", text_model: str | None = None,
-                 label_template: str = "a photo of a {c}", device: str = "cpu", batch_size: int = 64) -> None:
+                 label_template: str = "a photo of a {c}", device: str = "cpu", batch_size: int = 64,
+                 runtime: str = "torch") -> None:
+        if runtime not in RUNTIMES:
+            raise TeacherError(f"ConSE runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         if k < 1 or k > 1000:
             raise TeacherError(f"ConSE k must be in 1..1000, got {k}")
         variants = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}
@@ -116,8 +149,20 @@ class ConSETeacher(Teacher):
             f"conse(k={k};classifier=tf_{classifier}:{wtag};text=all-MiniLM-L6-v2:{ttag};"
             f"labels=imagenet1k-first-lemma;label_prompt={label_template!r};input={self.image_size}px;norm=(255x-127)/128)"
         )
+        # The runtime is named only when it is not torch: its embeddings differ from PyTorch's in the last
+        # bits, so they must not share stored embeddings, while the torch identity stays what it always was.
+        self.runtime = runtime
+        self._onnx = None
+        if runtime == "onnx":
+            from vl2v.teachers.onnx_runtime import OnnxModule
+
+            self._onnx = OnnxModule(ConSELogits(self.encoder).eval(), self.image_size, f"conse-{classifier}")
+            self._identity = self._identity[:-1] + f";runtime={runtime})"
 
     def _encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        if self._onnx is not None:  # ONNX Runtime on the CPU for the classifier, PyTorch for the top-k mixing
+            x = self.encoder.resize(x)
+            return self.encoder.combine(self._onnx(x).to(x.device))
         return self.encoder(x.contiguous(memory_format=torch.channels_last))
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:

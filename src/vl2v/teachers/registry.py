@@ -10,8 +10,8 @@ Examples::
     transformers:google/siglip-base-patch16-224   a Hugging Face model (hub id or local dir)
 
 Options (``--teacher-opt key=value``) go to the backend's constructor, e.g.
-``k=5`` for ConSE. ``blackbox=True`` wraps any teacher so that only the embed
-functions are reachable.
+``k=5`` or ``runtime=onnx`` (ONNX Runtime for the classifier) for ConSE.
+``blackbox=True`` wraps any teacher so that only the embed functions are reachable.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def _conse(spec: str | None = None, **opts: Any) -> Teacher:
 
     if spec:
         opts.setdefault("classifier", spec)
-    if "k" in opts:
-        opts["k"] = int(opts["k"])
+    for key in ("k", "batch_size"):
+        if key in opts:
+            opts[key] = int(opts[key])
     return ConSETeacher(**opts)
 
 
