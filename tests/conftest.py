@@ -183,6 +183,7 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_loader.py::test_checkpoint_taken_while_workers_render_ahead_resumes_exactly": SLOW_E2E,  # 4 runs, ~20 s
     "test_loader.py::test_cached_frozen_prefix_gives_the_same_records": SLOW_E2E,  # 2 runs, ~15 s
     "test_precision.py": SLOW_E2E,  # short training runs; torch.compile on the CPU
+    "test_selection.py::test_adip_with_final_stage_selection_selects_a_distill_checkpoint": E2E,
     "test_algorithm_contract.py::test_student_contract[vit_base_patch16_224]": SLOW,  # random ViT-B, ~4 s
 }
 

@@ -32,10 +32,11 @@ def test_ties_go_to_earliest_record():
     assert select_record(recs)["step"] == 0
 
 
-def test_mean_se_uses_sample_std():
+def test_mean_se_is_domainbeds():
     m, se = mean_se([0.5, 0.7, 0.9])
     assert m == pytest.approx(0.7)
-    assert se == pytest.approx(0.2 / 3 ** 0.5)  # sample std 0.2 over sqrt(3)
+    # DomainBed's collect_results: np.std (population, ddof=0) over sqrt(n); the sample std would give 0.2/sqrt(3)
+    assert se == pytest.approx((0.08 / 3) ** 0.5 / 3 ** 0.5)
     assert mean_se([0.4]) == (pytest.approx(0.4), 0.0)
 
 
@@ -52,6 +53,45 @@ def test_table_avg_is_per_trial_mean_over_targets():
     assert ood.avg_values("adip") == [pytest.approx(0.6), pytest.approx(0.8)]
     assert ood.avg_values("kd") == []  # target b missing -> no average
     md = ood.markdown()
-    assert "| adip | 60.0 ± 10.0 | 80.0 ± 10.0 | 70.0 ± 10.0 |" in md
+    assert "| adip | 60.0 ± 7.1 | 80.0 ± 7.1 | 70.0 ± 7.1 |" in md  # population std 0.1 over sqrt(2)
     assert "| kd + SWAD | 35.0 | - | - |" in md
-    assert r"60.0 $\pm$ 10.0" in ood.latex()
+    assert r"60.0 $\pm$ 7.1" in ood.latex()
+
+
+def test_oracle_and_final_stage_selection():
+    """Oracle (DomainBed's test-domain validation) takes the last evaluation; 'final' stage selection ignores
+    earlier stages even when one of them validated better."""
+    recs = [dict(rec(0, [0.9, 0.2, 0.9], 0.5), stage="align"), dict(rec(5, [0.6, 0.3, 0.6], 0.6), stage="distill"),
+            dict(rec(9, [0.7, 0.4, 0.7], 0.7), stage="distill")]
+    assert select_record(recs)["step"] == 0
+    assert select_record(recs, stages="final")["step"] == 9
+    assert select_record(recs, "oracle")["step"] == 9
+    s = summarize(select_record(recs, "oracle"), "oracle")
+    assert s["ood_acc"] == pytest.approx(0.7) and s["val_acc"] == pytest.approx(recs[2]["env1_out_acc"])
+    finals = [{"algorithm": "adip", "target": 1, "trial_seed": 0, "selected": {"ood_acc": 0.5, "id_acc": 0.9},
+               "oracle": {"ood_acc": 0.7, "id_acc": 0.7}}]
+    tables = build_tables(finals, ["a", "b", "c"])
+    assert tables["oracle_ood"].cell("adip", 1) == [pytest.approx(0.7)]
+
+
+def test_adip_with_final_stage_selection_selects_a_distill_checkpoint(image_folder, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from vl2v.config import ExperimentConfig, Schedule, TrainConfig
+    from vl2v.evaluation.protocol import run_experiment
+
+    train = TrainConfig(schedule=Schedule(steps=3, frozen_steps=4, lr=1e-3, frozen_lr=1e-2), batch_size=4,
+                        eval_every=2, image_size=32, device="cpu", select_stage="final")
+    cfg = ExperimentConfig(dataset=None, data_dir=str(image_folder), out_dir=str(tmp_path / "o"), algorithms=("adip",),
+                           targets=(0,), student_pretrained=False, store="memory", teacher="tiny-test", train=train)
+    result = run_experiment(cfg, log=lambda *_: None)
+    (final,) = result["finals"]
+    assert final["selected"]["stage"] == "distill" and final["selection"]["stages"] == "final"
+    assert final["oracle"]["stage"] == "distill"
+    (model,) = (tmp_path / "o").rglob("model.safetensors")
+    with safe_open(str(model), framework="pt") as fh:
+        assert json.loads(fh.metadata()["stage"]) == "distill"
+    assert "Checkpoint chosen by training-domain validation" in result["text"] and "distill@" in result["text"]
+    assert "test-domain validation (oracle" in result["text"]

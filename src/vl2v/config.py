@@ -118,6 +118,8 @@ class TrainConfig:
     # compute the output of the student's frozen first `freeze_stages` stages once per image/view and train and
     # evaluate only the rest (exactly the same numbers; needs a student that declares its stages' forward pass)
     cache_prefix: bool = True
+    # model selection among the evaluations of "all" stages, or of the "final" stage only (multi-stage algorithms)
+    select_stage: Literal["all", "final"] = "all"
     # mixed precision: bf16 autocast of forward passes and losses; auto = on with CUDA, off on the CPU
     amp: Literal["auto", "off", "bf16"] = "auto"
     compile: bool = False  # torch.compile the student (pays on GPUs; ~1.1x on a CPU, after minutes of compiling)

@@ -23,7 +23,7 @@ from vl2v.data.dataset import DomainData, load_domain_data
 from vl2v.data.loader import default_workers
 from vl2v.data.registry import resolve_dataset
 from vl2v.errors import ConfigError
-from vl2v.evaluation.tables import build_tables
+from vl2v.evaluation.tables import build_tables, selected_stages
 from vl2v.methods import get_algorithm, make_hparams
 from vl2v.runs.layout import ExperimentDir
 from vl2v.runs.summary import label as make_label
@@ -229,17 +229,23 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
                 log(f"  {a.label:<24} target {exp.data.domains[t]:<10} seed {seed}: OOD {100 * sel.get('ood_acc', float('nan')):5.1f}  "
                     f"ID {100 * sel.get('id_acc', float('nan')):5.1f}  ({f.get('wall_time', 0):.0f}s)")
     tables = build_tables(finals, exp.data.domains)
-    text = render_summary(tables, exp, cfg, time.time() - t0)
+    text = render_summary(tables, exp, cfg, time.time() - t0, finals)
     if dist.is_main:
         atomic_write_text(exp_dir.results_md, text)
         atomic_write_json(exp_dir.summary_json, {"finals": finals, "wall_time": time.time() - t0})
     return {"finals": finals, "tables": tables, "text": text, "out_dir": str(out)}
 
 
-def render_summary(tables, exp: Experiment, cfg: ExperimentConfig, wall: float) -> str:
+def render_summary(tables, exp: Experiment, cfg: ExperimentConfig, wall: float, finals: list | None = None) -> str:
     lines = [f"# {exp.dataset_name}: leave-one-domain-out, training-domain validation", "",
              f"teacher: `{exp.teacher_identity}`  ", f"student: `{cfg.student}`, {cfg.train.image_size}px; "
              f"seeds: {list(cfg.seeds)}; wall time {wall / 60:.1f} min", "",
              tables["ood"].markdown("Out-of-domain accuracy (%, target domain's 'in' split; column = held-out target)"), "",
              tables["id"].markdown("In-domain accuracy (%, source domains' 'out' splits)"), ""]
+    lines += [tables["oracle_ood"].markdown("Out-of-domain accuracy (%), test-domain validation (oracle, DomainBed's: "
+                                            "each run's last checkpoint)"), ""]
+    stages = selected_stages(finals or [], exp.data.domains)
+    if stages:
+        lines += [f"**Checkpoint chosen by training-domain validation (stage@step; selection over "
+                  f"{'the final stage' if cfg.train.select_stage == 'final' else 'all stages'})**", "", stages, ""]
     return "\n".join(lines)

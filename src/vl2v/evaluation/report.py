@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from vl2v.evaluation.tables import build_tables
+from vl2v.evaluation.tables import build_tables, selected_stages
 from vl2v.runs.summary import collect_runs, group_by_dataset
 
 
@@ -30,6 +30,12 @@ def build_report(paths: list[str | Path], latex: bool = False) -> str:
         out.append("")
         out.append(tables["id"].markdown("In-domain accuracy (%): source domains' held-out splits"))
         out.append("")
+        out.append(tables["oracle_ood"].markdown("Out-of-domain accuracy (%): test-domain validation (oracle, "
+                                                 "DomainBed's: each run's last checkpoint), mean ± SE over trials"))
+        out.append("")
+        stages = selected_stages(finals, g.domain_names())
+        if stages:
+            out += ["**Checkpoint chosen by training-domain validation (stage@step, one per trial)**", "", stages, ""]
         q = _query_table(finals)
         if q:
             out.append(q)

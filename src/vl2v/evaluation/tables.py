@@ -1,10 +1,10 @@
 """Result tables in DomainBed's layout: algorithms x target domains (+ Avg), mean +- SE over trials.
 
-Standard error here is the sample standard deviation (ddof=1) over trial seeds
-divided by sqrt(n); DomainBed prints the population standard deviation
-(ddof=0) over sqrt(n), which is smaller for few trials. "Avg" is, per trial,
-the mean over target domains, then mean +- SE over trials (only when every
-target has the trial).
+Standard error is computed as DomainBed's ``collect_results`` does: the
+population standard deviation (``np.std``, ddof=0) over trial seeds divided by
+sqrt(n). (It is sqrt((n-1)/n) times the sample-based SE: 0.82x for 3 trials.)
+"Avg" is, per trial, the mean over target domains, then mean +- SE over trials
+(only when every target has the trial).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
     if not xs:
         return float("nan"), float("nan")
     m = float(np.mean(xs))
-    se = float(np.std(xs, ddof=1) / math.sqrt(len(xs))) if len(xs) > 1 else 0.0
+    se = float(np.std(xs) / math.sqrt(len(xs))) if len(xs) > 1 else 0.0  # DomainBed: ddof=0
     return m, se
 
 
@@ -83,15 +83,36 @@ class ResultTable:
 
 
 def build_tables(finals: Iterable[dict[str, Any]], domains: list[str]) -> dict[str, ResultTable]:
-    """OOD and ID tables from runs' ``final.json`` summaries (selected checkpoint and SWAD rows)."""
-    ood, idt = ResultTable(domains), ResultTable(domains)
+    """Tables from runs' ``final.json`` summaries: ``ood``/``id`` (training-domain validation: selected
+    checkpoint and SWAD rows) and ``oracle_ood``/``oracle_id`` (test-domain validation, DomainBed's oracle)."""
+    ood, idt, o_ood, o_id = ResultTable(domains), ResultTable(domains), ResultTable(domains), ResultTable(domains)
     for f in finals:
         algo, t, s = f["algorithm"], int(f["target"]), int(f["trial_seed"])
         label = f.get("label", algo)
         if "selected" in f:
             ood.add(label, t, s, f["selected"]["ood_acc"])
             idt.add(label, t, s, f["selected"]["id_acc"])
+        if "oracle" in f:
+            o_ood.add(label, t, s, f["oracle"]["ood_acc"])
+            o_id.add(label, t, s, f["oracle"]["id_acc"])
         if "swad" in f and "ood_acc" in f["swad"]:
             ood.add(f"{label} + SWAD", t, s, f["swad"]["ood_acc"])
             idt.add(f"{label} + SWAD", t, s, f["swad"]["id_acc"])
-    return {"ood": ood, "id": idt}
+    return {"ood": ood, "id": idt, "oracle_ood": o_ood, "oracle_id": o_id}
+
+
+def selected_stages(finals: Iterable[dict[str, Any]], domains: list[str]) -> str:
+    """Markdown: which stage and step training-domain validation selected, per algorithm and target
+    (``distill@63``; with several trials, one entry per trial)."""
+    cells: dict[str, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for f in sorted(finals, key=lambda f: int(f["trial_seed"])):
+        sel = f.get("selected")
+        if sel is None or sel.get("stage") in (None, "none"):
+            continue
+        cells[f.get("label", f["algorithm"])][int(f["target"])].append(f"{sel['stage']}@{sel['step']}")
+    if not cells:
+        return ""
+    lines = ["| Algorithm | " + " | ".join(domains) + " |", "|" + "|".join(["---"] * (len(domains) + 1)) + "|"]
+    for label, row in cells.items():
+        lines.append("| " + " | ".join([label] + [", ".join(row.get(t, [])) or "-" for t in range(len(domains))]) + " |")
+    return "\n".join(lines)

@@ -46,9 +46,26 @@ def selection_value(record: dict[str, Any], method: str = "training_domain") -> 
     return oracle_acc(record) if method == "oracle" else val_acc(record)
 
 
-def select_record(records: Sequence[dict[str, Any]], method: str = "training_domain") -> dict[str, Any] | None:
-    """The selected record of one run (``None`` without records)."""
+def final_stage(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of a run's last stage (ADiP: Distill; LP-FT: the fine-tuning), as the authors report."""
+    if not records:
+        return []
+    last = max(records, key=lambda r: r["step"]).get("stage")
+    return [r for r in records if r.get("stage") == last]
+
+
+def select_record(records: Sequence[dict[str, Any]], method: str = "training_domain",
+                  stages: str = "all") -> dict[str, Any] | None:
+    """The selected record of one run (``None`` without records).
+
+    ``stages="final"`` selects among the last stage's evaluations only (multi-stage algorithms);
+    ``"all"`` among every evaluation of the run.
+    """
     _check(method)
+    if stages not in ("all", "final"):
+        raise ValueError(f"stages must be 'all' or 'final', got {stages!r}")
+    if stages == "final":
+        records = final_stage(records)
     if method == "oracle":
         return sorted(records, key=lambda r: r["step"])[-1] if records else None
     best, best_val = None, -1.0

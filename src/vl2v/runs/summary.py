@@ -37,6 +37,8 @@ def run_summary(run: str | Path | RunData) -> dict[str, Any] | None:
         f["_domains"] = cfg.get("domains")
         f["_dataset"] = data.records[0]["args"]["dataset"] if data.records else None
         f.setdefault("label", run_label(data))
+        if "oracle" not in f and data.records:  # runs written before oracle selection was recorded
+            f["oracle"] = summarize(select_record(data.records, "oracle"), "oracle")
         return f
     recs = data.records
     if not recs:
@@ -44,7 +46,8 @@ def run_summary(run: str | Path | RunData) -> dict[str, Any] | None:
     rec = select_record(recs)
     args = rec["args"]
     return {"algorithm": args["algorithm"], "label": run_label(data), "target": args["test_envs"][0],
-            "trial_seed": args["trial_seed"], "selected": summarize(rec), "incomplete": True,
+            "trial_seed": args["trial_seed"], "selected": summarize(rec),
+            "oracle": summarize(select_record(recs, "oracle"), "oracle"), "incomplete": True,
             "run_dir": str(data.path), "_domains": cfg.get("domains"), "_dataset": args["dataset"]}
 
 

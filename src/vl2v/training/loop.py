@@ -373,6 +373,7 @@ class Trainer:
                 algo.student.compile()  # in place: state_dict keys stay as they are
         self.input_size = algo.image_size or cfg.image_size
         stages = algo.stages() if algo.needs_training else []
+        self._n_stages = len(stages)
         recorder = RunRecorder(run_dir, args={**self.args_record, "algorithm": self.info.name,
                                               "test_envs": [spec.target], "trial_seed": spec.trial_seed,
                                               "hparams_seed": spec.hparams_seed, "output_dir": str(run_dir)},
@@ -494,7 +495,8 @@ class Trainer:
             self._stage_best_mem = copy.deepcopy(algo.state_dict())
             if save:
                 save_weights(rd.stage_best(si), algo.state_dict(), {"step": step, "stage": stage.name})
-        if state["best"] is None or ev["val_acc"] > state["best"]["val_acc"]:
+        candidate = self.cfg.select_stage == "all" or si == self._n_stages - 1
+        if candidate and (state["best"] is None or ev["val_acc"] > state["best"]["val_acc"]):
             state["best"] = {"step": step, "val_acc": ev["val_acc"]}
             if save:
                 save_weights(rd.best, algo.state_dict(),
@@ -517,9 +519,12 @@ class Trainer:
         final: dict[str, Any] = {"run_dir": str(run_dir), "algorithm": self.info.name, "target": spec.target,
                                  "target_name": self.data.domains[spec.target], "trial_seed": spec.trial_seed}
         barrier()  # rank 0 has written every record
-        chosen = select_record(recorder.records())
+        records = recorder.records()
+        chosen = select_record(records, stages=cfg.select_stage)
         if chosen is not None:
             final["selected"] = summarize(chosen)
+            final["oracle"] = summarize(select_record(records, "oracle"), "oracle")
+            final["selection"] = {"method": "training_domain", "stages": cfg.select_stage}
         if save and stages:
             save_weights(rd.last_weights, algo.state_dict(), {"step": self.state["global_step"] - 1})
         if swad is not None:
