@@ -47,7 +47,7 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
                  freeze_stages=args.freeze_stages, batch_size=args.batch_size, image_size=args.image_size,
                  eval_every=args.eval_every, teacher_mode=args.teacher_mode, device=args.device, views=args.views,
                  templates=tuple(args.template) if args.template else None, swad=True if args.swad else None,
-                 amp=args.amp, compile=True if args.compile else None,
+                 amp=args.amp, compile=True if args.compile else None, select_stage=args.select_stage,
                  cache_prefix=False if args.no_cache_prefix else None)
     cfg = with_settings(cfg, {k: v for k, v in flags.items() if v is not None})
     if args.target:
@@ -165,6 +165,8 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--views", type=int, help="K stored augmented teacher views per training image (0: un-augmented only)")
     g.add_argument("--teacher-mode", choices=["cached", "online"], help="cached: replay stored views; online: query the teacher every step")
     g.add_argument("--swad", action="store_true", help="also report SWAD (LossValley) weight averaging of the last stage")
+    g.add_argument("--select-stage", choices=["all", "final"], help="select the checkpoint among every stage's "
+                   "evaluations (default all) or the final stage's only (ADiP: Distill; as the authors report)")
     g.add_argument("--amp", choices=["auto", "off", "bf16"], help="bf16 autocast of forward passes (default auto: on with "
                    "CUDA, off on the CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the student (pays on GPUs)")
