@@ -30,8 +30,8 @@ def job_configurator(train_args: list[str]):
                        "full, e.g. --target, not --tar; see `vl2v train --help`)")
     owned = [d for d in SWEEP_OWNED if getattr(ns, d) != parser.get_default(d)]
     if owned:
-        raise CLIError(f"{', '.join('--' + d for d in owned)} is set by the sweep itself; pass it as a sweep option "
-                       "instead (--datasets, --targets, --algorithms, --seeds, --out, --root)")
+        raise CLIError(f"{', '.join('--' + d.replace('_', '-') for d in owned)} is set by the sweep itself; pass it as a "
+                       "sweep option instead (--datasets, --targets, --algorithms, --seeds, --hparams-seeds, --out, --root)")
 
     def configure(dataset=None, data_dir=None, data_root=None):
         return config_from_args(argparse.Namespace(**{**vars(ns), "dataset": dataset, "data": data_dir,
@@ -47,10 +47,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if train_args and train_args[0] == "--":
         train_args = train_args[1:]
     configure = job_configurator(train_args)
-    jobs = expand(args.datasets, args.algorithms, args.seeds, args.targets, parse_grid(args.grid), configure, args.root)
+    jobs = expand(args.datasets, args.algorithms, args.seeds, args.targets, parse_grid(args.grid), configure, args.root,
+                  args.hparams_seeds)
     if args.dry_run:
         for j in jobs:
-            print(f"{j.id}  {j.meta['dataset']}  target {j.meta['target']}  {j.meta['algorithm']}  seed {j.meta['seed']}")
+            hp = f"  hparams seed {j.meta['hparams_seed']}" if args.hparams_seeds else ""
+            print(f"{j.id}  {j.meta['dataset']}  target {j.meta['target']}  {j.meta['algorithm']}{hp}  seed {j.meta['seed']}")
         print(f"{len(jobs)} jobs")
         return 0
     slurm = {k: v for k, v in dict(slurm_partition=args.slurm_partition, timeout_min=args.slurm_time,
@@ -69,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Expand the grid into one `vl2v train` job per run, each with a stable id (a hash of its "
                        "arguments) in OUT/jobs/<id>/. Finished jobs are skipped when the same sweep is launched again; "
                        "interrupted ones resume. Options after `--` are `vl2v train` options for every job (written in full: "
-                       "abbreviations are refused; --out, --target, --seed, --trials, --algorithm, --dataset, --data and --root "
+                       "abbreviations are refused; --out, --target, --seed, --trials, --algorithm, --hparams-seed, --dataset, --data and --root "
                        "are set by the sweep). "
                        "Example: vl2v sweep --out runs/sweep --datasets OfflinePACS --algorithms erm_ft adip "
                        "--grid adip.lam=0,0.5,1 --seeds 0 1 2 -- --profile fast")
@@ -79,6 +81,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--algorithms", nargs="+", default=["adip"], help="algorithm specs, e.g. adip kd:temperature=2")
     q.add_argument("--grid", nargs="+", metavar="ALGO.KEY=V1,V2", help="hyperparameter values to sweep, e.g. adip.lam=0,0.25,0.5")
     q.add_argument("--seeds", nargs="+", type=int, default=[0], help="trial seeds (default 0)")
+    q.add_argument("--hparams-seeds", nargs="+", type=int, metavar="H",
+                   help="random hyperparameter search: one job per draw from each algorithm's search space "
+                   "(DomainBed's hparams_seed; 0 = the defaults), e.g. 0 1 2 3; `vl2v report` then picks, per algorithm, "
+                   "target and trial seed, the draw with the best training-domain validation accuracy")
     q.add_argument("--targets", nargs="+", help="target domains by name or index (default: every domain)")
     q.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
                    help="local: a process pool on this machine; slurm: submitit job arrays; submitit-local: submitit on this machine")

@@ -14,7 +14,7 @@ from vl2v.cli.common import CLIError, parse_kv
 from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile, profile_names, validated, with_settings
 
 #: train flags (argparse dests) that a sweep sets per job; they may not follow `vl2v sweep ... --`
-SWEEP_OWNED = ("out", "resume", "target", "seed", "trials", "algorithm", "dataset", "data", "root")
+SWEEP_OWNED = ("out", "resume", "target", "seed", "trials", "algorithm", "dataset", "data", "root", "hparams_seed")
 
 
 def _resolve_targets(values: list[str] | None, domains: list[str]) -> tuple[int, ...] | None:
@@ -139,7 +139,9 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
                    help="fail on any data problem (unreadable files, empty classes) instead of skipping and recording it")
     g.add_argument("--seed", type=int, nargs="+", help="explicit trial seeds (overrides --trials)")
     g.add_argument("--hparams-seed", type=int, default=0,
-                   help="DomainBed's hyperparameter seed, recorded in every run and part of each run's random seed (default 0)")
+                   help="DomainBed's hyperparameter seed: 0 (default) = each algorithm's defaults; N > 0 = draw N from "
+                   "its search space (docs/hparams.md), explicit ALGO:key=value options winning. Recorded in every run, "
+                   "part of its random seed and of its folder name (_hpN)")
     g = q.add_argument_group("models")
     g.add_argument("--algorithm", nargs="+", metavar="ALGO",
                    help=f"algorithm(s), optionally with hyperparameters, e.g. adip:lam=0.25 (default: {default_algos}; see `vl2v list algorithms`)")

@@ -44,7 +44,7 @@ def load_views(paths: Sequence[str | Path]) -> list[DatasetRuns]:
         domains = g.domain_names()
         runs = [F.RunView(path=e.run.path, label=e.summary.get("label") or _algo(e), algorithm=_algo(e),
                           target=int(e.summary["target"]), seed=int(e.summary["trial_seed"]), domains=domains,
-                          summary=e.summary, records=e.data.records, config=e.config) for e in g.entries]
+                          summary=e.summary, records=e.data.records, config=e.config) for e in g.chosen]
         out.append(DatasetRuns(g.name, domains, list(g.classes), runs))
     return out
 

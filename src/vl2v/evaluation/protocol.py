@@ -25,6 +25,7 @@ from vl2v.data.registry import resolve_dataset
 from vl2v.errors import ConfigError
 from vl2v.evaluation.tables import build_tables, selected_stages
 from vl2v.methods import get_algorithm, make_hparams
+from vl2v.methods.search import random_hparams
 from vl2v.runs.layout import ExperimentDir
 from vl2v.runs.summary import label as make_label
 from vl2v.training.loop import RunSpec, Trainer
@@ -56,6 +57,19 @@ class AlgoSpec:
     @property
     def label(self) -> str:
         return make_label(self.name, self.hparams)
+
+    def drawn(self, hparams_seed: int, dataset: str | None = None, schedule: Any = None) -> tuple[tuple[str, Any], ...]:
+        """The draw of ``hparams_seed`` from the algorithm's search space, less the keys given explicitly
+        (explicit options win); ``()`` for seed 0. A run's hyperparameters: defaults <- drawn <- ``hparams``."""
+        explicit = {k for k, _ in self.hparams}
+        draw = random_hparams(self.name, hparams_seed, dataset, schedule)
+        return tuple(sorted((k, v) for k, v in draw.items() if k not in explicit))
+
+    def options(self, hparams_seed: int = 0, dataset: str | None = None, schedule: Any = None) -> dict[str, Any]:
+        """The hyperparameters that differ from the defaults (validated): the draw, then the explicit options."""
+        hp = {**dict(self.drawn(hparams_seed, dataset, schedule)), **dict(self.hparams)}
+        make_hparams(get_algorithm(self.name).hparams_cls, hp, self.name)
+        return hp
 
 
 def check_experiment(cfg: ExperimentConfig) -> list[AlgoSpec]:
@@ -211,14 +225,21 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
                  "teacher": cfg.teacher, "teacher_options": cfg.teacher_options,
                  "teacher_identity": exp.teacher_identity, "student": cfg.student,
                  "views": cfg.views}
+    draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
+    for a in specs:
+        a.options(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule)  # validate the draw before any work
+        if cfg.hparams_seed:
+            log(f"hparams seed {cfg.hparams_seed}: {a.label}: "
+                + (", ".join(f"{k}={v}" for k, v in draws[a]) or "nothing to draw (defaults)"))
     finals = []
     t0 = time.time()
     for seed in cfg.seeds:
         data = exp.data if seed == exp.data.trial_seed else exp.data.with_seed(seed)
         for t in targets:
             for a in specs:
-                rs = RunSpec(a.name, t, seed, cfg.hparams_seed, a.hparams)
-                run_dir = exp_dir.run(rs.algorithm, rs.hparams, rs.target, exp.data.domains, rs.trial_seed).path
+                rs = RunSpec(a.name, t, seed, cfg.hparams_seed, a.hparams, draws[a])
+                run_dir = exp_dir.run(rs.algorithm, rs.hparams, rs.target, exp.data.domains, rs.trial_seed,
+                                      rs.hparams_seed).path
                 trainer = Trainer(rs, cfg.train, exp.res, exp.make_student, run_dir, args_base, exp.student_key, data=data,
                                   teacher_encoder=exp.teacher_encoder)
                 outcome = trainer.run(resume=resume)
@@ -239,7 +260,9 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
 def render_summary(tables, exp: Experiment, cfg: ExperimentConfig, wall: float, finals: list | None = None) -> str:
     lines = [f"# {exp.dataset_name}: leave-one-domain-out, training-domain validation", "",
              f"teacher: `{exp.teacher_identity}`  ", f"student: `{cfg.student}`, {cfg.train.image_size}px; "
-             f"seeds: {list(cfg.seeds)}; wall time {wall / 60:.1f} min", "",
+             f"seeds: {list(cfg.seeds)}; wall time {wall / 60:.1f} min"
+             + (f"; hparams seed {cfg.hparams_seed} (random draw, see each run's config.json)" if cfg.hparams_seed else ""),
+             "",
              tables["ood"].markdown("Out-of-domain accuracy (%, target domain's 'in' split; column = held-out target)"), "",
              tables["id"].markdown("In-domain accuracy (%, source domains' 'out' splits)"), ""]
     lines += [tables["oracle_ood"].markdown("Out-of-domain accuracy (%), test-domain validation (oracle, DomainBed's: "

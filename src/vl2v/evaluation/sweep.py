@@ -1,7 +1,7 @@
 """Sweeps: datasets x target domains x algorithms x hyperparameters x seeds, one job per run.
 
 Each job is one :class:`~vl2v.config.ExperimentConfig` (one dataset, target,
-algorithm variant and trial seed) with a stable id (a hash of the config), run
+algorithm variant, hparams seed and trial seed) with a stable id (a hash of the config), run
 through the experiment API (:func:`vl2v.evaluation.protocol.run_experiment`) in
 ``SWEEP/jobs/<id>/``; ``job.json`` holds the config. A finished job leaves ``job.done``, so
 launching the same sweep again skips it and an interrupted job resumes from
@@ -85,12 +85,15 @@ def parse_grid(items: list[str] | None) -> dict[str, dict[str, list[str]]]:
 
 def expand(datasets: list[str], algorithms: list[str], seeds: list[int], targets: list[str] | None = None,
            grid: dict[str, dict[str, list[str]]] | None = None, configure: Configure | None = None,
-           root: str | None = None) -> list[Job]:
-    """Every (dataset, target, algorithm variant, seed) as a job with a stable id.
+           root: str | None = None, hparams_seeds: list[int] | None = None) -> list[Job]:
+    """Every (dataset, target, algorithm variant, hparams seed, seed) as a job with a stable id.
 
     ``configure(dataset=, data_dir=, data_root=)`` returns the experiment the sweep's
     training options describe for one dataset (profile budgets can depend on it);
-    default: :class:`ExperimentConfig` with those fields.
+    default: :class:`ExperimentConfig` with those fields. ``hparams_seeds``: one job per
+    random hyperparameter draw (:func:`vl2v.methods.search.random_hparams`; 0 = the defaults);
+    ``None`` keeps the configured ``hparams_seed`` (0), so the job ids of a sweep without a
+    search are unchanged.
     """
     from vl2v.methods import get_algorithm
 
@@ -119,15 +122,19 @@ def expand(datasets: list[str], algorithms: list[str], seeds: list[int], targets
         where = (dict(dataset=None, data_dir=str(Path(ds).resolve()), data_root=None) if Path(ds).is_dir()
                  else dict(dataset=ds, data_dir=None, data_root=root))
         base = configure(**where)
+        hps = list(dict.fromkeys(hparams_seeds)) if hparams_seeds else [base.hparams_seed]
+        if any(h < 0 for h in hps):
+            raise ConfigError(f"hparams seeds must be >= 0, got {hps}")
         for t in tgts:
             tgt = str(domains.index(t)) if t in domains else t
             if not tgt.isdigit() or int(tgt) >= len(domains):
                 raise ConfigError(f"target {t!r} is not a domain of {ds} ({', '.join(domains)})")
             for v in variants:
-                for s in seeds:
-                    cfg = replace(base, targets=(int(tgt),), algorithms=(v,), seeds=(s,), out_dir="")
-                    jobs.append(Job(job_id(cfg), cfg, {"dataset": ds, "target": domains[int(tgt)],
-                                                       "algorithm": v, "seed": s}))
+                for h in hps:
+                    for s in seeds:
+                        cfg = replace(base, targets=(int(tgt),), algorithms=(v,), seeds=(s,), hparams_seed=h, out_dir="")
+                        jobs.append(Job(job_id(cfg), cfg, {"dataset": ds, "target": domains[int(tgt)],
+                                                           "algorithm": v, "hparams_seed": h, "seed": s}))
     return jobs
 
 

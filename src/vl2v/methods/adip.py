@@ -19,6 +19,7 @@ from vl2v.config import Fraction, NonNegFloat, NonNegInt, config_dataclass
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable, set_trainable
 from vl2v.methods.losses import vl2v_loss
 from vl2v.methods.registry import register_algorithm
+from vl2v.methods.search import Distribution, LogUniform, Scaled, Uniform
 
 
 @config_dataclass
@@ -28,6 +29,12 @@ class ADiPHParams:
     align_steps: NonNegInt = 0
     distill_lr: NonNegFloat = 0.0
     distill_steps: NonNegInt = 0
+
+    @classmethod
+    def search_space(cls, dataset: str | None = None) -> dict[str, Distribution]:
+        # the authors searched lam over 0.1..0.9; learning rates as multiples of the run's schedule
+        return {"lam": Uniform(0.1, 0.9), "align_lr": Scaled("frozen_lr", LogUniform(0.2, 5.0)),
+                "distill_lr": Scaled("lr", LogUniform(0.2, 5.0))}
 
 
 @register_algorithm("adip", ADiPHParams, "VL2V-ADiP: Align (projection) -> Distill (backbone) -> Predict (100 cos to T_c)",

@@ -14,6 +14,7 @@ from torch import nn
 from vl2v.config import NonNegFloat, NonNegInt, config_dataclass
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, set_student_trainable, set_trainable
 from vl2v.methods.registry import register_algorithm
+from vl2v.methods.search import Distribution, LogUniform, Scaled
 
 
 @config_dataclass
@@ -24,6 +25,12 @@ class ERMHParams:
     steps: NonNegInt = 0
     lp_lr: NonNegFloat = 0.0
     lp_steps: NonNegInt = 0
+
+    @classmethod
+    def search_space(cls, dataset: str | None = None) -> dict[str, Distribution]:
+        # shared by erm_lp (uses lp_lr only), erm_ft (lr only) and lp_ft (both); DomainBed's ERM searches
+        # lr ~ 10**U(-5, -3.5) absolute, about LogUniform(0.2, 5) x the paper's 5e-5
+        return {"lr": Scaled("lr", LogUniform(0.2, 5.0)), "lp_lr": Scaled("frozen_lr", LogUniform(0.2, 5.0))}
 
 
 class _ERMBase(Algorithm):

@@ -17,6 +17,7 @@ from vl2v.config import Fraction, NonNegFloat, NonNegInt, config_dataclass
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable
 from vl2v.methods.losses import kd_loss
 from vl2v.methods.registry import register_algorithm
+from vl2v.methods.search import Choice, Distribution, LogUniform, Scaled, Uniform
 
 
 @config_dataclass
@@ -25,6 +26,11 @@ class KDHParams:
     temperature: Annotated[float, Field(gt=0.0)] = 4.0
     lr: NonNegFloat = 0.0
     steps: NonNegInt = 0
+
+    @classmethod
+    def search_space(cls, dataset: str | None = None) -> dict[str, Distribution]:
+        return {"alpha": Uniform(0.1, 0.9), "temperature": Choice([1.0, 2.0, 4.0, 8.0]),
+                "lr": Scaled("lr", LogUniform(0.2, 5.0))}
 
 
 @register_algorithm("kd", KDHParams, "KD: cross-entropy + T^2 KL to the teacher's zero-shot probabilities",

@@ -20,6 +20,7 @@ from vl2v.errors import ConfigError
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_trainable
 from vl2v.methods.losses import vl2v_loss
 from vl2v.methods.registry import register_algorithm
+from vl2v.methods.search import Distribution, LogUniform, Scaled, Uniform
 from vl2v.students.registry import Student
 
 
@@ -28,6 +29,10 @@ class SDHParams:
     lam: Fraction = 0.5
     lr: NonNegFloat = 0.0
     steps: NonNegInt = 0
+
+    @classmethod
+    def search_space(cls, dataset: str | None = None) -> dict[str, Distribution]:
+        return {"lam": Uniform(0.1, 0.9), "lr": Scaled("lr", LogUniform(0.2, 5.0))}
 
 
 def student_from_encoder(encoder: nn.Module, dim: int, image_size: int, freeze_bn: bool = True) -> Student:

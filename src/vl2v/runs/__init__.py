@@ -11,11 +11,32 @@ Layering: runs/ imports utils/ (and, in ``model``, methods/students/teachers), n
 training/ or evaluation/, which both build on it.
 """
 
-from vl2v.runs.layout import ExperimentDir, JobDir, RunConfig, RunData, RunDir, RunFinal, SweepDir, find_runs, run_name
+from vl2v.runs.layout import (
+                              ExperimentDir,
+                              JobDir,
+                              RunConfig,
+                              RunData,
+                              RunDir,
+                              RunFinal,
+                              SweepDir,
+                              find_runs,
+                              run_name,
+                              spec_options,
+)
 from vl2v.runs.records import RunRecorder
 from vl2v.runs.selection import select_record, selection_value, summarize
-from vl2v.runs.summary import DatasetGroup, RunEntry, collect_runs, group_by_dataset, label, run_label, run_summary
+from vl2v.runs.summary import (
+                              DatasetGroup,
+                              HParamPick,
+                              RunEntry,
+                              collect_runs,
+                              group_by_dataset,
+                              label,
+                              run_label,
+                              run_summary,
+                              select_hparams,
+)
 
-__all__ = ["ExperimentDir", "JobDir", "SweepDir", "RunConfig", "RunData", "RunDir", "RunFinal", "find_runs", "run_name", "RunRecorder",
+__all__ = ["ExperimentDir", "JobDir", "SweepDir", "RunConfig", "RunData", "RunDir", "RunFinal", "find_runs", "run_name", "spec_options", "RunRecorder",
            "select_record", "selection_value", "summarize", "DatasetGroup", "RunEntry", "collect_runs",
-           "group_by_dataset", "label", "run_label", "run_summary"]
+           "group_by_dataset", "label", "run_label", "run_summary", "HParamPick", "select_hparams"]

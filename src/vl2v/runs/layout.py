@@ -5,7 +5,7 @@ A sweep folder holds ``sweep.json`` and one experiment folder per job
 An experiment folder (``OUT``) holds ``experiment.json``, ``results.md``,
 ``summary.json``, ``report.html`` and one folder per run::
 
-    OUT/<algorithm>[_<key><value>...]/target-<i>-<domain>/seed<s>/
+    OUT/<algorithm>[_<key><value>...][_hp<h>]/target-<i>-<domain>/seed<s>/   (_hp<h>: hparams seed h != 0)
         config.json        spec, training settings, DomainBed args, hparams, stages, domains, classes
         results.jsonl      one record per evaluation (see :mod:`vl2v.runs.records`)
         final.json         the run's summary (selected checkpoint, SWAD, queries, times)
@@ -35,7 +35,7 @@ from vl2v.utils.io import read_jsonl
 class RunConfig(TypedDict, total=False):
     """``config.json`` of a run (written by the training loop)."""
 
-    spec: dict[str, Any]  # algorithm, target, trial_seed, hparams_seed, hparams ([key, value] pairs)
+    spec: dict[str, Any]  # algorithm, target, trial_seed, hparams_seed, hparams ([key, value] pairs), drawn (idem)
     train: dict[str, Any]  # the TrainConfig
     args: dict[str, Any]  # DomainBed-style args (dataset, algorithm, test_envs, trial_seed, teacher_identity, ...)
     hparams: dict[str, Any]
@@ -74,10 +74,19 @@ class RunData:
 
 
 def run_name(algorithm: str, hparams: Iterable[tuple[str, Any]], target: int, domains: Sequence[str],
-             trial_seed: int) -> str:
-    """``<algorithm>[_<key><value>...]/target-<i>-<domain>/seed<s>`` (relative to the experiment folder)."""
-    hp = "".join(f"_{k}{v}" for k, v in hparams)
+             trial_seed: int, hparams_seed: int = 0) -> str:
+    """``<algorithm>[_<key><value>...][_hp<h>]/target-<i>-<domain>/seed<s>`` (relative to the experiment folder).
+
+    ``_hp<h>`` names a random hyperparameter draw (``hparams_seed`` h != 0); seed 0 (the defaults) adds nothing.
+    """
+    hp = "".join(f"_{k}{v}" for k, v in hparams) + (f"_hp{hparams_seed}" if hparams_seed else "")
     return f"{algorithm}{hp}/target-{target}-{domains[target]}/seed{trial_seed}"
+
+
+def spec_options(spec: dict[str, Any]) -> dict[str, Any]:
+    """A run's hyperparameters that differ from the defaults, from ``config.json``'s ``spec``: the
+    draw of its hparams seed (``drawn``), then its explicit ``algo:key=value`` options over it."""
+    return {**dict(spec.get("drawn") or []), **dict(spec.get("hparams") or [])}
 
 
 class RunDir:
@@ -88,8 +97,8 @@ class RunDir:
 
     @classmethod
     def for_spec(cls, out: str | Path, algorithm: str, hparams: Iterable[tuple[str, Any]], target: int,
-                 domains: Sequence[str], trial_seed: int) -> "RunDir":
-        return cls(Path(out) / run_name(algorithm, hparams, target, domains, trial_seed))
+                 domains: Sequence[str], trial_seed: int, hparams_seed: int = 0) -> "RunDir":
+        return cls(Path(out) / run_name(algorithm, hparams, target, domains, trial_seed, hparams_seed))
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -251,8 +260,8 @@ class ExperimentDir:
         return self.path / "report.html"
 
     def run(self, algorithm: str, hparams: Iterable[tuple[str, Any]], target: int, domains: Sequence[str],
-            trial_seed: int) -> RunDir:
-        return RunDir.for_spec(self.path, algorithm, hparams, target, domains, trial_seed)
+            trial_seed: int, hparams_seed: int = 0) -> RunDir:
+        return RunDir.for_spec(self.path, algorithm, hparams, target, domains, trial_seed, hparams_seed)
 
     def exists(self) -> bool:
         """An experiment folder holds ``experiment.json``."""

@@ -20,7 +20,7 @@ import torch
 
 from vl2v.config import Schedule
 from vl2v.methods import Algorithm, TaskContext, get_algorithm, make_hparams
-from vl2v.runs.layout import RunDir
+from vl2v.runs.layout import RunDir, spec_options
 
 
 @dataclass
@@ -71,7 +71,7 @@ def load_run_model(run_dir: str | Path, which: str = "selected", device: str = "
                       text_classifier=text if text is not None else torch.zeros(len(classes), 1),
                       teacher_dim=int(text.shape[1]) if text is not None else 1,
                       teacher_encoder=encoder, teacher_image_size=size, schedule=Schedule())
-    hp = make_hparams(info.hparams_cls, dict(cfg["spec"].get("hparams") or []))
+    hp = make_hparams(info.hparams_cls, spec_options(cfg["spec"]))
     algo = info.cls(ctx, student, hp)
     algo.load_state_dict(state, strict=True)
     algo.to(device).eval()

@@ -1,4 +1,5 @@
-"""Run labels, one summary per run, and runs grouped by dataset (for the tables, report and HTML report)."""
+"""Run labels, one summary per run, runs grouped by dataset (for the tables, report and HTML report), and the
+choice among random hyperparameter draws (DomainBed's training-domain selection across ``hparams_seed``)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,59 @@ class RunEntry:
     def incomplete(self) -> bool:
         return bool(self.summary.get("incomplete"))
 
+    @property
+    def hparams_seed(self) -> int:
+        return int(self.args.get("hparams_seed") or 0)
+
+    @property
+    def drawn(self) -> dict[str, Any]:
+        """The hyperparameters drawn by the run's hparams seed (explicit options excluded; ``{}`` for seed 0)."""
+        return dict(self.config.get("spec", {}).get("drawn") or [])
+
+    @property
+    def val_acc(self) -> float:
+        """Training-domain validation accuracy of the run's selected checkpoint (``-inf`` if none)."""
+        v = (self.summary.get("selected") or {}).get("val_acc")
+        return float("-inf") if v is None else float(v)
+
+
+@dataclass
+class HParamPick:
+    """The hyperparameter draw chosen for one (label, target, trial seed) among ``candidates`` hparams seeds."""
+
+    label: str
+    target: int
+    trial_seed: int
+    hparams_seed: int
+    val_acc: float
+    candidates: list[int]
+    values: dict[str, Any]
+
+
+def select_hparams(entries: Iterable[RunEntry]) -> tuple[list[RunEntry], list[HParamPick]]:
+    """Per (label, target, trial seed), the run whose selected checkpoint has the best training-domain
+    validation accuracy among its hparams seeds (DomainBed's ``collect_results``); ties go to the lowest seed.
+
+    Runs are grouped by their label, which names only explicit ``algo:key=value`` options, so explicit
+    variants (a lambda sweep) stay separate rows. Groups with a single hparams seed are kept whole, as
+    they are. Returns the kept runs (in their order) and one :class:`HParamPick` per group that had a choice.
+    """
+    entries = list(entries)
+    groups: dict[tuple, list[RunEntry]] = {}
+    for e in entries:
+        key = (e.summary.get("label") or e.summary.get("algorithm"), int(e.summary["target"]), int(e.summary["trial_seed"]))
+        groups.setdefault(key, []).append(e)
+    dropped: set[int] = set()
+    picks: list[HParamPick] = []
+    for (lab, t, s), es in groups.items():
+        seeds = sorted({e.hparams_seed for e in es})
+        if len(seeds) < 2:
+            continue
+        best = max(es, key=lambda e: (e.val_acc, -e.hparams_seed))
+        dropped.update(id(e) for e in es if e is not best)
+        picks.append(HParamPick(str(lab), t, s, best.hparams_seed, best.val_acc, seeds, best.drawn))
+    return [e for e in entries if id(e) not in dropped], picks
+
 
 def collect_runs(paths: Iterable[str | Path]) -> list[RunEntry]:
     """Every run under ``paths`` (see :func:`find_runs`) with a summary, in the order found."""
@@ -98,7 +152,11 @@ def collect_runs(paths: Iterable[str | Path]) -> list[RunEntry]:
 
 @dataclass
 class DatasetGroup:
-    """The runs of one dataset; ``domains`` and ``classes`` from the first run that names them."""
+    """The runs of one dataset; ``domains`` and ``classes`` from the first run that names them.
+
+    ``entries``: every run; ``chosen``: the runs the tables show, one hyperparameter draw per
+    (label, target, trial seed) where several hparams seeds ran (see :func:`select_hparams`), else all.
+    """
 
     name: str
     domains: list[str] = field(default_factory=list)
@@ -110,8 +168,17 @@ class DatasetGroup:
         return sum(e.incomplete for e in self.entries)
 
     @property
+    def chosen(self) -> list[RunEntry]:
+        return select_hparams(self.entries)[0]
+
+    @property
+    def picks(self) -> list[HParamPick]:
+        return select_hparams(self.entries)[1]
+
+    @property
     def finals(self) -> list[dict[str, Any]]:
-        return [e.summary for e in self.entries]
+        """Summaries of :attr:`chosen` (the tables' input)."""
+        return [e.summary for e in self.chosen]
 
     def domain_names(self) -> list[str]:
         """``domains``, or the target indices as names when no run recorded its domains."""

@@ -29,7 +29,7 @@ from torch import nn
 
 from vl2v import __version__
 from vl2v.errors import ConfigError
-from vl2v.runs.layout import RunDir
+from vl2v.runs.layout import RunDir, spec_options
 from vl2v.utils.hashing import file_digest
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -234,7 +234,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", which: str = "selected", 
                           "same_as": "vl2v.data.transforms.eval_view"},
         "head": head_desc,
         "algorithm": cfg.get("spec", {}).get("algorithm"),
-        "hparams": dict(cfg.get("spec", {}).get("hparams") or []),
+        "hparams": spec_options(cfg.get("spec", {})),
         "student": args.get("student"),
         "teacher": args.get("teacher"),
         "teacher_identity": args.get("teacher_identity"),

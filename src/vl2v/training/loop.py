@@ -55,7 +55,14 @@ class RunSpec:
     target: int
     trial_seed: int = 0
     hparams_seed: int = 0
-    hparams: tuple[tuple[str, Any], ...] = ()  # the run folder's name: vl2v.runs.RunDir.for_spec
+    hparams: tuple[tuple[str, Any], ...] = ()  # explicit options (algo:key=value): the run folder's name and label
+    #: drawn from the algorithm's search space by ``hparams_seed`` (vl2v.methods.search.random_hparams),
+    #: explicit keys left out; the algorithm gets defaults <- drawn <- hparams
+    drawn: tuple[tuple[str, Any], ...] = ()
+
+    def options(self) -> dict[str, Any]:
+        """The hyperparameters that differ from the defaults: the draw, then the explicit options over it."""
+        return {**dict(self.drawn), **dict(self.hparams)}
 
 
 class DomainSampler:
@@ -114,6 +121,14 @@ class _DomainPlan:
 class RunOutcome:
     run_dir: Path
     final: dict[str, Any]
+
+
+def _spec_json(spec: RunSpec) -> dict[str, Any]:
+    """``config.json``'s ``spec``; ``drawn`` only when something was drawn (hparams seed 0: as before the search)."""
+    d = asdict(spec)
+    if not spec.drawn:
+        d.pop("drawn")
+    return d
 
 
 class Trainer:
@@ -366,7 +381,7 @@ class Trainer:
         with main_first():  # rank 0 pays for the text embeddings, the others read them from the store
             ctx = self._context()
         student = self.make_student() if (self.info.has_student and self.info.uses_registry_student) else None
-        algo = create_algorithm(spec.algorithm, ctx, student, dict(spec.hparams)).to(self.device)
+        algo = create_algorithm(spec.algorithm, ctx, student, spec.options()).to(self.device)
         if algo.student is not None:
             algo.student.to(memory_format=torch.channels_last)
             if cfg.compile:
@@ -383,7 +398,7 @@ class Trainer:
                                enabled=self.main)
         if self.main:
             atomic_write_json(rd.config_json, {
-                "spec": asdict(spec), "train": _jsonable(asdict(cfg)), "args": recorder.args, "hparams": recorder.hparams,
+                "spec": _spec_json(spec), "train": _jsonable(asdict(cfg)), "args": recorder.args, "hparams": recorder.hparams,
                 "stages": [asdict(s) for s in stages], "domains": self.data.domains, "classes": self.data.classes,
                 "input_size": self.input_size, "world_size": dist_info().world_size})
 
