@@ -492,6 +492,8 @@ def rss_child(args) -> None:
     from vl2v.config import ExperimentConfig, apply_profile, with_settings
     from vl2v.evaluation.protocol import run_experiment
 
+    if args.rss_mode == "imports":  # the floor: torch and vl2v imported, nothing run
+        return
     with tempfile.TemporaryDirectory() as out:
         cfg = ExperimentConfig(dataset=None, data_dir=args.rss_child, algorithms=("erm_ft",), targets=(0,),
                                student="efficientnet_lite0", student_pretrained=False, data_mode=args.rss_mode,
@@ -501,46 +503,96 @@ def rss_child(args) -> None:
         run_experiment(cfg, log=lambda *_: None)
 
 
-def _peak_rss(cmd: list[str]) -> tuple[float, float]:
-    t0 = time.time()
-    with tempfile.TemporaryFile() as errf:  # a file, not a pipe: a chatty child cannot block on a full pipe
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, env={**os.environ, "VL2V_PROGRESS": "0"})
-        _, status, usage = os.wait4(proc.pid, 0)  # usage of this child (and what it waited for)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        errf.seek(0)
-        err = errf.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-3000:]}")
-    return usage.ru_maxrss / 1024.0, time.time() - t0  # KiB on Linux
+def _peak_rss(cmds: list[list[str]], parallel: int = 1) -> list[tuple[float, float]]:
+    """(peak RSS MiB, seconds) of each command, each a fresh process; ``parallel`` at a time."""
+    out: list[tuple[float, float]] = []
+    for start in range(0, len(cmds), parallel):
+        procs = []
+        for cmd in cmds[start:start + parallel]:
+            errf = tempfile.TemporaryFile()  # a file, not a pipe: a chatty child cannot block on a full pipe
+            procs.append((cmd, errf, time.time(), subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf,
+                                                                   env={**os.environ, "VL2V_PROGRESS": "0"})))
+        for cmd, errf, t0, proc in procs:
+            _, status, usage = os.wait4(proc.pid, 0)  # usage of this child (and what it waited for)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            errf.seek(0)
+            err = errf.read().decode(errors="replace")
+            errf.close()
+            if proc.returncode != 0:
+                raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-3000:]}")
+            out.append((usage.ru_maxrss / 1024.0, time.time() - t0))  # KiB on Linux
+    return out
+
+
+def _rss_forked(folder: str, mode: str, size: int, q) -> None:
+    import resource
+
+    ns = argparse.Namespace(rss_child=folder, rss_mode=mode, rss_size=size)
+    try:
+        rss_child(ns)
+        q.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, None))
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+        q.put((float("nan"), f"{type(exc).__name__}: {exc}"))
+
+
+def _peak_rss_forked(jobs: list[tuple[str, str, int]]) -> list[tuple[float, float]]:
+    """Like :func:`_peak_rss`, but each run is a process forked from a server that has only imported torch and
+    vl2v (multiprocessing's forkserver): the same starting point as a fresh interpreter after its imports,
+    without paying for the imports each time (``--quick``)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "vl2v.evaluation.protocol", "vl2v.students", "vl2v.methods"])
+    out = []
+    for folder, mode, size in jobs:
+        q = ctx.Queue()
+        t0 = time.time()
+        p = ctx.Process(target=_rss_forked, args=(folder, mode, size, q))
+        p.start()
+        mib, err = q.get()
+        p.join()
+        if err is not None or p.exitcode != 0:
+            raise SystemExit(f"rss run {folder} {mode} failed: {err or p.exitcode}")
+        out.append((mib, time.time() - t0))
+    return out
 
 
 def rss_section(args, log) -> list[str]:
     folders = {f: make_folder(SCRATCH / f"rss-{args.rss_image}px-{args.rss_base * f}", args.rss_base * f,
                               args.rss_image) for f in args.rss_factors}
-    rows: dict[tuple[int, str], tuple[float, float]] = {}
-    for f in args.rss_factors:
-        for mode in ("memory", "stream"):
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", str(folders[f]), "--rss-mode", mode,
-                   "--rss-size", str(args.fast_size)]
-            rows[(f, mode)] = _peak_rss(cmd)
-            log(f"  rss {f}x ({args.rss_base * f} images) {mode}: {rows[(f, mode)][0]:.0f} MiB "
-                f"({rows[(f, mode)][1]:.0f}s)")
+    keys = [(0, "imports")] + [(f, mode) for f in args.rss_factors for mode in ("memory", "stream")]
+    cmds = [[sys.executable, str(Path(__file__).resolve()), "--rss-child", str(folders.get(f, "-")), "--rss-mode", mode,
+             "--rss-size", str(args.fast_size)] for f, mode in keys]
+    if args.rss_fork:
+        rows = dict(zip(keys, _peak_rss_forked([(str(folders.get(f, "")), mode, args.fast_size) for f, mode in keys])))
+    else:
+        rows = dict(zip(keys, _peak_rss(cmds, args.rss_parallel)))
+    for (f, mode), (mib, sec) in rows.items():
+        log(f"  rss {f}x ({args.rss_base * f} images) {mode}: {mib:.0f} MiB ({sec:.0f}s)")
+    floor = rows[(0, "imports")][0]
     f0, fN = args.rss_factors[0], args.rss_factors[-1]
     lines = ["## Peak resident memory of a training run (fresh process each)", "",
              f"erm_ft, fast profile, {args.fast_size}px, 4 steps (2 evaluations), target 0, random EfficientNet-Lite0, "
              f"no teacher, workers 0; synthetic {args.rss_image}px PNG folders (in {SCRATCH}); peak RSS of the "
-             f"process from wait4 (ru_maxrss). vs today = ratio to memory mode at the same size.", "",
-             "| size | images | memory (today) | vs 1x | stream | vs 1x | stream vs today | seconds (memory / stream) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"process (ru_maxrss); the same for a process that only imports torch and vl2v: {floor:.0f} MiB "
+             f"(above imports = peak minus that). "
+             + ("processes forked one at a time from a server that has only imported torch and vl2v (--quick). "
+                if args.rss_fork else "fresh interpreters, one at a time. ") +
+             "vs today = ratio to memory mode at the same size.", "",
+             "| size | images | memory (today) | vs 1x | above imports | stream | vs 1x | above imports | "
+             "stream vs today | seconds (memory / stream) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for f in args.rss_factors:
         m, s = rows[(f, "memory")], rows[(f, "stream")]
         lines.append(f"| {f}x | {args.rss_base * f} | {m[0]:.0f} MiB | {_fmt_ratio(m[0] / rows[(f0, 'memory')][0])} | "
-                     f"{s[0]:.0f} MiB | {_fmt_ratio(s[0] / rows[(f0, 'stream')][0])} | {_fmt_ratio(s[0] / m[0])} | "
-                     f"{m[1]:.0f} / {s[1]:.0f} |")
+                     f"{m[0] - floor:.0f} MiB | {s[0]:.0f} MiB | {_fmt_ratio(s[0] / rows[(f0, 'stream')][0])} | "
+                     f"{s[0] - floor:.0f} MiB | {_fmt_ratio(s[0] / m[0])} | {m[1]:.0f} / {s[1]:.0f} |")
     rm = rows[(fN, "memory")][0] / rows[(f0, "memory")][0]
     rs = rows[(fN, "stream")][0] / rows[(f0, "stream")][0]
-    lines += ["", f"Ratio {fN}x/{f0}x: memory {rm:.2f}, stream {rs:.2f} (target: stream within 1.15: "
-                  f"{'met' if rs <= 1.15 else 'NOT met'})"]
+    lines += ["", f"Ratio {fN}x/{f0}x (peak RSS): memory {rm:.2f}, stream {rs:.2f} (target: stream within 1.15: "
+                  f"{'met' if rs <= 1.15 else 'NOT met'}); above imports: memory "
+                  f"{(rows[(fN, 'memory')][0] - floor) / max(1e-9, rows[(f0, 'memory')][0] - floor):.2f}, stream "
+                  f"{(rows[(fN, 'stream')][0] - floor) / max(1e-9, rows[(f0, 'stream')][0] - floor):.2f}"]
     return lines
 
 
@@ -601,14 +653,16 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device here")
     q = args.quick
-    args.steps = args.steps or (2 if q else 8)
+    args.steps = args.steps or (1 if q else 8)
     args.paper_steps = args.paper_steps or (1 if q else 3)
     args.warmup = args.warmup if args.warmup is not None else (1 if q else (5 if cuda else 2))
     args.repeats = args.repeats or (1 if q else 2)
     args.eval_passes = args.eval_passes or (2 if q else 3)
     args.loader_batches = args.loader_batches or (3 if q else 12)
     args.rss_base = args.rss_base or (12 if q else 150)
-    args.rss_factors = [1, 4, 16]
+    args.rss_factors = [1, 16] if q else [1, 4, 16]
+    args.rss_parallel = 1
+    args.rss_fork = q
     args.rss_image = 64 if q else 256
     args.fast_size, args.fast_batch = (32, 4) if q else (128, 16)
     args.paper_size, args.paper_batch = (48, 8) if q else (224, 32)

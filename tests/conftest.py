@@ -185,6 +185,7 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_precision.py": SLOW_E2E,  # short training runs; torch.compile on the CPU
     "test_selection.py::test_adip_with_final_stage_selection_selects_a_distill_checkpoint": E2E,
     "test_algorithm_contract.py::test_student_contract[vit_base_patch16_224]": SLOW,  # random ViT-B, ~4 s
+    "test_benchmark_pipeline.py": SLOW_E2E,  # benchmarks/pipeline.py --quick: ~20 training runs + 5 processes, ~60 s
     # two tiny kd runs (hparams seeds 0 and 1) and the report's pick, 2.6-3.9 s
     "test_hparam_search.py::test_runs_of_two_hparams_seeds_record_their_draws_and_the_report_picks_one": SLOW_E2E,
 }
