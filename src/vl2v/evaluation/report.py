@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from vl2v.evaluation.tables import build_tables
+from vl2v.evaluation.tables import build_tables, table_sections
 from vl2v.runs.summary import collect_runs, group_by_dataset
 
 
@@ -26,18 +26,19 @@ def build_report(paths: list[str | Path], latex: bool = False) -> str:
         out.append(f"## {dataset}: {len(finals)} runs, trial seeds {seeds}"
                    + (f" ({g.incomplete} unfinished, summarised from their records so far)" if g.incomplete else ""))
         out.append("")
-        out.append(tables["ood"].markdown("Out-of-domain accuracy (%): training-domain validation, mean ± SE over trials"))
-        out.append("")
-        out.append(tables["id"].markdown("In-domain accuracy (%): source domains' held-out splits"))
-        out.append("")
+        sections = table_sections(tables, "Out-of-domain accuracy (%): training-domain validation, mean ± SE over trials",
+                                  "In-domain accuracy (%): source domains' held-out splits")
+        for table, title in sections:
+            out.append(table.markdown(title))
+            out.append("")
         q = _query_table(finals)
         if q:
             out.append(q)
             out.append("")
         if latex:
             out.append("```latex")
-            out.append(tables["ood"].latex(f"{dataset}: out-of-domain accuracy"))
-            out.append(tables["id"].latex(f"{dataset}: in-domain accuracy"))
+            for table, title in table_sections(tables, f"{dataset}: out-of-domain accuracy", f"{dataset}: in-domain accuracy"):
+                out.append(table.latex(title))
             out.append("```")
             out.append("")
     return "\n".join(out).rstrip()
