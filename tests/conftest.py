@@ -184,7 +184,7 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_loader.py::test_cached_frozen_prefix_gives_the_same_records": SLOW_E2E,  # 2 runs, ~15 s
     "test_precision.py": SLOW_E2E,  # short training runs; torch.compile on the CPU
     "test_algorithm_contract.py::test_student_contract[vit_base_patch16_224]": SLOW,  # random ViT-B, ~4 s
-    "test_paper_profile.py::test_paper_profile_runs_end_to_end": SLOW_E2E,  # --profile paper, 8 steps, ~11 s
+    "test_paper_profile.py::test_paper_profile_runs_end_to_end": SLOW_E2E,  # --profile paper, 8 steps, ~7 s
     "test_prompts.py::test_classnames_file_reaches_the_run_config": E2E,  # a zero-shot CLI run, ~2 s
 }
 
