@@ -188,6 +188,8 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_benchmark_pipeline.py": SLOW_E2E,  # benchmarks/pipeline.py --quick: ~20 training runs + 5 processes, ~60 s
     # two tiny kd runs (hparams seeds 0 and 1) and the report's pick, 2.6-3.9 s
     "test_hparam_search.py::test_runs_of_two_hparams_seeds_record_their_draws_and_the_report_picks_one": SLOW_E2E,
+    "test_paper_profile.py::test_paper_profile_runs_end_to_end": SLOW_E2E,  # --profile paper, 8 steps, ~7 s
+    "test_prompts.py::test_classnames_file_reaches_the_run_config": E2E,  # a zero-shot CLI run, ~2 s
 }
 
 

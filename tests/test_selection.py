@@ -2,7 +2,7 @@
 
 import pytest
 
-from vl2v.evaluation.tables import build_tables, mean_se
+from vl2v.evaluation.tables import build_tables, mean_se, table_sections
 from vl2v.runs.selection import select_record, summarize
 
 
@@ -53,9 +53,26 @@ def test_table_avg_is_per_trial_mean_over_targets():
     assert ood.avg_values("adip") == [pytest.approx(0.6), pytest.approx(0.8)]
     assert ood.avg_values("kd") == []  # target b missing -> no average
     md = ood.markdown()
-    assert "| adip | 60.0 ± 7.1 | 80.0 ± 7.1 | 70.0 ± 7.1 |" in md  # population std 0.1 over sqrt(2)
-    assert "| kd + SWAD | 35.0 | - | - |" in md
+    assert "| adip | 60.0 ± 7.1 | 80.0 ± 7.1 | 70.0 ± 7.1 |" in md
+    assert "| kd | 30.0 | - | - |" in md and "SWAD" not in md  # the selected checkpoints' table
     assert r"60.0 $\pm$ 7.1" in ood.latex()
+    # a SWAD result makes SWAD the headline: first, captioned SWAD; runs without one show their selected
+    # checkpoint, marked
+    assert list(tables) == ["swad_ood", "swad_id", "ood", "id"]
+    sw = tables["swad_ood"].markdown()
+    assert "| kd | 35.0 | - | - |" in sw and "| adip † | 60.0 ± 7.1 | 80.0 ± 7.1 | 70.0 ± 7.1 |" in sw
+    (first, cap1), (_, cap2), (third, cap3), _ = table_sections(tables, "OOD", "ID")
+    assert first is tables["swad_ood"] and cap1.startswith("SWAD") and "†" in cap1 and third is ood
+    assert cap3 == "Selected checkpoint: OOD"
+
+
+def test_tables_without_swad_are_unchanged():
+    finals = [{"algorithm": "adip", "target": 0, "trial_seed": 0, "selected": {"ood_acc": 0.5, "id_acc": 0.9}},
+              {"algorithm": "kd", "target": 0, "trial_seed": 0, "selected": {"ood_acc": 0.3, "id_acc": 0.8},
+               "swad": {"note": "SWAD found no loss valley"}}]
+    tables = build_tables(finals, ["a", "b"])
+    assert list(tables) == ["ood", "id"]
+    assert table_sections(tables, "OOD", "ID") == [(tables["ood"], "OOD"), (tables["id"], "ID")]
 
 
 def test_oracle_and_final_stage_selection():

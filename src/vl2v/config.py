@@ -112,6 +112,13 @@ class TrainConfig:
     swad_cfg: SWADConfig = field(default_factory=SWADConfig)
     eval_source_in: bool = False  # also evaluate the sources' training ("in") splits
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    # the name put into each template per class, in the dataset's (sorted folder) class order; None: the folder
+    # names with "_" -> " " (vl2v.teachers.prompts.class_name). Filled from --prompt-names/--classnames.
+    class_names: tuple[str, ...] | None = None
+    # a checkpoint of a non-final stage (ADiP's Align, LP-FT's probe) is a candidate for that stage's best only
+    # from this stage step on (the stage's last evaluation always is); 0: every evaluation (the authors' stage-1
+    # scripts save only from --model_save on: 1000 for the ViT-B/16 student, 100 for the others)
+    stage_select_min_step: NonNegInt = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
     eval_batch_size: PosInt = 128
     save_checkpoints: bool = True
@@ -155,7 +162,13 @@ class ExperimentConfig:
     store: str | None = None  # teacher store file; None: ~/.cache/vl2v/teacher_store.sqlite; "memory": no file
     store_dtype: Literal["float16", "float32"] = "float16"
     holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
-    max_side: PosInt = 256
+    # images are shrunk to this shorter side before any crop; None: kept at their original resolution
+    # (flags and profiles write 0 for None: TOML has no null)
+    max_side: PosInt | None = 256
+    # prompt names: "folder" (folder names, "_" -> " "), or "curated" (vl2v/data/prompts/<dataset>.json);
+    # `classnames` (a file: JSON {folder: name} or one name per line in class order) overrides either
+    prompt_names: Literal["folder", "curated"] = "folder"
+    classnames: str | None = None
     # memory: hold every decoded image; stream: decode from disk when needed (memory flat in the dataset's
     # size); auto: stream when the decoded images would exceed ~4 GiB
     data_mode: Literal["auto", "memory", "stream"] = "auto"
@@ -200,13 +213,19 @@ _TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"schedule"}
 _EXPERIMENT_KEYS = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"train"}
 
 
+#: settings whose value 0 stands for None (TOML has no null): ``max_side = 0`` keeps the original resolution
+NONE_IS_ZERO = frozenset({"max_side"})
+
+
 def with_settings(cfg: ExperimentConfig, settings: dict[str, Any]) -> ExperimentConfig:
     """``cfg`` with flat settings (``steps``, ``batch_size``, ``views``, ...) placed where they belong.
 
-    Unknown names are refused; every value is validated.
+    Unknown names are refused; every value is validated. ``max_side = 0`` means None (no shrinking).
     """
     sched, train, top = {}, {}, {}
     for k, v in settings.items():
+        if k in NONE_IS_ZERO and v == 0 and not isinstance(v, bool):
+            v = None
         if k in _SCHEDULE_KEYS:
             sched[k] = v
         elif k in _TRAIN_KEYS:

@@ -19,3 +19,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A configuration is invalid; raised before any work starts, with what to change."""
+
+
+class WeightsUnavailableError(ConfigError):
+    """A model's pretrained weights could not be loaded (offline, not cached); the message says what to pass."""

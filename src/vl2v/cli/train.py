@@ -12,9 +12,19 @@ from pathlib import Path
 
 from vl2v.cli.common import CLIError, parse_kv
 from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile, profile_names, validated, with_settings
+from vl2v.errors import WeightsUnavailableError
 
 #: train flags (argparse dests) that a sweep sets per job; they may not follow `vl2v sweep ... --`
 SWEEP_OWNED = ("out", "resume", "target", "seed", "trials", "algorithm", "dataset", "data", "root", "hparams_seed")
+
+
+#: added to a weights-loading error when the paper profile chose the student or teacher
+PAPER_OFFLINE_HINT = (
+    "--profile paper trains the paper's student (vit_base_patch16_224, ImageNet weights from timm) with the paper's "
+    "teacher (openclip:ViT-B-16:openai); their weights could not be loaded (no network, and not in the local "
+    "cache?). Pass them explicitly: local weights with --student-weights FILE and/or "
+    "--teacher openclip:ViT-B-16:/path/to/ckpt, or the offline models with "
+    "--teacher conse --student efficientnet_lite0 (the paper's budget and protocol, other models).")
 
 
 def _resolve_targets(values: list[str] | None, domains: list[str]) -> tuple[int, ...] | None:
@@ -33,22 +43,30 @@ def _resolve_targets(values: list[str] | None, domains: list[str]) -> tuple[int,
 
 
 def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ...] = ("adip",)) -> ExperimentConfig:
-    """The experiment a `vl2v train`/`compare` command line describes (profile first, then explicit flags)."""
+    """The experiment a `vl2v train`/`compare` command line describes (profile first, then explicit flags).
+
+    ``--student``/``--teacher`` default to None: the profile's (paper: ViT-B/16 and OpenAI CLIP ViT-B/16),
+    else :class:`ExperimentConfig`'s (EfficientNet-Lite0 and ConSE); an explicit flag always wins.
+    """
     cfg = validated(ExperimentConfig, dict(
         dataset=args.dataset, data_dir=args.data, data_root=args.root,
         algorithms=tuple(args.algorithm or default_algorithms),
         seeds=tuple(args.seed) if args.seed else tuple(range(args.trials)), hparams_seed=args.hparams_seed,
-        teacher=args.teacher, teacher_options=parse_kv(args.teacher_opt, "--teacher-opt"),
-        blackbox=not args.white_box, student=args.student, student_pretrained=not args.no_pretrained,
+        teacher_options=parse_kv(args.teacher_opt, "--teacher-opt"),
+        blackbox=not args.white_box, student_pretrained=not args.no_pretrained,
         student_weights=args.student_weights, store=args.store, out_dir=args.out, strict_data=args.strict_data,
         data_mode=args.data_mode, workers=args.workers))
     cfg = apply_profile(cfg, args.profile)
+    templates = _templates_from_args(args, cfg)
     flags = dict(steps=args.steps, frozen_steps=args.frozen_steps, lr=args.lr, frozen_lr=args.frozen_lr,
                  freeze_stages=args.freeze_stages, batch_size=args.batch_size, image_size=args.image_size,
                  eval_every=args.eval_every, teacher_mode=args.teacher_mode, device=args.device, views=args.views,
-                 templates=tuple(args.template) if args.template else None, swad=True if args.swad else None,
+                 templates=templates, swad=True if args.swad else False if args.no_swad else None,
                  amp=args.amp, compile=True if args.compile else None, select_stage=args.select_stage,
-                 cache_prefix=False if args.no_cache_prefix else None)
+                 cache_prefix=False if args.no_cache_prefix else None,
+                 student=args.student, teacher=args.teacher, max_side=args.max_side,
+                 stage_select_min_step=args.stage_select_min_step,
+                 prompt_names=args.prompt_names, classnames=args.classnames)
     cfg = with_settings(cfg, {k: v for k, v in flags.items() if v is not None})
     if args.target:
         from dataclasses import replace
@@ -60,6 +78,33 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
             p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
         cfg = replace(cfg, targets=_resolve_targets(args.target, domains))
     return cfg
+
+
+def _templates_from_args(args: argparse.Namespace, cfg: ExperimentConfig) -> tuple[str, ...] | None:
+    """``--template TEXT`` (repeatable) or ``--templates NAME`` (a named set), resolved to the template strings."""
+    if args.template and args.templates:
+        raise CLIError("--template and --templates exclude each other: give the templates, or a set's name")
+    from vl2v.teachers.prompts import template_set, validate_templates
+
+    try:
+        if args.templates:
+            return template_set(args.templates, cfg.dataset if cfg.data_dir is None else None)
+        return validate_templates(args.template) if args.template else None
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _max_side(text: str) -> int:
+    """``--max-side``: a positive side in pixels, or none/0 (the original resolution; stored as None)."""
+    if text.strip().lower() in ("none", "0", "original"):
+        return 0
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a side in pixels or 'none', got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a side in pixels or 'none', got {text!r}")
+    return v
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -81,7 +126,12 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
         check_experiment(cfg)
         print(f"vl2v: profile {args.profile!r} ({'CPU-sized; --profile paper for the paper settings' if args.profile == 'fast' else 'the VL2V authors settings'}), "
               f"output in {cfg.out_dir}", flush=True)
-    result = run_experiment(cfg, resume=True)
+    try:
+        result = run_experiment(cfg, resume=True)
+    except WeightsUnavailableError as exc:
+        if not args.resume and args.profile == "paper" and (args.student is None or args.teacher is None):
+            raise type(exc)(f"{exc}\n{PAPER_OFFLINE_HINT}") from exc
+        raise
     if info().is_main:
         print()
         print(result["text"])
@@ -145,17 +195,26 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g = q.add_argument_group("models")
     g.add_argument("--algorithm", nargs="+", metavar="ALGO",
                    help=f"algorithm(s), optionally with hyperparameters, e.g. adip:lam=0.25 (default: {default_algos}; see `vl2v list algorithms`)")
-    g.add_argument("--teacher", default="conse", help="teacher: conse (offline default), openclip:MODEL:TAG|PATH, ... (see `vl2v list teachers`)")
+    g.add_argument("--teacher", help="teacher (default: the profile's, paper: openclip:ViT-B-16:openai; else conse, "
+                   "offline): conse, openclip:MODEL:TAG|PATH, ... (see `vl2v list teachers`)")
     g.add_argument("--teacher-opt", nargs="+", metavar="KEY=VALUE", help="teacher backend options, e.g. k=5")
     g.add_argument("--white-box", action="store_true", help="give algorithms the teacher object itself (default: black-box, embed functions only)")
     g.add_argument("--template", action="append", help="prompt template with {c}; repeat for an ensemble (default: 'a photo of a {c}')")
-    g.add_argument("--student", default="efficientnet_lite0", help="student backbone (default efficientnet_lite0; see `vl2v list students`)")
+    g.add_argument("--templates", metavar="NAME", help="a named template set instead of --template: clip80 (CLIP's 80 "
+                   "ImageNet templates), rise (RISE's 7), default, or one of the dataset's prompt file")
+    g.add_argument("--prompt-names", choices=["folder", "curated"], help="class names in the prompts: folder (default: "
+                   "folder names, '_' -> ' ') or curated (the dataset's file in vl2v/data/prompts)")
+    g.add_argument("--classnames", metavar="FILE", help="class names for the prompts: JSON {folder: name} or a text "
+                   "file with one name per class in (sorted) folder order; overrides --prompt-names")
+    g.add_argument("--student", help="student backbone (default: the profile's, paper: vit_base_patch16_224; else "
+                   "efficientnet_lite0; see `vl2v list students`)")
     g.add_argument("--student-weights", help="local weights file for the student (.safetensors or torch state dict)")
     g.add_argument("--no-pretrained", action="store_true", help="random student weights")
     g = q.add_argument_group("training budget")
     g.add_argument("--profile", choices=profile_names(), default="fast",
                    help="fast: CPU-sized defaults (128px, short schedules, cached teacher views); "
-                        "paper: the VL2V authors' settings (224px, 5001 steps per stage, lr 5e-5, online teacher)")
+                        "paper: the VL2V authors' settings (224px, 5001 steps per stage, lr 5e-5, online teacher, "
+                        "SWAD, original resolution, ViT-B/16 student, CLIP ViT-B/16 teacher)")
     g.add_argument("--steps", type=int, help="steps per fine-tuning stage")
     g.add_argument("--frozen-steps", type=int, help="steps per frozen-backbone stage (linear probe, Align)")
     g.add_argument("--lr", type=float, help="learning rate of fine-tuning stages (Adam)")
@@ -166,9 +225,15 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--freeze-stages", type=int, help="keep the first N backbone stages frozen while fine-tuning (speed)")
     g.add_argument("--views", type=int, help="K stored augmented teacher views per training image (0: un-augmented only)")
     g.add_argument("--teacher-mode", choices=["cached", "online"], help="cached: replay stored views; online: query the teacher every step")
-    g.add_argument("--swad", action="store_true", help="also report SWAD (LossValley) weight averaging of the last stage")
+    g.add_argument("--swad", action="store_true", help="also report SWAD (LossValley) weight averaging of the last stage "
+                   "(on in the paper profile; then the headline table)")
+    g.add_argument("--no-swad", action="store_true", help="no SWAD, whatever the profile says")
     g.add_argument("--select-stage", choices=["all", "final"], help="select the checkpoint among every stage's "
                    "evaluations (default all) or the final stage's only (ADiP: Distill; as the authors report)")
+    g.add_argument("--max-side", type=_max_side, metavar="PX|none", help="shrink images to this shorter side before "
+                   "cropping (fast: 256; paper: none = the original resolution)")
+    g.add_argument("--stage-select-min-step", type=int, metavar="STEP", help="a non-final stage's (Align's) "
+                   "checkpoints compete for its best only from this stage step on (paper: 1000; fast: 0)")
     g.add_argument("--amp", choices=["auto", "off", "bf16"], help="bf16 autocast of forward passes (default auto: on with "
                    "CUDA, off on the CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the student (pays on GPUs)")

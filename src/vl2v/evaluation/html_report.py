@@ -117,7 +117,7 @@ def _table_html(table: ResultTable, caption: str) -> str:
     rows = []
     for r in table.rows():
         cells = [fmt(table.cell(r, t)) for t in range(len(table.domains))] + [fmt(table.avg_values(r))]
-        rows.append("<tr><th>" + _esc(r) + "</th>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+        rows.append("<tr><th>" + _esc(r + table.marks.get(r, "")) + "</th>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
     return (f'<table><caption>{_esc(caption)}</caption><thead><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in head)
             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
@@ -203,11 +203,12 @@ def render_html(paths: Sequence[str | Path], fig_dir: Path | None, base: Path, t
         if n_inc:
             page.p(f"{n_inc} runs are unfinished and summarised from their records so far.", "warn")
         fins = [dict(r.summary, label=r.label, target=r.target, trial_seed=r.seed) for r in runs]
-        from vl2v.evaluation.tables import build_tables
+        from vl2v.evaluation.tables import build_tables, table_sections
 
         tables = build_tables(fins, g.domains)
-        page.raw(_table_html(tables["ood"], "Out-of-domain accuracy (%): training-domain validation, mean ± SE over trials"))
-        page.raw(_table_html(tables["id"], "In-domain accuracy (%): source domains' held-out splits"))
+        for table, title in table_sections(tables, "Out-of-domain accuracy (%): training-domain validation, mean ± SE "
+                                           "over trials", "In-domain accuracy (%): source domains' held-out splits"):
+            page.raw(_table_html(table, title))
         page.figure(F.ood_bars(runs, g.domains), pre + "ood_bars",
                     "OOD accuracy of every algorithm on each held-out target domain (bars: mean over trial seeds; "
                     "error bars: standard error over seeds; 'Avg' only when every domain was a target).")

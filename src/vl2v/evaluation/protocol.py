@@ -23,7 +23,7 @@ from vl2v.data.dataset import DomainData, load_domain_data
 from vl2v.data.loader import default_workers
 from vl2v.data.registry import resolve_dataset
 from vl2v.errors import ConfigError
-from vl2v.evaluation.tables import build_tables, selected_stages
+from vl2v.evaluation.tables import build_tables, selected_stages, table_sections
 from vl2v.methods import get_algorithm, make_hparams
 from vl2v.methods.search import random_hparams
 from vl2v.runs.layout import ExperimentDir
@@ -86,6 +86,15 @@ def check_experiment(cfg: ExperimentConfig) -> list[AlgoSpec]:
 
     TeacherSpec.parse(cfg.teacher, cfg.teacher_options)
     cfg.train.validate()
+    if cfg.classnames and not Path(cfg.classnames).expanduser().is_file():
+        raise ConfigError(f"--classnames file {cfg.classnames} does not exist")
+    if cfg.prompt_names == "curated" and not cfg.classnames and cfg.data_dir is None:
+        from vl2v.teachers.prompts import curated_names
+
+        try:
+            curated_names(cfg.dataset)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return specs
 
 
@@ -182,6 +191,20 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
     return Experiment(cfg, data, res, make_student, key, name, identity, raw_teacher)
 
 
+def with_prompt_names(cfg: ExperimentConfig, exp: Experiment) -> ExperimentConfig:
+    """``cfg`` with ``train.class_names`` resolved from ``prompt_names``/``classnames`` for the loaded classes
+    (left None, the folder names, by default: the runs' prompts are then exactly those of earlier versions)."""
+    if cfg.prompt_names == "folder" and not cfg.classnames:
+        return cfg
+    from vl2v.teachers.prompts import resolve_class_names
+
+    try:
+        names = resolve_class_names(exp.data.classes, cfg.prompt_names, exp.dataset_name, cfg.classnames)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return replace(cfg, train=replace(cfg.train, class_names=tuple(names)))
+
+
 def check_writable(out: Path) -> None:
     """Fail before any work if the output folder cannot be written (read-only, full, no permission)."""
     try:
@@ -205,6 +228,8 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     if not dist.is_main:  # one voice and one writer in data-parallel runs
         log = lambda *_: None  # noqa: E731
     exp = prepare(cfg, log)
+    cfg = with_prompt_names(cfg, exp)
+    exp.cfg = cfg
     out = Path(cfg.out_dir)
     exp_dir = ExperimentDir(out)
     if dist.is_main:
@@ -263,10 +288,13 @@ def render_summary(tables, exp: Experiment, cfg: ExperimentConfig, wall: float, 
              f"seeds: {list(cfg.seeds)}; wall time {wall / 60:.1f} min"
              + (f"; hparams seed {cfg.hparams_seed} (random draw, see each run's config.json)" if cfg.hparams_seed else ""),
              "",
-             tables["ood"].markdown("Out-of-domain accuracy (%, target domain's 'in' split; column = held-out target)"), "",
-             tables["id"].markdown("In-domain accuracy (%, source domains' 'out' splits)"), ""]
-    lines += [tables["oracle_ood"].markdown("Out-of-domain accuracy (%), test-domain validation (oracle, DomainBed's: "
-                                            "each run's last checkpoint)"), ""]
+             ]
+    for table, title in table_sections(tables, "Out-of-domain accuracy (%, target domain's 'in' split; column = held-out target)",
+                                       "In-domain accuracy (%, source domains' 'out' splits)"):
+        lines += [table.markdown(title), ""]
+    if "oracle_ood" in tables:
+        lines += [tables["oracle_ood"].markdown("Out-of-domain accuracy (%), test-domain validation (oracle, "
+                                                "DomainBed's: each run's last checkpoint)"), ""]
     stages = selected_stages(finals or [], exp.data.domains)
     if stages:
         lines += [f"**Checkpoint chosen by training-domain validation (stage@step; selection over "

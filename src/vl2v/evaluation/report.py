@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from vl2v.evaluation.tables import build_tables, selected_stages
+from vl2v.evaluation.tables import build_tables, selected_stages, table_sections
 from vl2v.runs.summary import HParamPick, collect_runs, group_by_dataset
 
 
@@ -31,13 +31,15 @@ def build_report(paths: list[str | Path], latex: bool = False) -> str:
                    + (f" ({g.incomplete} unfinished, summarised from their records so far)" if g.incomplete else "")
                    + (f"; {len(finals)} after choosing among hyperparameter draws" if picks else ""))
         out.append("")
-        out.append(tables["ood"].markdown("Out-of-domain accuracy (%): training-domain validation, mean ± SE over trials"))
-        out.append("")
-        out.append(tables["id"].markdown("In-domain accuracy (%): source domains' held-out splits"))
-        out.append("")
-        out.append(tables["oracle_ood"].markdown("Out-of-domain accuracy (%): test-domain validation (oracle, "
-                                                 "DomainBed's: each run's last checkpoint), mean ± SE over trials"))
-        out.append("")
+        sections = table_sections(tables, "Out-of-domain accuracy (%): training-domain validation, mean ± SE over trials",
+                                  "In-domain accuracy (%): source domains' held-out splits")
+        for table, title in sections:
+            out.append(table.markdown(title))
+            out.append("")
+        if "oracle_ood" in tables:
+            out.append(tables["oracle_ood"].markdown("Out-of-domain accuracy (%): test-domain validation (oracle, "
+                                                     "DomainBed's: each run's last checkpoint), mean ± SE over trials"))
+            out.append("")
         stages = selected_stages(finals, g.domain_names())
         if stages:
             out += ["**Checkpoint chosen by training-domain validation (stage@step, one per trial)**", "", stages, ""]
@@ -50,8 +52,8 @@ def build_report(paths: list[str | Path], latex: bool = False) -> str:
             out.append("")
         if latex:
             out.append("```latex")
-            out.append(tables["ood"].latex(f"{dataset}: out-of-domain accuracy"))
-            out.append(tables["id"].latex(f"{dataset}: in-domain accuracy"))
+            for table, title in table_sections(tables, f"{dataset}: out-of-domain accuracy", f"{dataset}: in-domain accuracy"):
+                out.append(table.latex(title))
             out.append("```")
             out.append("")
     return "\n".join(out).rstrip()

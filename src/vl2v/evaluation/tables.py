@@ -39,6 +39,7 @@ class ResultTable:
 
     domains: list[str]
     acc: dict[str, dict[int, dict[int, float]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(dict)))
+    marks: dict[str, str] = field(default_factory=dict)  # row -> suffix shown after its name (e.g. " †")
 
     def add(self, row: str, target: int, seed: int, value: float) -> None:
         self.acc[row][target][seed] = value
@@ -64,7 +65,7 @@ class ResultTable:
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
         for r in self.rows():
             cells = [fmt(self.cell(r, t)) for t in range(len(self.domains))]
-            lines.append("| " + " | ".join([r] + cells + [fmt(self.avg_values(r))]) + " |")
+            lines.append("| " + " | ".join([r + self.marks.get(r, "")] + cells + [fmt(self.avg_values(r))]) + " |")
         return "\n".join(lines)
 
     def latex(self, caption: str = "") -> str:
@@ -74,7 +75,7 @@ class ResultTable:
                " & ".join(["Algorithm"] + [esc(d) for d in self.domains] + ["Avg"]) + r" \\", r"\midrule"]
         for r in self.rows():
             cells = [fmt(self.cell(r, t), latex=True) for t in range(len(self.domains))]
-            out.append(" & ".join([esc(r)] + cells + [fmt(self.avg_values(r), latex=True)]) + r" \\")
+            out.append(" & ".join([esc(r + self.marks.get(r, ""))] + cells + [fmt(self.avg_values(r), latex=True)]) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}"]
         if caption:
             out.append(rf"\caption{{{esc(caption)}}}")
@@ -82,10 +83,27 @@ class ResultTable:
         return "\n".join(out)
 
 
+#: marks a SWAD-table row where some run has no SWAD average and shows its selected checkpoint instead
+NO_SWAD_MARK = " †"
+NO_SWAD_NOTE = ("† some runs have no SWAD average (training-free, a frozen last stage, or no loss valley "
+                "found): their selected checkpoint is shown")
+
+
 def build_tables(finals: Iterable[dict[str, Any]], domains: list[str]) -> dict[str, ResultTable]:
-    """Tables from runs' ``final.json`` summaries: ``ood``/``id`` (training-domain validation: selected
-    checkpoint and SWAD rows) and ``oracle_ood``/``oracle_id`` (test-domain validation, DomainBed's oracle)."""
-    ood, idt, o_ood, o_id = ResultTable(domains), ResultTable(domains), ResultTable(domains), ResultTable(domains)
+    """Tables from runs' ``final.json`` summaries.
+
+    ``ood``/``id``: the selected checkpoints (training-domain validation). When any run has a SWAD
+    result, also ``swad_ood``/``swad_id`` (the headline, first in the dict, as the paper reports SWAD):
+    each run's SWAD average, or its selected checkpoint where it has none (row marked
+    :data:`NO_SWAD_MARK`). Without SWAD results the two tables are exactly those of earlier versions.
+    ``oracle_ood``/``oracle_id`` (last): test-domain validation (DomainBed's oracle), where runs record it.
+    """
+    finals = list(finals)
+    has_swad = any("ood_acc" in (f.get("swad") or {}) for f in finals)
+    has_oracle = any("oracle" in f for f in finals)
+    ood, idt = ResultTable(domains), ResultTable(domains)
+    sw_ood, sw_id = ResultTable(domains), ResultTable(domains)
+    o_ood, o_id = ResultTable(domains), ResultTable(domains)
     for f in finals:
         algo, t, s = f["algorithm"], int(f["target"]), int(f["trial_seed"])
         label = f.get("label", algo)
@@ -95,10 +113,34 @@ def build_tables(finals: Iterable[dict[str, Any]], domains: list[str]) -> dict[s
         if "oracle" in f:
             o_ood.add(label, t, s, f["oracle"]["ood_acc"])
             o_id.add(label, t, s, f["oracle"]["id_acc"])
-        if "swad" in f and "ood_acc" in f["swad"]:
-            ood.add(f"{label} + SWAD", t, s, f["swad"]["ood_acc"])
-            idt.add(f"{label} + SWAD", t, s, f["swad"]["id_acc"])
-    return {"ood": ood, "id": idt, "oracle_ood": o_ood, "oracle_id": o_id}
+        if not has_swad:
+            continue
+        sw = f.get("swad") or {}
+        src = sw if "ood_acc" in sw else f.get("selected")
+        if src is None:
+            continue
+        if src is not sw:
+            sw_ood.marks[label] = sw_id.marks[label] = NO_SWAD_MARK
+        sw_ood.add(label, t, s, src["ood_acc"])
+        sw_id.add(label, t, s, src["id_acc"])
+    out = {"swad_ood": sw_ood, "swad_id": sw_id} if has_swad else {}
+    out.update(ood=ood, id=idt)
+    if has_oracle:
+        out.update(oracle_ood=o_ood, oracle_id=o_id)
+    return out
+
+
+def table_sections(tables: dict[str, ResultTable], ood_title: str, id_title: str) -> list[tuple[ResultTable, str]]:
+    """(table, caption) in the order to print them: the SWAD tables first where there are any (the headline,
+    captions saying SWAD), then the selected checkpoints'; without SWAD, just ``ood`` and ``id`` as titled."""
+    if "swad_ood" not in tables:
+        return [(tables["ood"], ood_title), (tables["id"], id_title)]
+    note = any(tables["swad_ood"].marks.values())
+    extra = f" {NO_SWAD_NOTE}" if note else ""
+    return [(tables["swad_ood"], f"SWAD (headline): {ood_title}; SWAD weight average of the last stage.{extra}"),
+            (tables["swad_id"], f"SWAD (headline): {id_title}; SWAD weight average of the last stage.{extra}"),
+            (tables["ood"], f"Selected checkpoint: {ood_title}"),
+            (tables["id"], f"Selected checkpoint: {id_title}")]
 
 
 def selected_stages(finals: Iterable[dict[str, Any]], domains: list[str]) -> str:

@@ -56,7 +56,7 @@ class Stage:
 @dataclass
 class TaskContext:
     num_classes: int
-    class_names: list[str]
+    class_names: list[str]  # class folder names
     source_domains: list[str]
     text_classifier: torch.Tensor | None = None  # T_c [C, D], normalised (teacher text space)
     teacher_dim: int | None = None
@@ -64,6 +64,8 @@ class TaskContext:
     teacher_encoder: nn.Module | None = None  # white-box teachers only (VL2V-SD)
     teacher_image_size: int | None = None
     schedule: Schedule = field(default_factory=Schedule)
+    # each class's name in the teacher's prompts (vl2v.teachers.prompts); None: the folder names, "_" -> " "
+    prompt_names: list[str] | None = None
 
 
 class Algorithm(nn.Module):

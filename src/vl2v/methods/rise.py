@@ -80,7 +80,8 @@ class RISE(Algorithm):
         if not anchors:
             raise ConfigError("rise needs at least one anchor phrase")
         self.anchor_names = anchors
-        texts = [f"a {a} of a {class_name(c)}" for c in ctx.class_names for a in anchors]
+        names = ctx.prompt_names if ctx.prompt_names is not None else [class_name(c) for c in ctx.class_names]
+        texts = [f"a {a} of a {n}" for n in names for a in anchors]  # the same class names as T_c's prompts
         emb = ctx.prompts(texts).float().view(ctx.num_classes, len(anchors), -1)
         self.register_buffer("anchor_text", F.normalize(emb, dim=-1))
 

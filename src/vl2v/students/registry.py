@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vl2v.errors import ConfigError
+from vl2v.errors import ConfigError, WeightsUnavailableError
 from vl2v.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,6 +32,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class StudentError(ConfigError):
     pass
+
+
+class StudentWeightsError(StudentError, WeightsUnavailableError):
+    """Pretrained student weights could not be loaded (offline and not cached)."""
 
 
 class Student(nn.Module):
@@ -213,7 +217,7 @@ def _timm_pretrained(name: str, pretrained: bool, weights: str | None):
     try:
         return timm.create_model(name, pretrained=True, num_classes=0), f"timm:{name}"
     except Exception as exc:
-        raise StudentError(
+        raise StudentWeightsError(
             f"could not load timm's pretrained weights for {name} ({type(exc).__name__}: {exc}). "
             f"Offline? Pass a local file with --student-weights PATH, or --no-pretrained for random weights."
         ) from exc

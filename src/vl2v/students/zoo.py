@@ -17,7 +17,7 @@ from vl2v.students.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Student,
-    StudentError,
+    StudentWeightsError,
     _drop_head_dropout,
     _efficientnet_ops,
     _efficientnet_stages,
@@ -57,7 +57,7 @@ def resnet50(pretrained: bool = True, weights: str | None = None, freeze_bn: boo
         try:
             model = torchvision.models.resnet50(weights="IMAGENET1K_V1")
         except Exception as exc:
-            raise StudentError(
+            raise StudentWeightsError(
                 f"could not download torchvision's ResNet-50 weights ({type(exc).__name__}: {exc}). "
                 "Pass --student-weights PATH or --no-pretrained.") from exc
         tag = "torchvision:IMAGENET1K_V1"

@@ -22,11 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vl2v.errors import ConfigError
+from vl2v.errors import ConfigError, WeightsUnavailableError
 
 
 class TeacherError(ConfigError):
     """A teacher cannot be built or used as configured."""
+
+
+class TeacherWeightsError(TeacherError, WeightsUnavailableError):
+    """A teacher's pretrained weights could not be fetched (offline and not cached)."""
 
 
 class QueryBudgetExceeded(RuntimeError):

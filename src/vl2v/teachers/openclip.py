@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vl2v.teachers.base import Teacher, TeacherError
+from vl2v.teachers.base import Teacher, TeacherError, TeacherWeightsError
 from vl2v.utils.hashing import cached_file_digest
 
 
@@ -83,7 +83,7 @@ class OpenCLIPTeacher(Teacher):
             try:
                 clip = open_clip.create_model(model, cache_dir=cache_dir)
             except Exception as exc:
-                raise TeacherError(f"cannot fetch {model} (no network? download it and use openclip:local-dir:DIR): {exc}") from exc
+                raise TeacherWeightsError(f"cannot fetch {model} (no network? download it and use openclip:local-dir:DIR): {exc}") from exc
             weights = model
         elif pretrained in (None, "", "none", "random"):
             clip = open_clip.create_model(model, pretrained=None)
@@ -103,7 +103,14 @@ class OpenCLIPTeacher(Teacher):
                 raise TeacherError(
                     f"{pretrained!r} is neither a local file nor a pretrained tag of {model} "
                     f"(tags: {', '.join(tags) or 'none'})")
-            clip = open_clip.create_model(model, pretrained=pretrained, cache_dir=cache_dir)
+            try:
+                clip = open_clip.create_model(model, pretrained=pretrained, cache_dir=cache_dir)
+            except Exception as exc:  # no network and not in the cache: say what to pass instead
+                raise TeacherWeightsError(
+                    f"cannot fetch open_clip's {model} weights {pretrained!r} ({type(exc).__name__}: {exc}). "
+                    f"Offline? Pass a local checkpoint as openclip:{model}:/path/to/ckpt (open_clip or OpenAI .pt "
+                    f"file), a model folder as openclip:local-dir:DIR, or an offline teacher (--teacher conse)."
+                ) from exc
             weights = f"{pretrained}"
         clip.eval()
         self.clip = clip.to(self.device)

@@ -38,7 +38,7 @@ from vl2v.runs.layout import RunDir
 from vl2v.runs.records import RunRecorder
 from vl2v.runs.selection import select_record, summarize
 from vl2v.students.registry import Student
-from vl2v.teachers.prompts import prompts_for, text_classifier
+from vl2v.teachers.prompts import class_name, prompts_for, text_classifier
 from vl2v.training.checkpoint import load_state, load_weights, save_state, save_weights
 from vl2v.training.distributed import all_reduce_sum, barrier, main_first, shard, wrap
 from vl2v.training.distributed import info as dist_info
@@ -159,18 +159,29 @@ class Trainer:
         self.seed = seed_hash(spec.trial_seed, spec.hparams_seed, spec.algorithm, spec.target)
 
     # ------------------------------------------------------------ set-up
+    def _prompt_names(self) -> list[str]:
+        """Each class's name in the prompts: the resolved ``class_names`` of the config, else the folder's."""
+        names = self.cfg.class_names
+        if names is None:
+            return [class_name(c) for c in self.data.classes]
+        if len(names) != len(self.data.classes):
+            raise ConfigError(f"{len(names)} prompt class names for {len(self.data.classes)} classes")
+        return list(names)
+
     def _context(self) -> TaskContext:
         store = self.res.store
         text = None
         dim = None
         prompts = None
+        self.prompt_names = self._prompt_names()
         if store is not None:
             tpl = list(self.cfg.templates)
-            emb = self.res.text_embeddings(prompts_for(self.data.classes, tpl))
+            emb = self.res.text_embeddings(prompts_for(self.data.classes, tpl, self.prompt_names))
             text = text_classifier(emb, len(self.data.classes), len(tpl))
             dim = store.dim
             prompts = self.res.text_embeddings
         return TaskContext(num_classes=len(self.data.classes), class_names=list(self.data.classes),
+                           prompt_names=list(self.prompt_names),
                            source_domains=[self.data.domains[d] for d in self.sources],
                            text_classifier=text, teacher_dim=dim, prompts=prompts,
                            teacher_encoder=self.teacher_encoder() if (self.info.needs_white_box and self.teacher_encoder) else None,
@@ -400,6 +411,7 @@ class Trainer:
             atomic_write_json(rd.config_json, {
                 "spec": _spec_json(spec), "train": _jsonable(asdict(cfg)), "args": recorder.args, "hparams": recorder.hparams,
                 "stages": [asdict(s) for s in stages], "domains": self.data.domains, "classes": self.data.classes,
+                "prompts": {"class_names": self.prompt_names, "templates": list(cfg.templates)},
                 "input_size": self.input_size, "world_size": dist_info().world_size})
 
         store = res.store
@@ -472,7 +484,8 @@ class Trainer:
                 swad.observe(algo, state["global_step"])
             pbar.update(1)
             if self._is_eval_step(s, stage):
-                self._evaluate_and_checkpoint(algo, si, stage, s, use_feats, swad, recorder, logs, pbar, rng)
+                self._evaluate_and_checkpoint(algo, si, stage, s, use_feats, swad, recorder, logs, pbar, rng,
+                                              last_stage)
             else:
                 state["global_step"] += 1
                 state["stage_step"] = s + 1
@@ -486,12 +499,15 @@ class Trainer:
                 best = load_weights(path)[0]
             if best is not None:
                 algo.load_state_dict(best)
+            if state["stage_best"] is not None:  # which checkpoint the next stage started from, for final.json
+                state.setdefault("stage_selected", {})[stage.name] = dict(state["stage_best"])
         state.update(stage_index=si + 1, stage_step=0, stage_best=None)
         self._stage_best_mem = None
         return swad
 
     def _evaluate_and_checkpoint(self, algo: Algorithm, si: int, stage: Stage, s: int, use_feats: bool,
-                                 swad: LossValley | None, recorder: RunRecorder, logs: dict, pbar, rng: dict) -> None:
+                                 swad: LossValley | None, recorder: RunRecorder, logs: dict, pbar, rng: dict,
+                                 last_stage: bool = True) -> None:
         cfg, state, rd = self.cfg, self.state, self.rd
         ev = self.evaluate(algo, use_feats)
         # mean training loss since the last evaluation, over all ranks' shards
@@ -505,8 +521,11 @@ class Trainer:
         if swad is not None:
             swad.close_segment(ev["val_loss"], step)
         save = cfg.save_checkpoints and self.main
-        if state["stage_best"] is None or ev["val_acc"] > state["stage_best"]["val_acc"]:
-            state["stage_best"] = {"step": step, "val_acc": ev["val_acc"]}
+        # a non-final stage's checkpoints compete for its best only from stage step `stage_select_min_step` on
+        # (the authors' --model_save); its last evaluation always does, so a shorter stage still has a best
+        eligible = last_stage or s >= cfg.stage_select_min_step or s == stage.steps - 1
+        if eligible and (state["stage_best"] is None or ev["val_acc"] > state["stage_best"]["val_acc"]):
+            state["stage_best"] = {"step": step, "stage_step": s, "val_acc": ev["val_acc"]}
             self._stage_best_mem = copy.deepcopy(algo.state_dict())
             if save:
                 save_weights(rd.stage_best(si), algo.state_dict(), {"step": step, "stage": stage.name})
@@ -561,6 +580,8 @@ class Trainer:
                 self._write_predictions(algo, rd.predictions)
         final["queries"] = _diff(store, self.stats0)
         final["stage_seconds"] = {k: round(v, 2) for k, v in self.state.get("stage_seconds", {}).items()}
+        if self.state.get("stage_selected"):  # the checkpoint each non-final stage handed to the next
+            final["stage_selected"] = self.state["stage_selected"]
         final["n_train_images"] = len(self.train_indices)
         final["wall_time"] = time.time() - self.t_start
         if self.main:
