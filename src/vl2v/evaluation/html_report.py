@@ -206,9 +206,12 @@ def render_html(paths: Sequence[str | Path], fig_dir: Path | None, base: Path, t
         from vl2v.evaluation.tables import build_tables, table_sections
 
         tables = build_tables(fins, g.domains)
-        for table, title in table_sections(tables, "Out-of-domain accuracy (%): training-domain validation, mean ± SE "
+        for table, caption in table_sections(tables, "Out-of-domain accuracy (%): training-domain validation, mean ± SE "
                                            "over trials", "In-domain accuracy (%): source domains' held-out splits"):
-            page.raw(_table_html(table, title))
+            page.raw(_table_html(table, caption))
+        if "oracle_ood" in tables:
+            page.raw(_table_html(tables["oracle_ood"], "Out-of-domain accuracy (%): test-domain validation (oracle, "
+                                 "DomainBed's: each run's last checkpoint), mean ± SE over trials"))
         page.figure(F.ood_bars(runs, g.domains), pre + "ood_bars",
                     "OOD accuracy of every algorithm on each held-out target domain (bars: mean over trial seeds; "
                     "error bars: standard error over seeds; 'Avg' only when every domain was a target).")
