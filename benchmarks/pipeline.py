@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import os
 import platform
 import shlex
@@ -144,6 +143,7 @@ def _bench_trainer_cls():
 
         stub_eval = True
         warmup = 1
+        stop_after: int | None = None  # last step to run (the stage's own last step is an evaluation step)
 
         def __init__(self, *a, **k) -> None:
             super().__init__(*a, **k)
@@ -188,6 +188,8 @@ def _bench_trainer_cls():
                     if timed and s >= self.warmup and not self._is_eval_step(s, stage):
                         self.wait_s.append(t1 - t0)
                         self.step_s.append(t2 - t0)
+                    if timed and self.stop_after is not None and s >= self.stop_after:
+                        return
             finally:
                 gen.close()
 
@@ -238,7 +240,7 @@ class Bench:
                 what = f"{key[0]} {key[-1]}px stage-{prefix} activations" if prefix else f"{key[0]} {key[-1]}px features"
                 f = self.fills.setdefault(f"{what} ({kind}{', ' + label if kind == 'train' else ''})", [0.0, 0])
                 f[0] += time.perf_counter() - t0
-                f[1] += len(indices)
+                f[1] += len(indices) * (res.n_views if kind == "train" else 1)
             return out
 
         res.frozen_features = timed
@@ -284,7 +286,8 @@ class Bench:
         cfg = with_settings(apply_profile(ExperimentConfig(dataset=None, data_dir="x"), profile), settings)
         return cfg.train
 
-    def run(self, algorithm: str, train_cfg, views: int, workers: int, student: str, warmup: int, stub_eval=True):
+    def run(self, algorithm: str, train_cfg, views: int, workers: int, student: str, warmup: int, stub_eval=True,
+            stop_after: int | None = None):
         """One short run through the (timed) real loop; returns the trainer with its timings."""
         from vl2v.training.loop import RunSpec
 
@@ -295,7 +298,7 @@ class Bench:
         cls = _bench_trainer_cls()
         tr = cls(RunSpec(algorithm, 0), train_cfg, res, make, self.tmp / f"run{self._n}",
                  {"teacher_identity": self.exp.teacher_identity, "student": student}, key, data=self.data)
-        tr.warmup, tr.stub_eval = warmup, stub_eval
+        tr.warmup, tr.stub_eval, tr.stop_after = warmup, stub_eval, stop_after
         tr.run(resume=False)
         shutil.rmtree(self.tmp / f"run{self._n}", ignore_errors=True)
         return tr
@@ -357,10 +360,11 @@ def train_section(bench: Bench, args, log) -> list[str]:
         for ci, (label, profile, size, batch, steps, student, algo, views, variants) in enumerate(configs):
             order = variants if rep % 2 == 0 else variants[::-1]
             for name, w, over in order:
-                total = args.warmup + steps + 1  # + the last (evaluation) step, not counted
-                cfg = bench.train_cfg(profile, size, batch, total, **over)
+                warm = args.warmup if profile == "fast" else args.paper_warmup
+                # the stage's last step would be an evaluation step: stop one short of it
+                cfg = bench.train_cfg(profile, size, batch, warm + steps + 1, **over)
                 t0 = time.time()
-                tr = bench.run(algo, cfg, views, w, student, args.warmup)
+                tr = bench.run(algo, cfg, views, w, student, warm, stop_after=warm + steps - 1)
                 n_img = batch * len(tr.sources)
                 r = results.setdefault((ci, name), {"ips": [], "wait": [], "wall": []})
                 r["ips"].append(n_img * len(tr.step_s) / sum(tr.step_s))
@@ -371,13 +375,14 @@ def train_section(bench: Bench, args, log) -> list[str]:
                     f"({len(tr.step_s)} steps timed; run {time.time() - t0:.1f}s)")
 
     lines = ["## Training images/s (fine-tuning stage, steps only)", "",
-             f"{args.steps} timed steps (fast; paper: {args.paper_steps}) after {args.warmup} warm-up steps, "
-             f"median of {args.repeats} interleaved repeats; device {bench.device}; "
+             f"{args.steps} timed steps per run after {args.warmup} warm-up steps (paper: {args.paper_steps} after "
+             f"{args.paper_warmup}), median of {args.repeats} interleaved runs (each run's images/s in the last "
+             f"column); device {bench.device}; "
              f"images/s = images through the student per second; vs today = ratio to `today` "
              f"(workers 0, cache_prefix off, data in memory{', amp off, no compile' if 'amp' in fields else ''}) "
              f"of the same row group; data wait = share of step time blocked on the next batch.", "",
-             "| setting | student | algorithm | variant | images/s | vs today | data wait |",
-             "|---|---|---|---|---:|---:|---:|"]
+             "| setting | student | algorithm | variant | images/s | vs today | data wait | runs |",
+             "|---|---|---|---|---:|---:|---:|---|"]
     for ci, (label, profile, size, batch, steps, student, algo, views, variants) in enumerate(configs):
         base = _median(results[(ci, "today")]["ips"])
         alg = f"{algo} (views={views})" if algo == "adip" else f"{algo} (fresh aug)"
@@ -385,11 +390,11 @@ def train_section(bench: Bench, args, log) -> list[str]:
             r = results[(ci, name)]
             ips = _median(r["ips"])
             lines.append(f"| {label} | {student} | {alg} | {name} | {ips:.1f} | {_fmt_ratio(ips / base)} | "
-                         f"{100 * _median(r['wait']):.0f}% |")
+                         f"{100 * _median(r['wait']):.0f}% | {' / '.join(f'{x:.0f}' for x in r['ips'])} |")
     fills = {w: v for w, v in bench.fills.items() if "(train" in w}
     if fills:
         lines += ["", "One-off cache fills during these runs (not in the step times): " +
-                  "; ".join(f"{w}: {v[1]} images in {v[0]:.1f}s" for w, v in fills.items())]
+                  "; ".join(f"{w}: {v[1]} views in {v[0]:.1f}s" for w, v in fills.items())]
     if notes:
         lines += [""] + [f"Note: {n}" for n in notes]
     return lines
@@ -487,20 +492,40 @@ def loader_section(bench: Bench, args, log) -> list[str]:
 
 
 # --------------------------------------------------------------------------- section: rss
+def _peak_rss_self_kib() -> int:
+    """This process's peak resident memory since it started (or exec'd): /proc/self/status VmHWM.
+
+    Not ``wait4``'s ``ru_maxrss``: Linux carries the parent's high-water mark into a child across
+    fork/vfork + exec, so a child of a big parent reports the parent's peak (this benchmark's own paper-profile
+    steps peak at ~9 GiB on the CPU)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def rss_child(args) -> None:
     """One short training run (measured from outside by the parent)."""
     from vl2v.config import ExperimentConfig, apply_profile, with_settings
     from vl2v.evaluation.protocol import run_experiment
 
     if args.rss_mode == "imports":  # the floor: torch and vl2v imported, nothing run
+        print(f"PEAK_RSS_KIB {_peak_rss_self_kib()}", flush=True)
         return
     with tempfile.TemporaryDirectory() as out:
         cfg = ExperimentConfig(dataset=None, data_dir=args.rss_child, algorithms=("erm_ft",), targets=(0,),
                                student="efficientnet_lite0", student_pretrained=False, data_mode=args.rss_mode,
                                workers=0, store="memory", out_dir=out)
         cfg = apply_profile(cfg, "fast")
-        cfg = with_settings(cfg, {"steps": 4, "image_size": args.rss_size, "device": "cpu"})
+        over = {"eval_batch_size": args.rss_eval_batch} if getattr(args, "rss_eval_batch", None) else {}
+        cfg = with_settings(cfg, {"steps": 4, "image_size": args.rss_size, "device": "cpu", **over})
         run_experiment(cfg, log=lambda *_: None)
+    print(f"PEAK_RSS_KIB {_peak_rss_self_kib()}", flush=True)
 
 
 def _peak_rss(cmds: list[list[str]], parallel: int = 1) -> list[tuple[float, float]]:
@@ -509,33 +534,35 @@ def _peak_rss(cmds: list[list[str]], parallel: int = 1) -> list[tuple[float, flo
     for start in range(0, len(cmds), parallel):
         procs = []
         for cmd in cmds[start:start + parallel]:
-            errf = tempfile.TemporaryFile()  # a file, not a pipe: a chatty child cannot block on a full pipe
-            procs.append((cmd, errf, time.time(), subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf,
-                                                                   env={**os.environ, "VL2V_PROGRESS": "0"})))
-        for cmd, errf, t0, proc in procs:
-            _, status, usage = os.wait4(proc.pid, 0)  # usage of this child (and what it waited for)
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            # files, not pipes: a chatty child cannot block on a full pipe
+            outf, errf = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+            procs.append((cmd, outf, errf, time.time(), subprocess.Popen(
+                cmd, stdout=outf, stderr=errf, env={**os.environ, "VL2V_PROGRESS": "0"})))
+        for cmd, outf, errf, t0, proc in procs:
+            proc.wait()
+            dt = time.time() - t0
+            outf.seek(0)
             errf.seek(0)
-            err = errf.read().decode(errors="replace")
+            text, err = outf.read().decode(errors="replace"), errf.read().decode(errors="replace")
+            outf.close()
             errf.close()
-            if proc.returncode != 0:
+            peak = [int(line.split()[1]) for line in text.splitlines() if line.startswith("PEAK_RSS_KIB ")]
+            if proc.returncode != 0 or not peak:
                 raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-3000:]}")
-            out.append((usage.ru_maxrss / 1024.0, time.time() - t0))  # KiB on Linux
+            out.append((peak[-1] / 1024.0, dt))
     return out
 
 
-def _rss_forked(folder: str, mode: str, size: int, q) -> None:
-    import resource
-
-    ns = argparse.Namespace(rss_child=folder, rss_mode=mode, rss_size=size)
+def _rss_forked(folder: str, mode: str, size: int, eval_batch: int, q) -> None:
+    ns = argparse.Namespace(rss_child=folder, rss_mode=mode, rss_size=size, rss_eval_batch=eval_batch)
     try:
         rss_child(ns)
-        q.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, None))
+        q.put((_peak_rss_self_kib() / 1024.0, None))
     except BaseException as exc:  # noqa: BLE001 - reported by the parent
         q.put((float("nan"), f"{type(exc).__name__}: {exc}"))
 
 
-def _peak_rss_forked(jobs: list[tuple[str, str, int]]) -> list[tuple[float, float]]:
+def _peak_rss_forked(jobs: list[tuple[str, str, int, int]]) -> list[tuple[float, float]]:
     """Like :func:`_peak_rss`, but each run is a process forked from a server that has only imported torch and
     vl2v (multiprocessing's forkserver): the same starting point as a fresh interpreter after its imports,
     without paying for the imports each time (``--quick``)."""
@@ -544,15 +571,15 @@ def _peak_rss_forked(jobs: list[tuple[str, str, int]]) -> list[tuple[float, floa
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "vl2v.evaluation.protocol", "vl2v.students", "vl2v.methods"])
     out = []
-    for folder, mode, size in jobs:
+    for job in jobs:
         q = ctx.Queue()
         t0 = time.time()
-        p = ctx.Process(target=_rss_forked, args=(folder, mode, size, q))
+        p = ctx.Process(target=_rss_forked, args=(*job, q))
         p.start()
         mib, err = q.get()
         p.join()
         if err is not None or p.exitcode != 0:
-            raise SystemExit(f"rss run {folder} {mode} failed: {err or p.exitcode}")
+            raise SystemExit(f"rss run {job} failed: {err or p.exitcode}")
         out.append((mib, time.time() - t0))
     return out
 
@@ -562,22 +589,28 @@ def rss_section(args, log) -> list[str]:
                               args.rss_image) for f in args.rss_factors}
     keys = [(0, "imports")] + [(f, mode) for f in args.rss_factors for mode in ("memory", "stream")]
     cmds = [[sys.executable, str(Path(__file__).resolve()), "--rss-child", str(folders.get(f, "-")), "--rss-mode", mode,
-             "--rss-size", str(args.fast_size)] for f, mode in keys]
+             "--rss-size", str(args.fast_size), "--rss-eval-batch", str(args.rss_eval_batch)] for f, mode in keys]
     if args.rss_fork:
-        rows = dict(zip(keys, _peak_rss_forked([(str(folders.get(f, "")), mode, args.fast_size) for f, mode in keys])))
+        rows = dict(zip(keys, _peak_rss_forked([(str(folders.get(f, "")), mode, args.fast_size, args.rss_eval_batch)
+                                                for f, mode in keys])))
     else:
         rows = dict(zip(keys, _peak_rss(cmds, args.rss_parallel)))
     for (f, mode), (mib, sec) in rows.items():
         log(f"  rss {f}x ({args.rss_base * f} images) {mode}: {mib:.0f} MiB ({sec:.0f}s)")
     floor = rows[(0, "imports")][0]
     f0, fN = args.rss_factors[0], args.rss_factors[-1]
+    eb = args.rss_eval_batch or 128
     lines = ["## Peak resident memory of a training run (fresh process each)", "",
-             f"erm_ft, fast profile, {args.fast_size}px, 4 steps (2 evaluations), target 0, random EfficientNet-Lite0, "
+             f"erm_ft, fast profile, {args.fast_size}px, 4 steps (2 evaluations, eval batch {eb}"
+             f"{': below the training step, so activations peak in the same place at every size' if args.rss_eval_batch else ''}"
+             f"), target 0, "
+             f"random EfficientNet-Lite0, "
              f"no teacher, workers 0; synthetic {args.rss_image}px PNG folders (in {SCRATCH}); peak RSS of the "
-             f"process (ru_maxrss); the same for a process that only imports torch and vl2v: {floor:.0f} MiB "
+             f"process (VmHWM, read by the process itself at its end); the same for a process that only imports "
+             f"torch and vl2v: {floor:.0f} MiB "
              f"(above imports = peak minus that). "
              + ("processes forked one at a time from a server that has only imported torch and vl2v (--quick). "
-                if args.rss_fork else "fresh interpreters, one at a time. ") +
+                if args.rss_fork else f"fresh interpreters, {args.rss_parallel} at a time. ") +
              "vs today = ratio to memory mode at the same size.", "",
              "| size | images | memory (today) | vs 1x | above imports | stream | vs 1x | above imports | "
              "stream vs today | seconds (memory / stream) |",
@@ -622,8 +655,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds; for the test)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {','.join(SECTIONS)}")
     ap.add_argument("--steps", type=int, help="timed training steps per run, fast settings (default 8; quick 2)")
-    ap.add_argument("--paper-steps", type=int, help="timed steps per run, paper settings (default 3; quick 1)")
-    ap.add_argument("--warmup", type=int, help="untimed steps first (default 2 on CPU, 5 with CUDA; quick 1)")
+    ap.add_argument("--paper-steps", type=int, help="timed steps per run, paper settings (default 1 on CPU, 10 with "
+                                                    "CUDA; quick 1)")
+    ap.add_argument("--warmup", type=int, help="untimed steps first (default 1 on CPU, 5 with CUDA); always at "
+                                               "least step 0 (an evaluation step); paper settings: 1 on CPU")
     ap.add_argument("--repeats", type=int, help="interleaved repeats, median reported (default 2; quick 1)")
     ap.add_argument("--views", type=int, default=4, help="stored views of the replaying adip row (default 4)")
     ap.add_argument("--students", help="comma-separated (default efficientnet_lite0 on CPU; "
@@ -631,15 +666,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", help="loader worker counts for the training rows (default 1,2 on CPU; 2,8 with CUDA)")
     ap.add_argument("--precision", action="store_true", help="also time bf16/compile variants on the CPU")
     ap.add_argument("--data", help="ROOT/domain/class/image folder (default: OfflinePACS if built, else synthetic)")
-    ap.add_argument("--eval-passes", type=int, help="evaluation passes per run in the eval section (default 3)")
-    ap.add_argument("--loader-batches", type=int, help="requests timed per loader measurement (default 12)")
+    ap.add_argument("--eval-passes", type=int, help="evaluation passes per run in the eval section (default 2)")
+    ap.add_argument("--loader-batches", type=int, help="requests timed per loader measurement (default 8)")
     ap.add_argument("--rss-base", type=int, help="images at 1x in the rss section (default 150; quick 12)")
-    ap.add_argument("--teacher-args", default="", help="arguments for benchmarks/teacher_speed.py")
+    ap.add_argument("--teacher-args", default="--no-zero-shot --repeats 2 --parity-images 64",
+                    help="arguments for benchmarks/teacher_speed.py (default: '--no-zero-shot --repeats 2 "
+                         "--parity-images 64', to keep the run short; pass '' for its own defaults)")
     ap.add_argument("--teacher-timeout", type=int, default=1200)
     ap.add_argument("--out", help="also write the Markdown report to this file")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     ap.add_argument("--rss-mode", help=argparse.SUPPRESS)
     ap.add_argument("--rss-size", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--rss-eval-batch", type=int, default=32,
+                    help="eval batch of the rss runs (default 32, below the training step's batch: activations peak "
+                         "in the training step at every size; 0 = the config's 128, whose 1x runs have splits smaller "
+                         "than one batch and so a lower activation peak than 4x and 16x)")
     args = ap.parse_args(argv)
     if args.rss_child:
         rss_child(args)
@@ -653,15 +694,16 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device here")
     q = args.quick
-    args.steps = args.steps or (1 if q else 8)
-    args.paper_steps = args.paper_steps or (1 if q else 3)
-    args.warmup = args.warmup if args.warmup is not None else (1 if q else (5 if cuda else 2))
+    args.steps = args.steps or (1 if q else (20 if cuda else 5))
+    args.paper_steps = args.paper_steps or (10 if cuda and not q else 1)
+    args.warmup = args.warmup if args.warmup is not None else (5 if cuda and not q else 1)
+    args.paper_warmup = args.warmup if cuda else 1
     args.repeats = args.repeats or (1 if q else 2)
-    args.eval_passes = args.eval_passes or (2 if q else 3)
-    args.loader_batches = args.loader_batches or (3 if q else 12)
+    args.eval_passes = args.eval_passes or 2
+    args.loader_batches = args.loader_batches or (3 if q else 8)
     args.rss_base = args.rss_base or (12 if q else 150)
     args.rss_factors = [1, 16] if q else [1, 4, 16]
-    args.rss_parallel = 1
+    args.rss_parallel = 2
     args.rss_fork = q
     args.rss_image = 64 if q else 256
     args.fast_size, args.fast_batch = (32, 4) if q else (128, 16)

@@ -13,7 +13,7 @@ SCRIPT = ROOT / "benchmarks" / "pipeline.py"
 
 # section -> (title, table header); each header names the section's ratio column(s)
 TABLES = {
-    "train": ("## Training images/s", "| setting | student | algorithm | variant | images/s | vs today | data wait |"),
+    "train": ("## Training images/s", "| setting | student | algorithm | variant | images/s | vs today | data wait | runs |"),
     "eval": ("## Evaluation images/s", "| variant | images/s (warm) | vs today | first pass (s) | first pass images/s |"),
     "loader": ("## Loader images/s", "| workers | memory images/s | vs today | stream images/s | vs today | "
                                      "stream vs stream 0 workers |"),
