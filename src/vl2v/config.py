@@ -129,7 +129,9 @@ class TrainConfig:
     select_stage: Literal["all", "final"] = "all"
     # mixed precision: bf16 autocast of forward passes and losses; auto = on with CUDA, off on the CPU
     amp: Literal["auto", "off", "bf16"] = "auto"
-    compile: bool = False  # torch.compile the student (pays on GPUs; ~1.1x on a CPU, after minutes of compiling)
+    # torch.compile the student's forward (pays on GPUs; ~1.1x on a CPU, after minutes of compiling); steps that start
+    # from a cached frozen prefix (cache_prefix) run the uncompiled rest
+    compile: bool = False
 
     def validate(self) -> None:
         """Range checks run on construction; this re-checks a copy changed with ``dataclasses.replace``."""

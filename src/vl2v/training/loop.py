@@ -265,7 +265,9 @@ class Trainer:
                 pending.append((s, plans, self._rng_state() if self._is_eval_step(s, stage) else None))
                 yield self._requests(plans)
 
-        workers = self.res.workers if not use_feats else 0  # cached features: nothing to render
+        # cached features, or stored views served from the cached frozen prefix: nothing to render
+        cached = use_feats or (self._prefix_n and algo.uses_teacher_images and self.cfg.teacher_mode == "cached")
+        workers = 0 if cached else self.res.workers
         for rendered in render_stream(self.data.bank, requests(), workers, pin_memory=self.device.type == "cuda"):
             s, plans, rng = pending.popleft()
             mbs = [self._to_device(self._assemble(p, rendered[2 * k], rendered[2 * k + 1])) for k, p in enumerate(plans)]
