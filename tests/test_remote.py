@@ -236,7 +236,11 @@ def test_injected_faults_are_retried_with_the_same_id_billed_once(service, fault
     ids = [rid for _, rid, _ in seen]
     assert len(seen) == 5 and all(ids)
     assert ids[1] == ids[2] == ids[3] and len({ids[0], ids[1], ids[4]}) == 3  # one id per batch, reused on retries
-    assert t.retried == 2 and t.image_queries == 20
+    # two planned faults -> two retries; an attempt that never reached the server (a pooled keep-alive connection
+    # the server had just closed, under load) is retried too and counted, but not seen by the service
+    # (so: at least the two planned retries, and exactly one first try per logical request: the model-info GET
+    # and the three POSTed batches)
+    assert t.retried >= 2 and t.requests - t.retried == 1 + 3 and t.image_queries == 20
     u = billed(service)
     assert u["image_queries"] == 20 == service["svc"].images_embedded  # billed once, embedded once
     if fault in ("500_after", "drop_after", "slow_after"):
