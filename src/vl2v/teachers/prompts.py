@@ -21,8 +21,6 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from vl2v.config import DEFAULT_TEMPLATES  # noqa: E402,F401  (CLIP's default prompt; defined once, with the run config)
-
 PROMPT_MODES = ("folder", "curated")
 
 

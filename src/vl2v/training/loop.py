@@ -217,7 +217,7 @@ class Trainer:
             plan.teacher = tuple(zip(idx, choice))
         elif use_feats or needs_t:
             plan.rows = [self.train_pos[i] for i in idx]
-            if not use_feats and not self._prefix_n:
+            if not use_feats and not self._train_hidden:
                 plan.student = tuple((i, res.view_list(i)[k]) for i, k in zip(idx, choice))
         else:
             plan.student = tuple(zip(idx, choice))
@@ -240,7 +240,7 @@ class Trainer:
         elif p.rows is not None:
             if p.use_feats:
                 b.feats = self.train_feats[p.rows, p.choice]  # [N_train, V, d] -> [B, d]
-            elif self._prefix_n:
+            elif self._train_hidden:
                 b.hidden, b.hidden_stage = self.train_hidden[p.rows, p.choice], self._prefix_n
             if p.needs_t:
                 b.t_img = self.targets[p.rows, p.choice]
@@ -266,8 +266,7 @@ class Trainer:
                 yield self._requests(plans)
 
         # cached features, or stored views served from the cached frozen prefix: nothing to render
-        cached = use_feats or (self._prefix_n and algo.uses_teacher_images and self.cfg.teacher_mode == "cached")
-        workers = 0 if cached else self.res.workers
+        workers = 0 if (use_feats or self._train_hidden) else self.res.workers
         for rendered in render_stream(self.data.bank, requests(), workers, pin_memory=self.device.type == "cuda"):
             s, plans, rng = pending.popleft()
             mbs = [self._to_device(self._assemble(p, rendered[2 * k], rendered[2 * k + 1])) for k, p in enumerate(plans)]
@@ -426,6 +425,7 @@ class Trainer:
             if not algo.has_student:
                 res.teacher_center(sorted({i for d, w in self._eval_sets() for i in self.data.split_items(d, w)}))
         self._prefix_n = 0  # leading student stages served from a cache in the current stage
+        self._train_hidden = False  # training steps of the current stage start from those cached activations
         self.state = {"global_step": 0, "stage_index": 0, "stage_step": 0, "best": None, "stage_best": None,
                       "loss_sum": 0.0, "loss_n": 0, "elapsed": 0.0}
         self.sampler = DomainSampler(self.pools, cfg.batch_size, self.seed)
@@ -466,7 +466,9 @@ class Trainer:
         if use_feats:
             self.train_feats = self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key)
         self._prefix_n = self._cacheable_prefix(algo, stage, backbone_pristine)
-        if self._prefix_n and algo.uses_teacher_images and cfg.teacher_mode == "cached":
+        # stored views (replayed, not freshly augmented) can start from cached activations too
+        self._train_hidden = bool(self._prefix_n and algo.uses_teacher_images and cfg.teacher_mode == "cached")
+        if self._train_hidden:
             self.train_hidden = self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key,
                                                          prefix=self._prefix_n)
         last_stage = si == len(stages) - 1

@@ -146,8 +146,7 @@ class SharedResources:
             pbar = bar(len(jobs), desc=f"{what} ({kind})", unit="img")
             out: dict[tuple[int, int], torch.Tensor] = {}
             chunks = [jobs[b:b + self.batch_size] for b in range(0, len(jobs), self.batch_size)]
-            requests = (RenderRequest((("student", size, tuple((i, p) for i, _, p in c)),)) for c in chunks)
-            for chunk, (x,) in zip(chunks, render_stream(self.data.bank, requests, self.workers, self._pin)):
+            for chunk, x in zip(chunks, self._render([[(i, p) for i, _, p in c] for c in chunks], size)):
                 x = x.to(self.device).float().div_(255.0)
                 x = x.contiguous(memory_format=torch.channels_last)
                 f = (student.forward_prefix(x, prefix) if prefix else student(x)).float().cpu()
@@ -183,24 +182,23 @@ class SharedResources:
         """uint8 [n, 3, size, size] evaluation views (resize to size x size, DomainBed's eval transform) of
         ``indices`` in chunks of ``batch_size``: held once rendered (in-memory datasets) or rendered by the
         loader workers each time (streamed datasets)."""
-        chunks = [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
+        def chunked(items: list[int]) -> list[list[int]]:
+            return [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+
+        chunks = chunked(indices)
         if self.data.bank.streamed:
-            requests = (RenderRequest((("student", size, tuple((i, None) for i in c)),)) for c in chunks)
-            for (x,) in render_stream(self.data.bank, requests, self.workers, self._pin):
-                yield x
+            yield from self._render([[(i, None) for i in c] for c in chunks], size)
             return
         cache = self._eval_inputs.setdefault(size, {})
-        todo = [i for i in dict.fromkeys(indices) if i not in cache]
-        if todo:
-            todo_chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
-            requests = (RenderRequest((("student", size, tuple((i, None) for i in c)),)) for c in todo_chunks)
-            for c, (x,) in zip(todo_chunks, render_stream(self.data.bank, requests, self.workers)):
-                for i, xi in zip(c, x):
-                    cache[i] = xi
+        todo = chunked([i for i in dict.fromkeys(indices) if i not in cache])
+        for c, x in zip(todo, self._render([[(i, None) for i in c] for c in todo], size, pin=False)):
+            cache.update(zip(c, x))
         for c in chunks:
             yield torch.stack([cache[i] for i in c])
 
-    def eval_inputs(self, indices: list[int], size: int) -> torch.Tensor:
-        """uint8 [N, 3, size, size] evaluation views of ``indices`` (see :meth:`eval_batches`)."""
-        parts = list(self.eval_batches(indices, size, 256))
-        return torch.cat(parts) if parts else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    def _render(self, chunks: list[list[tuple[int, AugParams | None]]], size: int, pin: bool | None = None):
+        """uint8 [n, 3, size, size] student views of each chunk of ``(image, params)``, rendered by the loader
+        workers (pinned memory on CUDA unless ``pin=False``: views held in the cache stay unpinned)."""
+        requests = (RenderRequest((("student", size, tuple(c)),)) for c in chunks)
+        for (x,) in render_stream(self.data.bank, requests, self.workers, self._pin if pin is None else pin):
+            yield x
