@@ -149,7 +149,8 @@ def tiny_teacher() -> TinyTeacher:
 SLOW, E2E = ("slow",), ("e2e",)
 SLOW_E2E = ("slow", "e2e")
 LANES: dict[str, tuple[str, ...]] = {
-    "test_distributed.py": SLOW_E2E,  # torchrun, 2 processes: 39 + 32 + 17 s
+    "test_distributed.py": SLOW_E2E,  # torchrun, 2 processes: 4 tests, 81 s in all
+    "test_data_stream.py": SLOW_E2E,  # tiny comparisons of 5, 2 and 2 algorithms: 9.6 s in all
     "test_sweep.py::test_interrupted_local_sweep_resumes_and_skips_finished_jobs": SLOW_E2E,  # 65 s
     "test_sweep.py::test_submitit_launcher_runs_jobs": SLOW_E2E,  # 23 s
     "test_resume.py::test_sigkill_and_resume_gives_identical_results": SLOW_E2E,  # 83 s

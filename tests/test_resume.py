@@ -38,7 +38,9 @@ def metrics(out):
     res = {}
     for f in sorted(Path(out).rglob("final.json")):
         d = json.loads(f.read_text())
-        res[d["algorithm"]] = {"selected": d["selected"], "swad": {k: v for k, v in d.get("swad", {}).items()}}
+        # data_stream: the digest of every (image, view) each stage trained on survives a kill and resume
+        res[d["algorithm"]] = {"selected": d["selected"], "swad": {k: v for k, v in d.get("swad", {}).items()},
+                               "data_stream": d["data_stream"]}
     recs = {}
     for f in sorted(Path(out).rglob("results.jsonl")):
         rows = [json.loads(l) for l in f.read_text().splitlines()]

@@ -108,6 +108,11 @@ class TrainConfig:
     eval_every: PosInt = 200
     image_size: Annotated[int, Field(ge=16)] = 224  # student input side
     teacher_mode: Literal["cached", "online"] = "cached"  # cached: K stored views; online: query every step
+    # what every algorithm of a comparison trains on, the same for all (see `data_stream_kind`): "stored" = the K
+    # stored views of each image (the identity view when K = 0) replayed by every algorithm, ERM included;
+    # "fresh" = a new augmentation per image and step for every algorithm (a teacher is then queried online);
+    # "auto" = stored with a cached teacher, fresh with an online one
+    data_stream: Literal["auto", "stored", "fresh"] = "auto"
     swad: bool = False
     swad_cfg: SWADConfig = field(default_factory=SWADConfig)
     eval_source_in: bool = False  # also evaluate the sources' training ("in") splits
@@ -136,6 +141,16 @@ class TrainConfig:
     def validate(self) -> None:
         """Range checks run on construction; this re-checks a copy changed with ``dataclasses.replace``."""
         validated(TrainConfig, dataclasses.asdict(self))
+        if self.data_stream == "stored" and self.teacher_mode == "online":
+            raise ConfigError("--data-stream stored replays stored views, but --teacher-mode online queries the "
+                              "teacher on fresh views: use --teacher-mode cached, or --data-stream fresh")
+
+    @property
+    def data_stream_kind(self) -> Literal["stored", "fresh"]:
+        """The data stream ``auto`` resolves to: stored views with a cached teacher, fresh views with an online one."""
+        if self.data_stream != "auto":
+            return self.data_stream
+        return "fresh" if self.teacher_mode == "online" else "stored"
 
 
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("zeroshot", "erm_lp", "erm_ft", "kd", "rise", "adip")

@@ -61,6 +61,7 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
     flags = dict(steps=args.steps, frozen_steps=args.frozen_steps, lr=args.lr, frozen_lr=args.frozen_lr,
                  freeze_stages=args.freeze_stages, batch_size=args.batch_size, image_size=args.image_size,
                  eval_every=args.eval_every, teacher_mode=args.teacher_mode, device=args.device, views=args.views,
+                 data_stream=args.data_stream,
                  templates=templates, swad=True if args.swad else False if args.no_swad else None,
                  amp=args.amp, compile=True if args.compile else None, select_stage=args.select_stage,
                  cache_prefix=False if args.no_cache_prefix else None,
@@ -223,7 +224,11 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--image-size", type=int, help="student input side in pixels")
     g.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps")
     g.add_argument("--freeze-stages", type=int, help="keep the first N backbone stages frozen while fine-tuning (speed)")
-    g.add_argument("--views", type=int, help="K stored augmented teacher views per training image (0: un-augmented only)")
+    g.add_argument("--views", type=int, help="K stored augmented views per training image, replayed by every "
+                   "algorithm with the stored data stream (fast: 4; 0: the un-augmented image only)")
+    g.add_argument("--data-stream", choices=["auto", "stored", "fresh"], help="what every algorithm trains on, the same "
+                   "for all: stored = the K stored views (--views), teacher cached; fresh = a new augmentation each "
+                   "step, teacher queried online; auto (default) = stored with --teacher-mode cached, fresh with online")
     g.add_argument("--teacher-mode", choices=["cached", "online"], help="cached: replay stored views; online: query the teacher every step")
     g.add_argument("--swad", action="store_true", help="also report SWAD (LossValley) weight averaging of the last stage "
                    "(on in the paper profile; then the headline table)")

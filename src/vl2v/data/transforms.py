@@ -11,6 +11,10 @@ RandomResizedCrop(scale 0.7-1, ratio 3/4-4/3), horizontal flip,
 ColorJitter(0.3, 0.3, 0.3, 0.3), RandomGrayscale(0.1).
 Evaluation view: resize to S x S.
 
+Training views (:func:`training_views`): K seeded augmentations per image, or with K = 0 the
+one identity view (:data:`IDENTITY`: the whole image resized to S x S). Student and teacher
+render the same parameters, each at its own input size: the same crop of the same image.
+
 Images travel as uint8 tensors [3, H, W]; outputs are float tensors in [0, 1].
 Normalisation (ImageNet, CLIP, ...) belongs to each model, not to the data.
 """
@@ -110,6 +114,23 @@ def sample_aug_params(gen: torch.Generator, cfg: AugConfig = AugConfig(), aspect
     return AugParams(*box, flip, order, b, c, s, h_, gray)
 
 
+#: the un-augmented training view (K = 0): the whole image, no flip, no colour change. Rendered like any other
+#: view (:func:`apply_aug_u8`), so student and teacher see the same pixels of it, each at its own size.
+IDENTITY = AugParams(top=0.0, left=0.0, height=1.0, width=1.0, flip=False, jitter_order=(0, 1, 2, 3),
+                     brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0, grayscale=False)
+
+
+def training_views(content_hash: str, views: int, view_seed: int = 0, aug: AugConfig = AugConfig(),
+                   aspect: float = 1.0) -> list[AugParams]:
+    """The stored training views of an image: ``views`` seeded augmentations, or ``[IDENTITY]`` when 0.
+
+    The trainer's view plan and ``vl2v embed`` both call this, so they ask the teacher store for the same views.
+    """
+    if views == 0:
+        return [IDENTITY]
+    return [view_params(content_hash, k, view_seed, aug, aspect) for k in range(1, views + 1)]
+
+
 def view_params(content_hash: str, k: int, view_seed: int = 0, aug: AugConfig = AugConfig(), aspect: float = 1.0) -> AugParams:
     """Augmentation parameters of view ``k`` (1-based) of an image: a pure function of its content.
 
@@ -153,14 +174,14 @@ def apply_aug_u8(img: torch.Tensor, p: AugParams, size: int) -> torch.Tensor:
     pil = pil.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
     if p.flip:
         pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    for i in p.jitter_order:
-        if i == 0:
+    for i in p.jitter_order:  # a factor of exactly 1 (hue 0) is the identity: skipped (the HSV round trip is lossy)
+        if i == 0 and p.brightness != 1.0:
             pil = ImageEnhance.Brightness(pil).enhance(p.brightness)
-        elif i == 1:
+        elif i == 1 and p.contrast != 1.0:
             pil = ImageEnhance.Contrast(pil).enhance(p.contrast)
-        elif i == 2:
+        elif i == 2 and p.saturation != 1.0:
             pil = ImageEnhance.Color(pil).enhance(p.saturation)
-        else:
+        elif i == 3 and p.hue != 0.0:
             pil = _hue_shift(pil, p.hue)
     if p.grayscale:
         pil = pil.convert("L").convert("RGB")

@@ -86,6 +86,13 @@ def check_experiment(cfg: ExperimentConfig) -> list[AlgoSpec]:
 
     TeacherSpec.parse(cfg.teacher, cfg.teacher_options)
     cfg.train.validate()
+    if cfg.train.data_stream_kind == "fresh" and cfg.train.teacher_mode == "cached":
+        needs = [s.label for s in specs if get_algorithm(s.name).uses_teacher_images and get_algorithm(s.name).needs_training]
+        if needs:
+            raise ConfigError(f"--data-stream fresh draws a new augmentation every step, but {', '.join(needs)} "
+                              "learn(s) from the teacher's embedding of each view and --teacher-mode cached has "
+                              "only the stored views: use --teacher-mode online (the teacher sees every fresh view), "
+                              "or --data-stream stored (every algorithm replays the same K stored views)")
     if cfg.classnames and not Path(cfg.classnames).expanduser().is_file():
         raise ConfigError(f"--classnames file {cfg.classnames} does not exist")
     if cfg.prompt_names == "curated" and not cfg.classnames and cfg.data_dir is None:

@@ -48,7 +48,7 @@ def precompute(scan: FolderScan, store: TeacherStore, views: int = 0, view_seed:
 
     from vl2v.data.dataset import decode_for_bank
     from vl2v.data.images import ImageDecodeError
-    from vl2v.data.transforms import teacher_view, view_params
+    from vl2v.data.transforms import teacher_view, training_views
 
     conn = _index(store)
     stats = PrecomputeStats()
@@ -71,8 +71,8 @@ def precompute(scan: FolderScan, store: TeacherStore, views: int = 0, view_seed:
                                (rec.path, st.st_size, st.st_mtime_ns, ms)).fetchone()
             if row is not None:
                 content, w, h = row
-                wanted = [(content, None)] + [(content, view_params(content, k, view_seed, aspect=w / h))
-                                             for k in range(1, views + 1)]
+                wanted = [(content, None)] + [(content, p) for p in training_views(content, views, view_seed,
+                                                                                    aspect=w / h)]
                 have = store.lookup_images([(c, view_id(p)) for c, p in wanted])
                 if len(have) == len(wanted):
                     stats.images += 1
@@ -92,7 +92,7 @@ def precompute(scan: FolderScan, store: TeacherStore, views: int = 0, view_seed:
                 with conn:
                     conn.execute("INSERT OR REPLACE INTO paths VALUES (?, ?, ?, ?, ?, ?, ?)",
                                  (rec.path, st.st_size, st.st_mtime_ns, ms, content, w, h))
-            for p in [None] + [view_params(content, k, view_seed, aspect=w / h) for k in range(1, views + 1)]:
+            for p in [None] + training_views(content, views, view_seed, aspect=w / h):
                 keys.append((content, p))
                 owner.append(j)
         if keys:

@@ -15,11 +15,12 @@ whether they need the teacher's image embeddings; everything else is here.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -115,6 +116,7 @@ class _DomainPlan:
     rows: list[int] | None = None  # rows of the training-set caches (features, teacher targets)
     student: tuple[tuple[int, AugParams | None], ...] = ()  # views for the student, at its input size
     teacher: tuple[tuple[int, AugParams | None], ...] = ()  # views for an online teacher, at its size
+    key: tuple = ()  # the global (unsharded) images and views of this part: what the stream digest hashes
 
 
 @dataclass
@@ -156,7 +158,12 @@ class Trainer:
         self.student_key = student_key
         self.make_student = make_student
         self.teacher_encoder = teacher_encoder
-        self.seed = seed_hash(spec.trial_seed, spec.hparams_seed, spec.algorithm, spec.target)
+        self.seed = seed_hash(spec.trial_seed, spec.hparams_seed, spec.algorithm, spec.target)  # model init
+        self.stream = cfg.data_stream_kind
+        if (self.stream == "fresh" and cfg.teacher_mode == "cached" and self.info.uses_teacher_images
+                and self.info.needs_training):
+            raise ConfigError(f"{spec.algorithm} learns from the teacher's embedding of each view: a fresh data "
+                              "stream needs --teacher-mode online (or use --data-stream stored)")
 
     # ------------------------------------------------------------ set-up
     def _prompt_names(self) -> list[str]:
@@ -198,30 +205,61 @@ class Trainer:
     def _plan(self, algo: Algorithm, d: int, idx: list[int], use_feats: bool) -> _DomainPlan:
         """This rank's part of domain ``d``'s global minibatch ``idx``: the random choices, and what to render.
 
-        Random choices (augmentation parameters, which stored view) are drawn for
-        the whole global minibatch in the same order on every rank, then sliced:
+        The choices depend only on the data stream (``stored``: which of the K stored views; ``fresh``: new
+        augmentation parameters), never on the algorithm: every algorithm draws the same ones (see
+        :meth:`_reset_stream`). A teacher that is queried sees the same crop as the student, at its own size.
+        Random choices are drawn for the whole global minibatch in the same order on every rank, then sliced:
         N ranks see exactly what one process with the same global batch sees.
         Rendering happens later, in loader workers (:meth:`_assemble` puts the batch together).
         """
-        res, cfg = self.res, self.cfg
+        res = self.res
         needs_t = algo.uses_teacher_images
-        online = needs_t and cfg.teacher_mode == "online"
-        if (use_feats or needs_t) and not online:  # replay stored views
+        stored = self.stream == "stored"
+        if stored:  # replay stored views
             choice = torch.randint(0, res.n_views, (len(idx),), generator=self.gen).tolist()
+            key = (d, tuple(idx), tuple(choice))
         else:  # a fresh augmentation per image
             choice = [sample_aug_params(self.gen, res.aug, res.data.bank.aspect(i)) for i in idx]
+            key = (d, tuple(idx), tuple(astuple(c) for c in choice))
         idx, choice = shard(idx), shard(choice)
-        plan = _DomainPlan(d, idx, choice, online=online, needs_t=needs_t, use_feats=use_feats)
+        online = needs_t and not stored  # fresh views: the teacher is queried on each (online mode, checked)
+        plan = _DomainPlan(d, idx, choice, online=online, needs_t=needs_t, use_feats=use_feats, key=key)
         if online:
             plan.student = tuple(zip(idx, choice))
             plan.teacher = tuple(zip(idx, choice))
-        elif use_feats or needs_t:
+        elif stored:
             plan.rows = [self.train_pos[i] for i in idx]
             if not use_feats and not self._train_hidden:
                 plan.student = tuple((i, res.view_list(i)[k]) for i, k in zip(idx, choice))
         else:
             plan.student = tuple(zip(idx, choice))
         return plan
+
+    @staticmethod
+    def _stream_role(stage: Stage) -> str:
+        """Stages that see the same data stream in every algorithm: head/projection warm-ups on a frozen
+        backbone (LP-FT's probe, ADiP's Align) and fine-tuning stages (ERM-FT, KD, RISE, ADiP's Distill)."""
+        return "frozen" if stage.backbone_frozen else "tune"
+
+    def _stream_record(self, stages: list[Stage]) -> dict[str, Any]:
+        """What this run trains on, for ``config.json``: a reader checks that a comparison's runs match."""
+        res = self.res
+        return {"kind": self.stream, "views": res.views if self.stream == "stored" else None,
+                "view_seed": res.view_seed if self.stream == "stored" else None, "augmentation": asdict(res.aug),
+                "teacher_view": "the student's view (same crop and colour changes), at the teacher's input size",
+                "stages": {st.name: {"role": self._stream_role(st), "seed": self._stream_seed(st)} for st in stages}}
+
+    def _stream_seed(self, stage: Stage) -> int:
+        return seed_hash(self.spec.trial_seed, "data-stream", self.spec.target, self._stream_role(stage))
+
+    def _reset_stream(self, stage: Stage) -> None:
+        """Start ``stage``'s data stream: the sampler and the view generator seeded by (trial seed, target,
+        stage role) only, so every algorithm's stage of that role gets the same minibatches and views."""
+        seed = self._stream_seed(stage)
+        self.sampler = DomainSampler(self.pools, self.cfg.batch_size, seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.state.setdefault("stream", {})[stage.name] = {"role": self._stream_role(stage), "seed": seed,
+                                                           "digest": "", "steps": 0}
 
     def _requests(self, plans: list[_DomainPlan]) -> RenderRequest:
         tsize = self.res.store.teacher.image_size if self.res.store is not None else 0
@@ -269,6 +307,9 @@ class Trainer:
         workers = 0 if (use_feats or self._train_hidden) else self.res.workers
         for rendered in render_stream(self.data.bank, requests(), workers, pin_memory=self.device.type == "cuda"):
             s, plans, rng = pending.popleft()
+            rec = self.state["stream"][stage.name]  # a running digest of what this stage trained on
+            rec["digest"] = hashlib.sha256((rec["digest"] + repr([p.key for p in plans])).encode()).hexdigest()
+            rec["steps"] += 1
             mbs = [self._to_device(self._assemble(p, rendered[2 * k], rendered[2 * k + 1])) for k, p in enumerate(plans)]
             yield s, mbs, rng
 
@@ -406,14 +447,16 @@ class Trainer:
                                               "hparams_seed": spec.hparams_seed, "output_dir": str(run_dir)},
                                hparams={**asdict(algo.hparams), **{f"schedule_{k}": v for k, v in asdict(cfg.schedule).items()},
                                         "batch_size": cfg.batch_size, "image_size": self.input_size,
-                                        "teacher_mode": cfg.teacher_mode, "views": res.views, "swad": cfg.swad},
+                                        "teacher_mode": cfg.teacher_mode, "views": res.views, "swad": cfg.swad,
+                                        "data_stream": self.stream},
                                enabled=self.main)
         if self.main:
             atomic_write_json(rd.config_json, {
                 "spec": _spec_json(spec), "train": _jsonable(asdict(cfg)), "args": recorder.args, "hparams": recorder.hparams,
                 "stages": [asdict(s) for s in stages], "domains": self.data.domains, "classes": self.data.classes,
                 "prompts": {"class_names": self.prompt_names, "templates": list(cfg.templates)},
-                "input_size": self.input_size, "world_size": dist_info().world_size})
+                "input_size": self.input_size, "world_size": dist_info().world_size,
+                "data_stream": self._stream_record(stages)})
 
         store = res.store
         self.stats0 = store.stats.as_dict() if store else {}
@@ -462,12 +505,14 @@ class Trainer:
         if resuming and algo.optimizer is not None and resume_state.get("optimizer"):
             algo.optimizer.load_state_dict(resume_state["optimizer"])
         model = wrap(algo, self.device)  # DistributedDataParallel when data-parallel
-        use_feats = stage.backbone_frozen and backbone_pristine and cfg.teacher_mode == "cached"
+        if not resuming:  # a resumed stage continues the stream it saved
+            self._reset_stream(stage)
+        use_feats = stage.backbone_frozen and backbone_pristine and self.stream == "stored"
         if use_feats:
             self.train_feats = self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key)
         self._prefix_n = self._cacheable_prefix(algo, stage, backbone_pristine)
         # stored views (replayed, not freshly augmented) can start from cached activations too
-        self._train_hidden = bool(self._prefix_n and algo.uses_teacher_images and cfg.teacher_mode == "cached")
+        self._train_hidden = bool(self._prefix_n and self.stream == "stored")
         if self._train_hidden:
             self.train_hidden = self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key,
                                                          prefix=self._prefix_n)
@@ -583,6 +628,9 @@ class Trainer:
             elif not stages:
                 self._write_predictions(algo, rd.predictions)
         final["queries"] = _diff(store, self.stats0)
+        if stages:  # per stage: the stream's seed and a digest of every (image, view) it trained on, in order
+            final["data_stream"] = {"kind": self.stream, "views": self.res.views if self.stream == "stored" else None,
+                                    "stages": self.state.get("stream", {})}
         final["stage_seconds"] = {k: round(v, 2) for k, v in self.state.get("stage_seconds", {}).items()}
         if self.state.get("stage_selected"):  # the checkpoint each non-final stage handed to the next
             final["stage_selected"] = self.state["stage_selected"]

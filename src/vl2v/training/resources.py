@@ -3,7 +3,7 @@
 A LODO sweep trains many (algorithm, target) runs on one dataset. Anything
 that does not depend on the run is computed once here:
 
-* the **view plan**: K seeded augmentation views per image (``views=K``),
+* the **view plan**: K seeded augmentation views per image (``views=K``; K=0: the identity view),
   independent of target, algorithm and trial seed, so each teacher embedding is
   paid for once and replayed by every run;
 * **teacher targets**: the teacher's embeddings of those views (through the
@@ -26,7 +26,7 @@ import torch
 
 from vl2v.data.dataset import DomainData
 from vl2v.data.loader import RenderRequest, render_stream
-from vl2v.data.transforms import AugConfig, AugParams, teacher_view, view_params
+from vl2v.data.transforms import AugConfig, AugParams, teacher_view, training_views
 from vl2v.students.registry import Student
 from vl2v.teachers.store import TeacherStore
 from vl2v.utils.progress import bar
@@ -42,7 +42,7 @@ class SharedResources:
     batch_size: int = 64
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     workers: int = 0  # loader worker processes that decode and render views (0: the main process)
-    _params: dict[int, list[AugParams | None]] = field(default_factory=dict)
+    _params: dict[int, list[AugParams]] = field(default_factory=dict)
     _targets: dict[int, torch.Tensor] = field(default_factory=dict)  # bank idx -> [V, D]
     _center: dict[int, torch.Tensor] = field(default_factory=dict)  # bank idx -> [D] (teacher's eval view)
     _features: dict[tuple, dict[int, torch.Tensor]] = field(default_factory=dict)
@@ -50,15 +50,12 @@ class SharedResources:
     _text: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- views
-    def view_list(self, i: int) -> list[AugParams | None]:
-        """The views used for training image ``i``: [None] (un-augmented) if K=0, else K augmentations."""
+    def view_list(self, i: int) -> list[AugParams]:
+        """The stored views of training image ``i``: K augmentations, or the identity view if K=0
+        (:func:`~vl2v.data.transforms.training_views`)."""
         if i not in self._params:
-            if self.views == 0:
-                self._params[i] = [None]
-            else:
-                aspect = self.data.bank.aspect(i)
-                h = self.data.bank.hashes[i]
-                self._params[i] = [view_params(h, k, self.view_seed, self.aug, aspect) for k in range(1, self.views + 1)]
+            self._params[i] = list(training_views(self.data.bank.hashes[i], self.views, self.view_seed, self.aug,
+                                                  self.data.bank.aspect(i)))
         return self._params[i]
 
     @property
