@@ -57,9 +57,13 @@ def _spy_inputs(monkeypatch) -> dict[tuple[str, str], list[torch.Tensor]]:
 def test_every_algorithm_trains_on_the_same_stored_views(image_folder, tmp_path, monkeypatch):
     seen = _spy_inputs(monkeypatch)
     out = tmp_path / "runs"
-    run_experiment(cfg_for(image_folder, out, TUNED), log=lambda s: None)
+    text = run_experiment(cfg_for(image_folder, out, TUNED), log=lambda s: None)["text"]
     runs = _runs(out)
     assert set(runs) == set(TUNED)
+    # the printed tables say what every algorithm trained on, checked from the runs' digests
+    assert ("data stream (the same for every algorithm): stored views, K=2 per image" in text
+            and "fine-tuning stages: identical (image, view) sequences in every algorithm" in text
+            and "frozen-backbone stages: identical (image, view) sequences in every algorithm" in text), text
     for name, (final, config) in runs.items():
         assert config["data_stream"]["kind"] == "stored" and config["data_stream"]["views"] == 2, name
         assert config["hparams"]["data_stream"] == "stored"
@@ -117,3 +121,36 @@ def test_without_augmentation_teacher_and_student_see_the_whole_image(image_fold
     # the identity view changes no colour: a square image comes back as its plain resize
     sq = render_view_u8(img, IDENTITY, img.shape[-1])
     assert torch.equal(sq, img)
+
+
+def test_head_warmup_gives_every_fine_tuning_algorithm_the_same_frozen_stage(image_folder, tmp_path, monkeypatch):
+    """--head-warmup (fast profile): KD, RISE and ERM-FT first train their new heads on the frozen backbone for
+    frozen_steps, on the same stream as ADiP's Align; selection then picks from the final stage only."""
+    from dataclasses import replace
+
+    trainable: dict[tuple[str, str], bool] = {}
+    real_begin = Algorithm.begin_stage
+
+    def spy(self, stage):
+        real_begin(self, stage)
+        trainable[(type(self).__name__, stage.name)] = any(p.requires_grad for p in self.student.parameters())
+
+    monkeypatch.setattr(Algorithm, "begin_stage", spy)
+    cfg = cfg_for(image_folder, tmp_path / "runs", ["erm_ft", "kd", "rise", "adip"])
+    cfg = replace(cfg, train=replace(cfg.train, schedule=replace(cfg.train.schedule, head_warmup=True)))
+    run_experiment(cfg, log=lambda s: None)
+    runs = _runs(tmp_path / "runs")
+    stages = {n: [(k, v["role"], v["steps"]) for k, v in f["data_stream"]["stages"].items()] for n, (f, _) in runs.items()}
+    assert {n: sorted(v) for n, v in stages.items()} == {"erm_ft": [("ft", "tune", 4), ("lp", "frozen", 3)],
+                                                          "kd": [("ft", "tune", 4), ("warmup", "frozen", 3)],
+                                                          "rise": [("ft", "tune", 4), ("warmup", "frozen", 3)],
+                                                          "adip": [("align", "frozen", 3), ("distill", "tune", 4)]}
+    assert [s["name"] for s in runs["kd"][1]["stages"]] == ["warmup", "ft"]  # config.json: the stages in order
+    for role in ("frozen", "tune"):
+        assert len({s["digest"] for f, _ in runs.values() for s in f["data_stream"]["stages"].values()
+                    if s["role"] == role}) == 1, role
+    assert trainable == {("ERMFineTune", "lp"): False, ("ERMFineTune", "ft"): True, ("KD", "warmup"): False,
+                         ("KD", "ft"): True, ("RISE", "warmup"): False, ("RISE", "ft"): True,
+                         ("ADiP", "align"): False, ("ADiP", "distill"): True}
+    for name, (final, config) in runs.items():  # the final stage's checkpoint is selected (the default)
+        assert final["selected"]["stage"] == config["stages"][-1]["name"], name

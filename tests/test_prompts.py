@@ -62,14 +62,25 @@ def test_named_template_sets_resolve():
     assert config_from_args(train_parser().parse_args(["--templates", "rise"])).train.templates == rise
 
 
-def test_default_prompts_are_the_folder_names_as_before():
+def test_default_prompts_are_curated_for_a_registered_dataset_and_folder_names_otherwise():
     classes = ["Alarm_Clock", "dog", "teddy-bear"]
     assert resolve_class_names(classes) == [class_name(c) for c in classes] == ["Alarm Clock", "dog", "teddy-bear"]
+    assert resolve_class_names(classes, "auto", None) == ["Alarm Clock", "dog", "teddy-bear"]  # no prompt file
+    assert resolve_class_names(["bug", "marine"], "auto", "OfflinePACS") == ["insect", "sea creature"]
     assert prompts_for(classes, DEFAULT_TEMPLATES) == ["a photo of a Alarm Clock", "a photo of a dog",
                                                        "a photo of a teddy-bear"]
     cfg = config_from_args(train_parser().parse_args([]))
-    assert cfg.prompt_names == "folder" and cfg.classnames is None and cfg.train.class_names is None
+    assert cfg.prompt_names == "auto" and cfg.classnames is None and cfg.train.class_names is None
     assert cfg.train.templates == DEFAULT_TEMPLATES
+    # resolved when the experiment is loaded: a registered dataset's curated names; a custom folder's own names
+    from types import SimpleNamespace
+
+    from vl2v.evaluation.protocol import with_prompt_names
+
+    exp = SimpleNamespace(data=SimpleNamespace(classes=["bird", "bug", "marine"]), dataset_name="OfflinePACS")
+    assert with_prompt_names(cfg, exp).train.class_names == ("bird", "insect", "sea creature")
+    custom = config_from_args(train_parser().parse_args(["--data", "/some/folder"]))
+    assert with_prompt_names(custom, exp).train.class_names is None
 
 
 def test_curated_and_classnames_file_override(tmp_path):

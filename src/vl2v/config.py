@@ -90,6 +90,10 @@ class Schedule:
     frozen_lr: NonNegFloat = 5e-5
     weight_decay: NonNegFloat = 0.0
     freeze_stages: NonNegInt = 0  # early backbone stages kept frozen while fine-tuning (speed)
+    # every fine-tuning algorithm first trains its new heads on the frozen backbone for `frozen_steps` at
+    # `frozen_lr`, with its own loss (ERM-FT's classifier: then ERM-FT is LP-FT; KD's classifier; RISE's
+    # projection and classifier), as ADiP's Align and LP-FT's probe do: the same warm-up for all
+    head_warmup: bool = False
 
 
 @config_dataclass
@@ -131,7 +135,7 @@ class TrainConfig:
     # evaluate only the rest (exactly the same numbers; needs a student that declares its stages' forward pass)
     cache_prefix: bool = True
     # model selection among the evaluations of "all" stages, or of the "final" stage only (multi-stage algorithms)
-    select_stage: Literal["all", "final"] = "all"
+    select_stage: Literal["all", "final"] = "final"
     # mixed precision: bf16 autocast of forward passes and losses; auto = on with CUDA, off on the CPU
     amp: Literal["auto", "off", "bf16"] = "auto"
     # torch.compile the student's forward (pays on GPUs; ~1.1x on a CPU, after minutes of compiling); steps that start
@@ -182,9 +186,10 @@ class ExperimentConfig:
     # images are shrunk to this shorter side before any crop; None: kept at their original resolution
     # (flags and profiles write 0 for None: TOML has no null)
     max_side: PosInt | None = 256
-    # prompt names: "folder" (folder names, "_" -> " "), or "curated" (vl2v/data/prompts/<dataset>.json);
+    # prompt names: "folder" (folder names, "_" -> " "), or "curated" (vl2v/data/prompts/<dataset>.json), or
+    # "auto" (curated for a registered dataset with a prompt file, else folder);
     # `classnames` (a file: JSON {folder: name} or one name per line in class order) overrides either
-    prompt_names: Literal["folder", "curated"] = "folder"
+    prompt_names: Literal["auto", "folder", "curated"] = "auto"
     classnames: str | None = None
     # memory: hold every decoded image; stream: decode from disk when needed (memory flat in the dataset's
     # size); auto: stream when the decoded images would exceed ~4 GiB

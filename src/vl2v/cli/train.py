@@ -64,6 +64,7 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
                  data_stream=args.data_stream,
                  templates=templates, swad=True if args.swad else False if args.no_swad else None,
                  amp=args.amp, compile=True if args.compile else None, select_stage=args.select_stage,
+                 head_warmup=args.head_warmup,
                  cache_prefix=False if args.no_cache_prefix else None,
                  student=args.student, teacher=args.teacher, max_side=args.max_side,
                  stage_select_min_step=args.stage_select_min_step,
@@ -203,7 +204,8 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--template", action="append", help="prompt template with {c}; repeat for an ensemble (default: 'a photo of a {c}')")
     g.add_argument("--templates", metavar="NAME", help="a named template set instead of --template: clip80 (CLIP's 80 "
                    "ImageNet templates), rise (RISE's 7), default, or one of the dataset's prompt file")
-    g.add_argument("--prompt-names", choices=["folder", "curated"], help="class names in the prompts: folder (default: "
+    g.add_argument("--prompt-names", choices=["auto", "folder", "curated"], help="class names in the prompts: auto "
+                   "(default: curated where the dataset has a prompt file, e.g. OfflinePACS 'bug' -> 'insect'), folder ("
                    "folder names, '_' -> ' ') or curated (the dataset's file in vl2v/data/prompts)")
     g.add_argument("--classnames", metavar="FILE", help="class names for the prompts: JSON {folder: name} or a text "
                    "file with one name per class in (sorted) folder order; overrides --prompt-names")
@@ -233,8 +235,13 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--swad", action="store_true", help="also report SWAD (LossValley) weight averaging of the last stage "
                    "(on in the paper profile; then the headline table)")
     g.add_argument("--no-swad", action="store_true", help="no SWAD, whatever the profile says")
-    g.add_argument("--select-stage", choices=["all", "final"], help="select the checkpoint among every stage's "
-                   "evaluations (default all) or the final stage's only (ADiP: Distill; as the authors report)")
+    g.add_argument("--select-stage", choices=["all", "final"], help="select the checkpoint among the final stage's "
+                   "evaluations only (default; ADiP: Distill, as the authors report) or among every stage's")
+    g.add_argument("--head-warmup", action="store_true", default=None, help="every fine-tuning algorithm first trains "
+                   "its new heads on the frozen backbone for --frozen-steps (ERM-FT then = LP-FT), as ADiP's Align "
+                   "does (on in the fast profile)")
+    g.add_argument("--no-head-warmup", dest="head_warmup", action="store_false", help="no head warm-up "
+                   "(the paper profile: only ADiP and LP-FT have a first stage)")
     g.add_argument("--max-side", type=_max_side, metavar="PX|none", help="shrink images to this shorter side before "
                    "cropping (fast: 256; paper: none = the original resolution)")
     g.add_argument("--stage-select-min-step", type=int, metavar="STEP", help="a non-final stage's (Align's) "

@@ -200,13 +200,17 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
 
 def with_prompt_names(cfg: ExperimentConfig, exp: Experiment) -> ExperimentConfig:
     """``cfg`` with ``train.class_names`` resolved from ``prompt_names``/``classnames`` for the loaded classes
-    (left None, the folder names, by default: the runs' prompts are then exactly those of earlier versions)."""
-    if cfg.prompt_names == "folder" and not cfg.classnames:
-        return cfg
-    from vl2v.teachers.prompts import resolve_class_names
+    (left None for the folder names: the runs' prompts are then exactly those of earlier versions). ``auto``:
+    a registered dataset's curated names where it has a prompt file; a custom folder keeps its folder names."""
+    from vl2v.teachers.prompts import prompt_file, resolve_class_names
 
+    mode = cfg.prompt_names
+    if mode == "auto":
+        mode = "curated" if cfg.data_dir is None and prompt_file(exp.dataset_name) is not None else "folder"
+    if mode == "folder" and not cfg.classnames:
+        return cfg
     try:
-        names = resolve_class_names(exp.data.classes, cfg.prompt_names, exp.dataset_name, cfg.classnames)
+        names = resolve_class_names(exp.data.classes, mode, exp.dataset_name, cfg.classnames)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return replace(cfg, train=replace(cfg.train, class_names=tuple(names)))
@@ -289,12 +293,36 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     return {"finals": finals, "tables": tables, "text": text, "out_dir": str(out)}
 
 
+def stream_statement(cfg: ExperimentConfig, finals: list[dict]) -> str:
+    """One line on what every algorithm trained on, checked from the runs' own stream digests: for each stage
+    role (frozen-backbone warm-up, fine-tuning), per (target, seed), every algorithm's digest must be the same."""
+    t = cfg.train
+    kind = t.data_stream_kind
+    what = (f"stored views, K={cfg.views} per image (view seed {cfg.view_seed}; K=0: the whole image, un-augmented)"
+            if kind == "stored" else "a fresh augmentation per image and step (teacher queried online)")
+    groups: dict[tuple, set[str]] = {}
+    for f in finals:
+        for st in f.get("data_stream", {}).get("stages", {}).values():
+            groups.setdefault((f["target"], f["trial_seed"], st["role"]), set()).add(st["digest"])
+    roles = sorted({r for _, _, r in groups})
+    same = {r: all(len(v) == 1 for (_, _, rr), v in groups.items() if rr == r) for r in roles}
+    check = "; ".join(f"{'fine-tuning' if r == 'tune' else 'frozen-backbone'} stages: "
+                      f"{'identical (image, view) sequences in every algorithm' if ok else 'DIFFERENT streams'}"
+                      for r, ok in same.items())
+    budget = (f"fine-tuning {t.schedule.steps} steps at lr {t.schedule.lr:g}"
+              + (f", after the same {t.schedule.frozen_steps}-step head warm-up on the frozen backbone for every "
+                 "fine-tuning algorithm" if t.schedule.head_warmup else ""))
+    selection = "within the final stage" if t.select_stage == "final" else "over all stages"
+    return (f"data stream (the same for every algorithm): {what}; {budget}; batch {t.batch_size} per source domain; "
+            f"selection: training-domain validation {selection}" + (f". Checked: {check}" if check else ""))
+
+
 def render_summary(tables, exp: Experiment, cfg: ExperimentConfig, wall: float, finals: list | None = None) -> str:
     lines = [f"# {exp.dataset_name}: leave-one-domain-out, training-domain validation", "",
              f"teacher: `{exp.teacher_identity}`  ", f"student: `{cfg.student}`, {cfg.train.image_size}px; "
              f"seeds: {list(cfg.seeds)}; wall time {wall / 60:.1f} min"
              + (f"; hparams seed {cfg.hparams_seed} (random draw, see each run's config.json)" if cfg.hparams_seed else ""),
-             "",
+             "", stream_statement(cfg, finals or []), "",
              ]
     for table, title in table_sections(tables, "Out-of-domain accuracy (%, target domain's 'in' split; column = held-out target)",
                                        "In-domain accuracy (%, source domains' 'out' splits)"):

@@ -91,6 +91,12 @@ class Algorithm(nn.Module):
     def stages(self) -> list[Stage]:
         return []
 
+    def warmup_stages(self) -> list[Stage]:
+        """The head warm-up on the frozen backbone that ``schedule.head_warmup`` asks every fine-tuning algorithm
+        for ([] when off): ``frozen_steps`` at ``frozen_lr``, like ADiP's Align and LP-FT's probe."""
+        s = self.ctx.schedule
+        return [Stage("warmup", s.frozen_steps, s.frozen_lr, True, s.weight_decay)] if s.head_warmup else []
+
     def begin_stage(self, stage: Stage) -> None:
         self.stage = stage
         trainable = self.trainable_parameters(stage)

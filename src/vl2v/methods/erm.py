@@ -43,7 +43,8 @@ class _ERMBase(Algorithm):
     def stages(self) -> list[Stage]:
         s, hp = self.ctx.schedule, self.hparams
         out = []
-        for kind in self.plan:
+        plan = ("lp", *self.plan) if s.head_warmup and self.plan == ("ft",) else self.plan  # warm-up: ERM-FT = LP-FT
+        for kind in plan:
             if kind == "lp":
                 out.append(Stage("lp", hp.lp_steps or s.frozen_steps, hp.lp_lr or s.frozen_lr, True, s.weight_decay))
             else:

@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from vl2v.config import Fraction, NonNegFloat, NonNegInt, config_dataclass
-from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable
+from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable, set_trainable
 from vl2v.methods.losses import kd_loss
 from vl2v.methods.registry import register_algorithm
 from vl2v.methods.search import Choice, Distribution, LogUniform, Scaled, Uniform
@@ -46,10 +46,13 @@ class KD(Algorithm):
 
     def stages(self) -> list[Stage]:
         s, hp = self.ctx.schedule, self.hparams
-        return [Stage("ft", hp.steps or s.steps, hp.lr or s.lr, False, s.weight_decay)]
+        return self.warmup_stages() + [Stage("ft", hp.steps or s.steps, hp.lr or s.lr, False, s.weight_decay)]
 
     def begin_stage(self, stage: Stage) -> None:
-        set_student_trainable(self.student, self.ctx.schedule.freeze_stages)
+        if stage.backbone_frozen:  # head warm-up: the classifier alone
+            set_trainable(self.student, False)
+        else:
+            set_student_trainable(self.student, self.ctx.schedule.freeze_stages)
         super().begin_stage(stage)
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 
 from vl2v.config import NonNegFloat, NonNegInt, config_dataclass
 from vl2v.errors import ConfigError
-from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable
+from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable, set_trainable
 from vl2v.methods.losses import cosine_distance, kd_loss
 from vl2v.methods.registry import register_algorithm
 from vl2v.methods.search import Choice, Distribution, LogUniform, Scaled, Uniform
@@ -87,10 +87,13 @@ class RISE(Algorithm):
 
     def stages(self) -> list[Stage]:
         s, hp = self.ctx.schedule, self.hparams
-        return [Stage("ft", hp.steps or s.steps, hp.lr or s.lr, False, s.weight_decay)]
+        return self.warmup_stages() + [Stage("ft", hp.steps or s.steps, hp.lr or s.lr, False, s.weight_decay)]
 
     def begin_stage(self, stage: Stage) -> None:
-        set_student_trainable(self.student, self.ctx.schedule.freeze_stages)
+        if stage.backbone_frozen:  # head warm-up: projection and classifier alone
+            set_trainable(self.student, False)
+        else:
+            set_student_trainable(self.student, self.ctx.schedule.freeze_stages)
         for p in list(self.projection.parameters()) + list(self.classifier.parameters()):
             p.requires_grad_(True)
         super().begin_stage(stage)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-PROMPT_MODES = ("folder", "curated")
+PROMPT_MODES = ("auto", "folder", "curated")
 
 
 def class_name(folder: str) -> str:
@@ -133,11 +133,14 @@ def read_classnames_file(path: str | Path, classes: Sequence[str]) -> dict[str, 
 
 def resolve_class_names(classes: Sequence[str], mode: str = "folder", dataset: str | None = None,
                         file: str | Path | None = None) -> list[str]:
-    """The prompt name of each class folder (in ``classes``' order): ``folder`` or ``curated`` names,
+    """The prompt name of each class folder (in ``classes``' order): ``folder`` or ``curated`` names (``auto``:
+    curated where the dataset has a prompt file),
     overridden by a ``--classnames`` file. ValueError on an unknown mode, a missing curated name, a bad file."""
     if mode not in PROMPT_MODES:
         raise ValueError(f"unknown prompt-name mode {mode!r}; choose from {', '.join(PROMPT_MODES)}")
     names = {c: class_name(c) for c in classes}
+    if mode == "auto":  # the curated names where the dataset has a prompt file, else the folder names
+        mode = "curated" if dataset and prompt_file(dataset) is not None else "folder"
     if mode == "curated":
         cur = curated_names(dataset)
         missing = [c for c in classes if c not in cur]
