@@ -298,15 +298,19 @@ class Features:
     failed: dict[str, str] = field(default_factory=dict)  # pair id -> render error
 
 
-def _batches(it: Iterator[Any], n: int) -> Iterator[list[Any]]:
-    buf: list[Any] = []
-    for x in it:
-        buf.append(x)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
+def _rendered(jobs: list[Any], pool: Any, chunk: int = 32) -> Iterator[list[Any]]:
+    """Rendered chunks in order; with a pool the next chunk renders while the caller runs the tower on this
+    one (at most two chunks in memory)."""
+    parts = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
+    if pool is None:
+        for part in parts:
+            yield [render_pair(j) for j in part]
+        return
+    pending = pool.map_async(render_pair, parts[0], chunksize=4) if parts else None
+    for i in range(len(parts)):
+        done = pending.get()
+        pending = pool.map_async(render_pair, parts[i + 1], chunksize=4) if i + 1 < len(parts) else None
+        yield done
 
 
 def extract_features(pairs: Sequence[Pair], tower: torch.nn.Module, tower_tag: str, cache_dir: Path | None,
@@ -340,11 +344,8 @@ def extract_features(pairs: Sequence[Pair], tower: torch.nn.Module, tower_tag: s
         import multiprocessing as mp
 
         pool = mp.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers)
-        results: Iterable[Any] = pool.imap(render_pair, jobs, chunksize=8)
-    else:
-        results = map(render_pair, jobs)
     try:
-        for batch in _batches(iter(results), 32):
+        for batch in _rendered(jobs, pool):
             imgs, rows = [], []
             for pid, views, h in batch:
                 if views is None:
@@ -472,7 +473,15 @@ def prepare_training(pairs: list[Pair], cfg: BuildConfig, cache_dir: Path | None
 
     class_text = encode([cfg.label_template.format(c=n) for n in imagenet_class_names()])
     pbar = bar(len(pairs), desc="render + tower", unit="icon")
-    feats = extract_features(pairs, tower, tag, cache_dir, workers, progress=pbar.update)
+    done = [0, time.time()]
+
+    def tick(n: int) -> None:
+        pbar.update(n)
+        done[0] += n
+        if done[0] % 2048 < n and done[0] < len(pairs):
+            log(f"  {done[0]}/{len(pairs)} icons rendered and embedded ({time.time() - done[1]:.0f}s)")
+
+    feats = extract_features(pairs, tower, tag, cache_dir, workers, progress=tick)
     pbar.close()
     captions = sorted({p.caption for p in pairs})
     row = {c: i for i, c in enumerate(captions)}
