@@ -77,7 +77,7 @@ def test_build_writes_weights_and_manifest(built):
     assert man["sources"][0]["licence"] == "CC0-1.0"
     assert man["exclusion_check"]["skipped"] == "benchmark not built"
     assert set(man["validation"]["lit"]) >= {"all", "colour", "line", "mono"}
-    assert man["training"]["epochs"] == 3 and man["head"]["beta"] == 0.5
+    assert man["training"]["epochs"] == 3 and man["head"]["beta"] == 0.25
 
 
 def test_build_is_deterministic(built, tmp_path):

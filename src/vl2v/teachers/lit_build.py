@@ -58,13 +58,13 @@ class BenchmarkOverlapError(LiTBuildError):
 # --------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class BuildConfig:
-    hidden: int = 0  # 0: linear head; else a one-hidden-layer MLP with a linear shortcut
+    hidden: int = 1024  # 0: linear head; else a one-hidden-layer MLP with a linear shortcut (chosen on held-out concepts)
     epochs: int = 30
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.05
-    beta: float = 0.5  # weight of the ConSE embedding in the mix (0: head only)
+    beta: float = 0.25  # weight of the ConSE embedding in the mix (0: head only; chosen on held-out concepts)
     k: int = 10  # ConSE top-k
     label_template: str = "a photo of a {c}"  # captions and ImageNet class names alike
     views: tuple[str, ...] = ("orig", "line")  # the views used for training (a set's own list caps it)
