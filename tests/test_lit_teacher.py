@@ -53,12 +53,13 @@ def fixture_pool():
                               "role": "images", "pairs": 30}]
 
 
-def build_fixture_teacher(root: Path, benchmark: Path | None = None, name: str = "fixture") -> Path:
-    """Build the fixture teacher into ``root/name`` (features cached in ``root/features``)."""
+def build_fixture_teacher(root: Path, benchmark: Path | None = None, name: str = "fixture",
+                          features: Path | None = None) -> Path:
+    """Build the fixture teacher into ``root/name`` (features cached in ``features``, default ``root/features``)."""
     torch.manual_seed(123)  # must not matter
     return build_teacher(name, out_dir=root / name, config=FIXTURE_CONFIG, pool=fixture_pool(),
                          benchmark=benchmark if benchmark is not None else root / "no-benchmark",
-                         cache_dir=root / "features", workers=0, log=lambda s: None)
+                         cache_dir=features or root / "features", workers=0, log=lambda s: None)
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +145,13 @@ def test_exclusion_check_finds_a_benchmark_picture(tmp_path):
         check_exclusion({pairs[3].id: h, "fx-ok": "0" * 64}, bh)
 
 
-def test_build_aborts_on_benchmark_overlap(tmp_path):
+def test_build_aborts_on_benchmark_overlap(built, tmp_path):
     from PIL import Image
 
     _, views, _ = render_pair((fixture_pairs()[7], 224))
     bench = _write_benchmark(tmp_path / "bench", {"clipart/z/c.png": _png(Image.fromarray(views["orig"]))})
-    with pytest.raises(BenchmarkOverlapError, match="same pixels as OfflinePACS"):
-        build_fixture_teacher(tmp_path, benchmark=bench)
+    with pytest.raises(BenchmarkOverlapError, match="same pixels as OfflinePACS"):  # (features from the cache)
+        build_fixture_teacher(tmp_path, benchmark=bench, features=built.parent / "features")
     assert not (tmp_path / "fixture" / "manifest.json").exists()
 
 
