@@ -612,8 +612,9 @@ def build_teacher(name: str, *, out_dir: Path | None = None, config: BuildConfig
     folder.mkdir(parents=True, exist_ok=True)
     wfile = folder / WEIGHTS
     with atomic_path(wfile) as tmp:
-        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp),
-                  metadata={"format": str(FORMAT), "name": name})
+        # no metadata: safetensors writes a metadata map in an arbitrary order, which would change the file's
+        # sha256 from build to build (the manifest holds the format and name instead)
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp))
     digest = file_digest(wfile)
     manifest = {
         "format": FORMAT, "name": name, "backend": "lit", "weights": WEIGHTS, "weights_sha256": digest,
