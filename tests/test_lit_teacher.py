@@ -179,3 +179,14 @@ def test_captions_and_line_view():
 
     a = np.asarray(lv.convert("L"))
     assert lv.size == (64, 64) and a.min() < 50 and (a > 200).mean() > 0.5  # dark outline, mostly white
+
+
+def test_cli_checks_its_options_before_building(capsys):
+    from vl2v.cli import main
+
+    assert main(["teacher", "build", "x", "--views", "line"]) == 2
+    assert "--views takes orig" in capsys.readouterr().err
+    assert main(["teacher", "build", "x", "--beta", "1.5"]) == 2
+    assert main(["teacher", "build", "x", "--epochs", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main(["teacher", "build", "x", "--bet", "0.5"])  # no abbreviations
