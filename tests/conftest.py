@@ -191,6 +191,13 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_hparam_search.py::test_runs_of_two_hparams_seeds_record_their_draws_and_the_report_picks_one": SLOW_E2E,
     "test_paper_profile.py::test_paper_profile_runs_end_to_end": SLOW_E2E,  # --profile paper, 8 steps, ~7 s
     "test_prompts.py::test_classnames_file_reaches_the_run_config": E2E,  # a zero-shot CLI run, ~2 s
+    # LiT teacher: each fixture build (tower + MiniLM load, 30 icons rendered, 55 tower passes) takes ~10 s
+    "test_lit_teacher.py::test_build_writes_weights_and_manifest": SLOW,  # the module's fixture build
+    "test_lit_teacher.py::test_built_teacher_loads_with_weights_sha_in_identity": SLOW,  # same fixture + a load
+    "test_lit_teacher.py::test_build_is_deterministic": SLOW,  # a second build
+    "test_lit_teacher.py::test_build_aborts_on_benchmark_overlap": SLOW,  # a build up to the check
+    "test_teacher_contract.py::test_teacher_contract[lit]": SLOW,  # builds the fixture LiT teacher
+    "test_teacher_contract.py::test_identity_is_stable_across_builds[lit]": SLOW,  # loads it again
 }
 
 

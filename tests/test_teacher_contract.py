@@ -1,6 +1,6 @@
 """The contract every registered teacher backend keeps, checked on small offline builds of each.
 
-conse (the real offline teacher), openclip (a tiny random-weight architecture), transformers (a tiny
+conse (the real offline teacher), lit (the LiT teacher built from test_lit_teacher's fixture pool), openclip (a tiny random-weight architecture), transformers (a tiny
 random CLIPModel saved to a temporary folder), remote (a client of an in-process `vl2v serve` of the
 tiny test teacher) and the test suite's own tiny-test backend.
 """
@@ -32,6 +32,11 @@ def specs(tmp_path_factory):
     root = tmp_path_factory.mktemp("contract")
     out = {"conse": ("conse", {"k": 5}), "tiny-test": ("tiny-test", {})}
 
+    from test_lit_teacher import build_fixture_teacher
+
+    # built on first use only (a fixture build takes seconds): the spec string is resolved by _text()
+    out["lit"] = (lambda: f"lit:{build_fixture_teacher(root / 'lit')}", {})
+
     import open_clip
 
     (root / "vl2v-contract-clip.json").write_text(json.dumps(TINY_CLIP))
@@ -61,6 +66,17 @@ def remote_service(tmp_path_factory):
 
 
 _BUILT: dict[str, Teacher] = {}
+_TEXT: dict[str, str] = {}
+
+
+def _text(name: str, specs) -> str:
+    """The teacher string of ``specs[name]``; a callable there builds what it names once."""
+    text = specs[name][0]
+    if callable(text):
+        if name not in _TEXT:
+            _TEXT[name] = text()
+        return _TEXT[name]
+    return text
 
 
 def build(name: str, specs, request) -> Teacher:
@@ -70,9 +86,9 @@ def build(name: str, specs, request) -> Teacher:
     if name not in specs:
         pytest.skip(f"no offline build of {name} here")
     if name not in _BUILT:
-        text, opts = specs[name]
+        opts = specs[name][1]
         torch.manual_seed(0)
-        _BUILT[name] = create_teacher(text, **opts)
+        _BUILT[name] = create_teacher(_text(name, specs), **opts)
     return _BUILT[name]
 
 
@@ -145,9 +161,8 @@ def test_identity_is_stable_across_builds(name, specs, request):
     """The store keys on identity(): the same build gives the same string (ConSE: see the golden check)."""
     a = build(name, specs, request)
     if name in specs:
-        text, opts = specs[name]
         torch.manual_seed(0)
-        b = create_teacher(text, **opts)
+        b = create_teacher(_text(name, specs), **specs[name][1])
     else:
         b = build(name, specs, request)
     assert a.identity() == b.identity()

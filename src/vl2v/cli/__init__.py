@@ -10,6 +10,7 @@
 | sweep | :mod:`vl2v.cli.sweep` | :mod:`vl2v.evaluation.sweep` |
 | embed | :mod:`vl2v.cli.embed` | :mod:`vl2v.teachers.precompute` |
 | export, predict | :mod:`vl2v.cli.deploy` | :mod:`vl2v.serving.export`, ``predict`` |
+| teacher build | :mod:`vl2v.cli.teacher` | :mod:`vl2v.teachers.lit_build` |
 
 Options are never abbreviated (``allow_abbrev=False``: ``--tar`` is an error,
 not ``--target``). Every error a user can fix is a :class:`vl2v.errors.UserError`,
@@ -24,10 +25,10 @@ import errno
 import sys
 
 from vl2v import __version__
-from vl2v.cli import data, deploy, embed, listing, report, serve, sweep, train
+from vl2v.cli import data, deploy, embed, listing, report, serve, sweep, teacher, train
 from vl2v.cli.common import CLIError  # noqa: F401  (re-exported for callers)
 
-COMMAND_GROUPS = (data, train, report, listing, serve, sweep, embed, deploy)
+COMMAND_GROUPS = (data, train, report, listing, serve, sweep, embed, deploy, teacher)
 
 
 class _Parser(argparse.ArgumentParser):

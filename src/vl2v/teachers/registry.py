@@ -3,6 +3,7 @@
 Examples::
 
     conse                               offline ConSE teacher (default)
+    lit  /  lit:NAME  /  lit:/path      offline LiT teacher built by `vl2v teacher build NAME`
     openclip:ViT-B-16:openai            OpenAI CLIP ViT-B/16 via open_clip (downloads once)
     openclip:ViT-B-16:/path/model.pt    a local open_clip checkpoint
     openclip:ViT-B-16:none              random weights (tests, speed)
@@ -59,6 +60,17 @@ def _conse(spec: str | None = None, **opts: Any) -> Teacher:
         if key in opts:
             opts[key] = int(opts[key])
     return ConSETeacher(**opts)
+
+
+@register_teacher("lit", white_box=True, offline=True,
+                  summary="LiT: locked EfficientNet-Lite2 + a head trained on icon captions, mixed with ConSE "
+                          "(lit or lit:NAME; build it first: vl2v teacher build NAME)")
+def _lit(spec: str | None = None, **opts: Any) -> Teacher:
+    from vl2v.teachers.lit import LiTTeacher
+
+    if "batch_size" in opts:
+        opts["batch_size"] = int(opts["batch_size"])
+    return LiTTeacher(spec, **opts)
 
 
 @register_teacher("openclip", white_box=True, offline=False,

