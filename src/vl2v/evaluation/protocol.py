@@ -304,6 +304,8 @@ def stream_statement(cfg: ExperimentConfig, finals: list[dict]) -> str:
     for f in finals:
         for st in f.get("data_stream", {}).get("stages", {}).values():
             groups.setdefault((f["target"], f["trial_seed"], st["role"]), set()).add(st["digest"])
+    if finals and not groups:  # nothing was trained (zero-shot only): no data stream to speak of
+        return ""
     roles = sorted({r for _, _, r in groups})
     same = {r: all(len(v) == 1 for (_, _, rr), v in groups.items() if rr == r) for r in roles}
     check = "; ".join(f"{'fine-tuning' if r == 'tune' else 'frozen-backbone'} stages: "
@@ -322,8 +324,11 @@ def render_summary(tables, exp: Experiment, cfg: ExperimentConfig, wall: float, 
              f"teacher: `{exp.teacher_identity}`  ", f"student: `{cfg.student}`, {cfg.train.image_size}px; "
              f"seeds: {list(cfg.seeds)}; wall time {wall / 60:.1f} min"
              + (f"; hparams seed {cfg.hparams_seed} (random draw, see each run's config.json)" if cfg.hparams_seed else ""),
-             "", stream_statement(cfg, finals or []), "",
+             "",
              ]
+    stream = stream_statement(cfg, finals or [])
+    if stream:
+        lines += [stream, ""]
     for table, title in table_sections(tables, "Out-of-domain accuracy (%, target domain's 'in' split; column = held-out target)",
                                        "In-domain accuracy (%, source domains' 'out' splits)"):
         lines += [table.markdown(title), ""]
