@@ -154,3 +154,25 @@ def test_head_warmup_gives_every_fine_tuning_algorithm_the_same_frozen_stage(ima
                          ("ADiP", "align"): False, ("ADiP", "distill"): True}
     for name, (final, config) in runs.items():  # the final stage's checkpoint is selected (the default)
         assert final["selected"]["stage"] == config["stages"][-1]["name"], name
+
+
+def test_cli_flags_for_the_stream_and_the_warmup_override_the_profile():
+    import argparse
+
+    from vl2v.cli import train as cli_train
+
+    parser = argparse.ArgumentParser()
+    cli_train.register(parser.add_subparsers())
+
+    def cfg(*argv):
+        return cli_train.config_from_args(parser.parse_args(["train", *argv]))
+
+    fast = cfg()
+    assert (fast.views, fast.train.data_stream_kind, fast.train.schedule.head_warmup, fast.train.select_stage) == (
+        4, "stored", True, "final")
+    assert cfg("--no-head-warmup").train.schedule.head_warmup is False
+    paper = cfg("--profile", "paper", "--student", "efficientnet_lite0", "--teacher", "conse")
+    assert (paper.train.data_stream_kind, paper.train.schedule.head_warmup) == ("fresh", False)
+    assert cfg("--profile", "paper", "--head-warmup", "--student", "efficientnet_lite0",
+               "--teacher", "conse").train.schedule.head_warmup is True
+    assert cfg("--data-stream", "fresh").train.data_stream_kind == "fresh"
