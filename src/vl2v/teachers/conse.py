@@ -57,6 +57,20 @@ def load_sentence_encoder(path: str | os.PathLike[str] | None = None, device: st
     return SentenceTransformer(str(path), device=device), Path(path)
 
 
+def conse_combine(logits: torch.Tensor, class_text: torch.Tensor, k: int) -> torch.Tensor:
+    """ConSE: logits -> the top-k probability-weighted mean of the class-name embeddings (unnormalised)."""
+    p = logits.float().softmax(dim=-1)
+    top_p, top_i = p.topk(k, dim=-1)
+    w = top_p / top_p.sum(dim=-1, keepdim=True)
+    return torch.einsum("bk,bkd->bd", w, class_text[top_i])
+
+
+def text_tag(text_path) -> str:
+    """The sentence encoder's part of a teacher identity: folder name and a digest of its weights."""
+    st = text_path / "model.safetensors"
+    return f"{text_path.name}:{cached_file_digest(st)[:12]}" if st.exists() else str(text_path)
+
+
 class ConSEImageEncoder(nn.Module):
     """Differentiable image side: [B,3,S,S] in [0,1] -> convex combination of class-name embeddings."""
 
@@ -87,10 +101,7 @@ class ConSEImageEncoder(nn.Module):
 
     def combine(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> the top-k probability-weighted mean of the class-name embeddings (unnormalised)."""
-        p = logits.float().softmax(dim=-1)
-        top_p, top_i = p.topk(self.k, dim=-1)
-        w = top_p / top_p.sum(dim=-1, keepdim=True)
-        return torch.einsum("bk,bkd->bd", w, self.class_text[top_i])
+        return conse_combine(logits, self.class_text, self.k)
 
 
 class ConSELogits(nn.Module):
@@ -133,8 +144,7 @@ class ConSETeacher(Teacher):
         model, wtag = create_lite(v, pretrained=True)
         model.eval()
         self._text, text_path = load_sentence_encoder(text_model, device=str(self.device))
-        st = text_path / "model.safetensors"
-        ttag = f"{text_path.name}:{cached_file_digest(st)[:12]}" if st.exists() else str(text_path)
+        ttag = text_tag(text_path)
         self.label_template = label_template
         names = imagenet_class_names()
         with torch.no_grad():

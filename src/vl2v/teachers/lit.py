@@ -31,7 +31,8 @@ from torch import nn
 
 from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_SIZES, LITE_STD, create_lite
 from vl2v.teachers.base import Teacher, TeacherError
-from vl2v.utils.hashing import cached_file_digest, file_digest
+from vl2v.teachers.conse import conse_combine
+from vl2v.utils.hashing import file_digest
 from vl2v.utils.io import vl2v_home
 
 MANIFEST = "manifest.json"
@@ -72,14 +73,6 @@ class Head(nn.Module):
         if self.hidden:
             y = y + self.mlp(f)
         return y
-
-
-def conse_combine(logits: torch.Tensor, class_text: torch.Tensor, k: int) -> torch.Tensor:
-    """ConSE: the top-k probability-weighted mean of the class-name embeddings (unnormalised)."""
-    p = logits.float().softmax(dim=-1)
-    top_p, top_i = p.topk(k, dim=-1)
-    w = top_p / top_p.sum(dim=-1, keepdim=True)
-    return torch.einsum("bk,bkd->bd", w, class_text[top_i])
 
 
 def mix(h: torch.Tensor, c: torch.Tensor, beta: float) -> torch.Tensor:
@@ -144,7 +137,7 @@ class LiTTeacher(Teacher):
     def __init__(self, spec: str | None = None, device: str = "cpu", batch_size: int = 64) -> None:
         from safetensors.torch import load_file
 
-        from vl2v.teachers.conse import imagenet_class_names, load_sentence_encoder
+        from vl2v.teachers.conse import imagenet_class_names, load_sentence_encoder, text_tag
 
         folder = teacher_dir(spec)
         man = read_manifest(folder)
@@ -162,8 +155,7 @@ class LiTTeacher(Teacher):
         self.image_size = LITE_SIZES[2]
         tower, wtag = load_tower()
         self._text, text_path = load_sentence_encoder(None, device=str(self.device))
-        st = text_path / "model.safetensors"
-        ttag = f"{text_path.name}:{cached_file_digest(st)[:12]}" if st.exists() else str(text_path)
+        ttag = text_tag(text_path)
         template = cfg["label_template"]
         with torch.no_grad():
             class_text = self._finish(self._encode_texts([template.format(c=n) for n in imagenet_class_names()]))

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from vl2v.errors import UserError
-from vl2v.teachers.lit import FORMAT, MANIFEST, WEIGHTS, Head, conse_combine, load_tower, mix, teacher_dir
+from vl2v.teachers.conse import conse_combine
+from vl2v.teachers.lit import FORMAT, MANIFEST, WEIGHTS, Head, load_tower, mix, teacher_dir
 
 BUILD_VERSION = 1  # bump when rendering, views or features change (invalidates the feature cache)
 RENDER_SIZE = 224  # OfflinePACS's image size: pairs are rendered exactly as its images are
