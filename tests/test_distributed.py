@@ -34,7 +34,7 @@ def launch(tmp_path, nproc, args):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(runner), *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "VL2V_PROGRESS": "0"})
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, "\n".join(line for line in p.stderr.splitlines() if line.startswith("[rank"))[-6000:] or p.stderr[-3000:]
     return p
 
 

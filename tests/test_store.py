@@ -141,3 +141,42 @@ def test_sigkill_mid_write_leaves_a_usable_store(tmp_path, tiny_teacher):
     # and the store keeps working
     s.image_embeddings(keys(3), render)
     assert s.counts()["images"] == n + 3
+
+
+OPENER = r"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import TinyTeacher
+from vl2v.teachers.store import TeacherStore
+teacher = TinyTeacher()
+print("ready", flush=True)
+go = Path({go!r})
+while not go.exists():
+    time.sleep(0.001)
+stores = []
+for r in range({rounds}):  # every process opens the same new files at the same moment, and writes to them
+    s = TeacherStore(teacher, Path({root!r}) / f"s{{r}}.sqlite")
+    s.text_embeddings(["a photo of a dog"])
+    stores.append(s)
+print("done", flush=True)
+"""
+
+
+def test_processes_opening_one_new_store_at_once_all_succeed(tmp_path):
+    """Data-parallel ranks and local sweep jobs open one new store file together; SQLite's switch to WAL then
+    answers "database is locked" without waiting (seen in CI as a crashed rank), which the store must retry."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    go = tmp_path / "go"
+    code = OPENER.format(tests=str(Path(__file__).parent), go=str(go), rounds=100, root=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(4)]
+    for p in procs:
+        assert p.stdout.readline().strip() == b"ready"
+    go.touch()
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip() == b"done", err.decode()[-2000:]

@@ -79,6 +79,10 @@ class StoreError(RuntimeError):
     pass
 
 
+class _Busy(Exception):
+    """SQLite answered "database is locked" while the store was being opened (retried)."""
+
+
 @dataclass
 class TeacherStore:
     """Cache teacher embeddings on disk (``path``) or in memory (``path=None``)."""
@@ -107,6 +111,22 @@ class TeacherStore:
 
     # ------------------------------------------------------------------ db
     def _connect(self) -> sqlite3.Connection:
+        """Open (and on first use create) the database. Processes that open one new file at the same moment (the
+        ranks of a data-parallel run, the jobs of a local sweep) can get "database is locked" at once from the
+        journal-mode switch, which SQLite does not route through its busy timeout: retry that for up to a minute."""
+        deadline = time.monotonic() + 60.0
+        wait = 0.02
+        while True:
+            try:
+                return self._connect_once()
+            except _Busy:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"teacher store {self.path} stayed locked by another process for 60 s; "
+                                     "is another run writing to it? Wait for it, or pass a different --store") from None
+                time.sleep(wait)
+                wait = min(wait * 2, 0.5)
+
+    def _connect_once(self) -> sqlite3.Connection:
         if self.path is None:
             conn = sqlite3.connect(":memory:", check_same_thread=False)
         else:
@@ -140,7 +160,14 @@ class TeacherStore:
             row = conn.execute("SELECT identity, dim FROM teachers WHERE tkey=?", (self.tkey,)).fetchone()
             if row is not None and (row[0] != self.identity or int(row[1]) != self.dim):
                 raise StoreError(f"teacher store {self.path}: key collision for teacher {self.identity!r}")
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise _Busy() from exc
+            raise StoreError(f"teacher store {self.path} is not a usable SQLite database ({exc}); "
+                             f"move it away to start a fresh cache") from exc
         except sqlite3.DatabaseError as exc:
+            conn.close()
             raise StoreError(f"teacher store {self.path} is not a usable SQLite database ({exc}); "
                              f"move it away to start a fresh cache") from exc
         return conn
