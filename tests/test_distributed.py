@@ -40,10 +40,10 @@ def launch(tmp_path, nproc, args):
 
 @pytest.mark.parametrize("algo,views", [("adip", 0), ("erm_ft", 0), ("adip", 3)])
 def test_two_processes_match_one_process(image_folder, tmp_path, algo, views):
-    """Same records; with the identity view also the same weights. With K stored views (each rank replays its
-    slice of the global batch's view choices) the records are compared only: Adam's first step moves each weight
-    by lr * sign(gradient), so a float-rounding difference between one and two processes in a gradient that is
-    ~0 flips that weight by 2 * lr (seen: 6% of a layer's weights at 8e-4 after 2 steps, losses equal to 1e-5)."""
+    """Same records, and the same weights up to a few: Adam's first step moves each weight by lr * sign(gradient),
+    so a float-rounding difference between one and two processes in a gradient that is ~0 flips that weight by
+    2 * lr (seen: 6% of one layer's weights, losses equal to 1e-5). A rank that trained on its own gradient instead
+    of the averaged one would move far more than 1% of the weights."""
     one, two = tmp_path / "one", tmp_path / "two"
     launch(tmp_path, 1, argv(image_folder, one, algo, views))
     launch(tmp_path, 2, argv(image_folder, two, algo, views))
@@ -51,8 +51,10 @@ def test_two_processes_match_one_process(image_folder, tmp_path, algo, views):
     a, _ = load_weights(one / run / "last.safetensors")
     b, _ = load_weights(two / run / "last.safetensors")
     assert a.keys() == b.keys()
-    for k in a if views == 0 else ():
-        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    off = sum(int((~torch.isclose(a[k], b[k], atol=1e-5, rtol=1e-4)).sum()) for k in a)
+    total = sum(a[k].numel() for k in a)
+    print(f"weights off: {off}/{total} = {off / total:.4%}")
+    assert off / total < 0.01, f"{off} of {total} weights differ between 1 and 2 processes"
     assert json.loads((two / run / "config.json").read_text())["world_size"] == 2
     # both trained (the loss moved) and agree on every evaluation
     ra = [json.loads(x) for x in (one / run / "results.jsonl").read_text().splitlines()]
