@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ from PIL import Image
 
 # Tests use tiny models, for which one thread is faster than two fighting over a small core count.
 torch.set_num_threads(1)
+# `vl2v train`/`compare` run in-process here (--jobs 1, also in the CLI subprocesses tests start: they inherit
+# this); tests/test_parallel.py covers --jobs N explicitly.
+os.environ.setdefault("VL2V_JOBS", "1")
 
 # Colour per class and drawing style per domain, so a small model can learn the
 # task and domains look different: enough signal for end-to-end tests.
@@ -172,6 +176,7 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_conse_runtime.py::test_onnx_identity_is_the_torch_one_plus_the_runtime": SLOW,  # same fixture
     "test_conse_runtime.py::test_onnx_embeddings_match_torch": SLOW,  # same fixture
     "test_conse_runtime.py::test_onnx_cache_is_reused_then_rebuilt_when_corrupted": SLOW,  # re-export, 17 s
+    "test_conse_runtime.py::test_auto_runtime_is_onnx_on_the_cpu_and_torch_elsewhere": SLOW,  # same fixture, 3 teachers
     "test_remote.py::test_conse_round_trip": SLOW_E2E,  # ConSE served over HTTP, 8.1 s
     "test_remote.py::test_persistent_failure_gives_up_with_a_clear_error": SLOW,  # retry back-off, 3.7 s
     "test_store.py::test_sigkill_mid_write_leaves_a_usable_store": SLOW,  # 8.3 s

@@ -1,4 +1,5 @@
-"""The ConSE teacher's ``runtime=onnx`` option: the EfficientNet-Lite2 classifier run by ONNX Runtime.
+"""The ConSE teacher's runtimes: the EfficientNet-Lite2 classifier run by ONNX Runtime (``runtime=onnx``, and
+``auto``, the default, on the CPU when the export extra is installed) or eager PyTorch (``runtime=torch``).
 
 Real Lite2 weights (they ship in a pip package). The ONNX file is exported into a temporary
 ``VL2V_HOME`` and must be reused by the next build, and rebuilt when it is corrupted.
@@ -30,7 +31,7 @@ def teachers(tmp_path_factory):
     home = tmp_path_factory.mktemp("vl2v-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VL2V_HOME", str(home))
-        yield create_teacher("conse"), create_teacher("conse", runtime="onnx"), home
+        yield create_teacher("conse", runtime="torch"), create_teacher("conse", runtime="onnx"), home
 
 
 def _images() -> torch.Tensor:
@@ -94,5 +95,24 @@ def test_onnx_cache_is_reused_then_rebuilt_when_corrupted(teachers, monkeypatch)
 
 
 def test_bad_runtime_is_a_clear_error():
-    with pytest.raises(TeacherError, match="runtime must be one of torch, onnx"):
+    with pytest.raises(TeacherError, match="runtime must be one of auto, torch, onnx"):
         create_teacher("conse", runtime="tensorrt")
+
+
+def test_auto_runtime_is_onnx_on_the_cpu_and_torch_elsewhere(teachers, monkeypatch):
+    torch_t, onnx_t, home = teachers
+    monkeypatch.setenv("VL2V_HOME", str(home))
+    auto = create_teacher("conse")  # the default: runtime=auto
+    assert auto.runtime == "onnx" and auto.identity() == onnx_t.identity()
+    assert not auto._onnx.exported  # the ONNX file the fixture exported is reused
+    x = _images()[:2]
+    assert torch.equal(auto.embed_images(x), onnx_t.embed_images(x))
+    # on an accelerator auto means PyTorch, and the identity says so ("meta" stands in for a GPU here)
+    auto.to("meta")
+    assert auto.runtime == "torch" and auto._onnx is None and auto.identity() == torch_t.identity()
+    # without the export extra, auto is PyTorch
+    import vl2v.teachers.conse as conse
+
+    monkeypatch.setattr(conse, "onnx_available", lambda: False)
+    plain = create_teacher("conse")
+    assert plain.runtime == "torch" and plain.identity() == torch_t.identity()

@@ -195,6 +195,11 @@ class ExperimentConfig:
     # size); auto: stream when the decoded images would exceed ~4 GiB
     data_mode: Literal["auto", "memory", "stream"] = "auto"
     workers: NonNegInt | None = None  # loader processes decoding/rendering views; None: 0 on CPU, up to 8 with CUDA
+    # runs trained side by side in worker processes; None: auto (one per core on a CPU, 1 on a GPU / under
+    # torchrun). The command line's default is auto; this API's is 1 (every run in the calling process)
+    jobs: PosInt | None = 1
+    # torch threads of each run's step; None: the cores divided among the jobs (all of torch's default with one job)
+    threads: PosInt | None = None
     strict_data: bool = False
     out_dir: str = "runs/experiment"
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -7,6 +7,7 @@ Flags map one to one onto :class:`vl2v.config.ExperimentConfig`; a profile
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,12 @@ def _resolve_targets(values: list[str] | None, domains: list[str]) -> tuple[int,
     return tuple(out)
 
 
+def _jobs(text: str) -> str:
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"--jobs takes a number >= 1 or 'auto', not {text!r}")
+
+
 def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ...] = ("adip",)) -> ExperimentConfig:
     """The experiment a `vl2v train`/`compare` command line describes (profile first, then explicit flags).
 
@@ -55,7 +62,8 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
         teacher_options=parse_kv(args.teacher_opt, "--teacher-opt"),
         blackbox=not args.white_box, student_pretrained=not args.no_pretrained,
         student_weights=args.student_weights, store=args.store, out_dir=args.out, strict_data=args.strict_data,
-        data_mode=args.data_mode, workers=args.workers))
+        data_mode=args.data_mode, workers=args.workers, jobs=None if args.jobs == "auto" else int(args.jobs),
+        threads=args.threads))
     cfg = apply_profile(cfg, args.profile)
     templates = _templates_from_args(args, cfg)
     flags = dict(steps=args.steps, frozen_steps=args.frozen_steps, lr=args.lr, frozen_lr=args.frozen_lr,
@@ -187,6 +195,12 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
                         "(memory flat in the dataset's size, e.g. DomainNet); auto (default): stream above ~4 GiB decoded")
     g.add_argument("--workers", type=int, help="loader worker processes that decode and render views "
                    "(default: 0 on a CPU, up to 8 with CUDA); results do not depend on it")
+    g.add_argument("--jobs", type=_jobs, default=os.environ.get("VL2V_JOBS", "auto"), metavar="N|auto",
+                   help="runs trained side by side, each in its own process (default: $VL2V_JOBS, else auto: one per "
+                   "CPU core, as memory allows; 1 on a GPU or under torchrun). The teacher is asked first, in this "
+                   "process, so no view is paid twice")
+    g.add_argument("--threads", type=int, help="torch threads per run (default: the cores divided among the jobs). "
+                   "Numbers depend on it (float sums split differently), not on --jobs: it is recorded in every run")
     g.add_argument("--strict-data", action="store_true",
                    help="fail on any data problem (unreadable files, empty classes) instead of skipping and recording it")
     g.add_argument("--seed", type=int, nargs="+", help="explicit trial seeds (overrides --trials)")

@@ -23,6 +23,7 @@ from vl2v.data.dataset import DomainData, load_domain_data
 from vl2v.data.loader import default_workers
 from vl2v.data.registry import resolve_dataset
 from vl2v.errors import ConfigError
+from vl2v.evaluation.parallel import Job, resolve_jobs, run_parallel
 from vl2v.evaluation.tables import build_tables, selected_stages, table_sections
 from vl2v.methods import get_algorithm, make_hparams
 from vl2v.methods.search import random_hparams
@@ -267,30 +268,62 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
         if cfg.hparams_seed:
             log(f"hparams seed {cfg.hparams_seed}: {a.label}: "
                 + (", ".join(f"{k}={v}" for k, v in draws[a]) or "nothing to draw (defaults)"))
-    finals = []
+    runs = [(seed, t, a) for seed in cfg.seeds for t in targets for a in specs]
+    workers, threads = resolve_jobs(cfg.jobs, cfg.threads, cfg.train.device, len(runs), dist.enabled,
+                                    shared_store=exp.res.store is None or exp.res.store.path is not None)
+    if workers > 1 and not resume:
+        raise ConfigError("--jobs > 1 resumes finished runs; a fresh start of every run needs --jobs 1")
+    torch.set_num_threads(threads)
+    args_base["threads"] = threads  # a run's numbers depend on its step's thread count (float summation order)
+
+    def report(label: str, t: int, seed: int, f: dict[str, Any]) -> None:
+        sel = f.get("selected", {})
+        log(f"  {label:<24} target {exp.data.domains[t]:<10} seed {seed}: OOD {100 * sel.get('ood_acc', float('nan')):5.1f}  "
+            f"ID {100 * sel.get('id_acc', float('nan')):5.1f}  ({f.get('wall_time', 0):.0f}s)")
+
     t0 = time.time()
-    for seed in cfg.seeds:
-        data = exp.data if seed == exp.data.trial_seed else exp.data.with_seed(seed)
-        for t in targets:
-            for a in specs:
-                rs = RunSpec(a.name, t, seed, cfg.hparams_seed, a.hparams, draws[a])
-                run_dir = exp_dir.run(rs.algorithm, rs.hparams, rs.target, exp.data.domains, rs.trial_seed,
-                                      rs.hparams_seed).path
-                trainer = Trainer(rs, cfg.train, exp.res, exp.make_student, run_dir, args_base, exp.student_key, data=data,
-                                  teacher_encoder=exp.teacher_encoder)
-                outcome = trainer.run(resume=resume)
-                f = dict(outcome.final)
-                f["label"] = a.label
-                finals.append(f)
-                sel = f.get("selected", {})
-                log(f"  {a.label:<24} target {exp.data.domains[t]:<10} seed {seed}: OOD {100 * sel.get('ood_acc', float('nan')):5.1f}  "
-                    f"ID {100 * sel.get('id_acc', float('nan')):5.1f}  ({f.get('wall_time', 0):.0f}s)")
+    seed_data: dict[int, DomainData] = {}
+
+    def data_for(seed: int) -> DomainData:
+        if seed not in seed_data:
+            seed_data[seed] = exp.data if seed == exp.data.trial_seed else exp.data.with_seed(seed)
+        return seed_data[seed]
+
+    if workers == 1:
+        finals = []
+        for seed, t, a in runs:
+            f = dict(trainer_for(exp, a, t, seed, data_for(seed), args_base, draws).run(resume=resume).final)
+            f["label"] = a.label
+            finals.append(f)
+            report(a.label, t, seed, f)
+    else:
+        log(f"training {len(runs)} runs in {workers} processes x {threads} thread(s); the teacher is asked first, "
+            "in this process, in the runs' order")
+        jobs = [Job(k, a, t, seed, trainer_for(exp, a, t, seed, data_for(seed), args_base, draws).pay_teacher())
+                for k, (seed, t, a) in enumerate(runs)]
+
+        def done(job: Job, f: dict[str, Any]) -> None:
+            f["label"] = job.algorithm.label
+            report(job.algorithm.label, job.target, job.seed, f)
+
+        finals = run_parallel(cfg, jobs, args_base, draws, workers, threads, done)
     tables = build_tables(finals, exp.data.domains)
     text = render_summary(tables, exp, cfg, time.time() - t0, finals)
     if dist.is_main:
         atomic_write_text(exp_dir.results_md, text)
         atomic_write_json(exp_dir.summary_json, {"finals": finals, "wall_time": time.time() - t0})
     return {"finals": finals, "tables": tables, "text": text, "out_dir": str(out)}
+
+
+def trainer_for(exp: Experiment, a: AlgoSpec, target: int, seed: int, data: DomainData, args_base: dict[str, Any],
+                draws: dict, prepaid: dict[str, float] | None = None) -> Trainer:
+    """The trainer of one run of the experiment (algorithm ``a`` on ``target``, trial ``seed``)."""
+    cfg = exp.cfg
+    rs = RunSpec(a.name, target, seed, cfg.hparams_seed, a.hparams, draws[a])
+    run_dir = ExperimentDir(Path(cfg.out_dir)).run(rs.algorithm, rs.hparams, rs.target, exp.data.domains,
+                                                  rs.trial_seed, rs.hparams_seed).path
+    return Trainer(rs, cfg.train, exp.res, exp.make_student, run_dir, args_base, exp.student_key, data=data,
+                   teacher_encoder=exp.teacher_encoder, prepaid=prepaid)
 
 
 def stream_statement(cfg: ExperimentConfig, finals: list[dict]) -> str:

@@ -36,6 +36,7 @@ class RecordArgs(TypedDict, total=False):
     teacher_identity: str | None
     student: str
     views: int
+    threads: int  # torch threads of the run's step (its numbers depend on them)
 
 
 # A record also holds, per evaluated split, ``env{i}_{in,out}_{acc,loss}`` (every domain's "out",

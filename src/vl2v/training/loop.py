@@ -136,7 +136,8 @@ def _spec_json(spec: RunSpec) -> dict[str, Any]:
 class Trainer:
     def __init__(self, spec: RunSpec, cfg: TrainConfig, res: SharedResources, make_student: Callable[[], Student],
                  run_dir: Path, args_record: dict[str, Any], student_key: tuple = (),
-                 data: DomainData | None = None, teacher_encoder: Callable[[], Any] | None = None) -> None:
+                 data: DomainData | None = None, teacher_encoder: Callable[[], Any] | None = None,
+                 prepaid: dict[str, float] | None = None) -> None:
         cfg.validate()
         self.spec, self.cfg, self.res = spec, cfg, res
         self.run_dir = Path(run_dir)
@@ -159,6 +160,9 @@ class Trainer:
         self.make_student = make_student
         self.teacher_encoder = teacher_encoder
         self.seed = seed_hash(spec.trial_seed, spec.hparams_seed, spec.algorithm, spec.target)  # model init
+        # teacher queries another process made for this run ahead of it (pay_teacher), counted as this run's
+        # instead of the store reads that fetch them here
+        self.prepaid = prepaid
         self.stream = cfg.data_stream_kind
         if (self.stream == "fresh" and cfg.teacher_mode == "cached" and self.info.uses_teacher_images
                 and self.info.needs_training):
@@ -194,6 +198,27 @@ class Trainer:
                            teacher_encoder=self.teacher_encoder() if (self.info.needs_white_box and self.teacher_encoder) else None,
                            teacher_image_size=store.teacher.image_size if store else None,
                            schedule=self.cfg.schedule)
+
+    def _teacher_images(self) -> None:
+        """The teacher embeddings this run needs, through the store (paid once): every training view when the
+        algorithm learns from them with a cached teacher, the evaluation views when the teacher itself predicts."""
+        if self.info.uses_teacher_images and self.info.needs_training and self.cfg.teacher_mode == "cached":
+            self.targets = self.res.teacher_targets(self.train_indices)  # every training view, paid once
+        if not self.info.has_student:
+            self.res.teacher_center(sorted({i for d, w in self._eval_sets() for i in self.data.split_items(d, w)}))
+
+    def pay_teacher(self) -> dict[str, float]:
+        """Ask the teacher now for everything this run will ask it (prompt texts, training views, evaluation
+        views) and return what that cost; a run given it as ``prepaid`` then reads the store only. Used by a
+        parallel comparison: one process pays, in the order the runs would have, and worker processes train.
+        Nothing for a finished run (it will not run again)."""
+        store = self.res.store
+        if store is None or self.rd.is_done():
+            return {}
+        self._context()  # prompt texts (a run does not count these either)
+        before = store.stats.as_dict()
+        self._teacher_images()
+        return {k: v - before.get(k, 0) for k, v in store.stats.as_dict().items()}
 
     def _eval_sets(self) -> list[tuple[int, str]]:
         sets = [(d, "out") for d in range(len(self.data.domains))] + [(self.spec.target, "in")]
@@ -463,10 +488,9 @@ class Trainer:
         self.t_start = time.time()
         self.train_pos = {i: r for r, i in enumerate(self.train_indices)}
         with main_first():  # teacher queries: rank 0 asks and stores, the other ranks read
-            if algo.uses_teacher_images and algo.needs_training and cfg.teacher_mode == "cached":
-                self.targets = res.teacher_targets(self.train_indices)  # every training view, paid once
-            if not algo.has_student:
-                res.teacher_center(sorted({i for d, w in self._eval_sets() for i in self.data.split_items(d, w)}))
+            self._teacher_images()
+        if store is not None and self.prepaid is not None:
+            self.stats0 = {k: v - self.prepaid.get(k, 0) for k, v in store.stats.as_dict().items()}
         self._prefix_n = 0  # leading student stages served from a cache in the current stage
         self._train_hidden = False  # training steps of the current stage start from those cached activations
         self.state = {"global_step": 0, "stage_index": 0, "stage_step": 0, "best": None, "stage_best": None,
