@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from vl2v.cli import main
 from vl2v.errors import ConfigError
@@ -104,3 +105,78 @@ def test_bad_jobs_flag_is_refused(bad, capsys):
         main(["compare", "--jobs", bad])
     assert e.value.code == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_a_run_does_not_depend_on_the_runs_before_it_in_the_process(image_folder, tmp_path):
+    """Cached student features are computed in fixed blocks of the dataset, so target 1's runs give the same
+    records whether target 0's runs filled the caches first (one process, or a worker that trained them) or not."""
+    from vl2v.config import ExperimentConfig, Schedule, TrainConfig
+    from vl2v.evaluation.protocol import run_experiment
+
+    def cfg(out, targets):
+        train = TrainConfig(schedule=Schedule(steps=6, frozen_steps=4, lr=1e-3, frozen_lr=1e-2, freeze_stages=2),
+                            batch_size=4, eval_every=2, image_size=32)
+        return ExperimentConfig(dataset=None, data_dir=str(image_folder), out_dir=str(out), algorithms=("erm_ft", "adip"),
+                                teacher="tiny-test", store=str(tmp_path / "s.sqlite"), student="efficientnet_lite0",
+                                student_pretrained=False, views=3, targets=targets, train=train)
+
+    run_experiment(cfg(tmp_path / "both", (0, 1)), log=lambda s: None)
+    run_experiment(cfg(tmp_path / "alone", (1,)), log=lambda s: None)
+    a, b = _runs(tmp_path / "both"), _runs(tmp_path / "alone")
+    assert len(b) == 2
+    def numbers(rec):  # the second experiment reads the first one's teacher store: no queries to compare
+        return {k: v for k, v in _strip(rec).items() if not k.startswith("teacher_")}
+
+    for run in b:
+        ra, rb = a[run]["records"], b[run]["records"]
+        assert len(ra) == len(rb) > 2
+        for x, y in zip(ra, rb):
+            diff = {k for k in numbers(x) if numbers(x)[k] != numbers(y).get(k)}
+            assert not diff, (run, x["step"], sorted(diff))
+
+
+def test_student_caches_warmed_in_one_process_serve_another(image_folder, tmp_path):
+    """What the parent computes (warm_student_caches) and saves is what a worker loads: the run then finds every
+    student feature it asks for in the cache, and its result equals a run that computed them itself."""
+    from dataclasses import replace
+
+    from vl2v.config import ExperimentConfig, Schedule, TrainConfig
+    from vl2v.evaluation.protocol import AlgoSpec, prepare, run_experiment, trainer_for, with_prompt_names
+
+    train = TrainConfig(schedule=Schedule(steps=4, frozen_steps=3, lr=1e-3, frozen_lr=1e-2, freeze_stages=2),
+                        batch_size=4, eval_every=2, image_size=32)
+    cfg = ExperimentConfig(dataset=None, data_dir=str(image_folder), out_dir=str(tmp_path / "ref"), algorithms=("erm_ft",),
+                           teacher="tiny-test", store=str(tmp_path / "s.sqlite"), student="efficientnet_lite0",
+                           student_pretrained=False, views=2, targets=(0,), train=train)
+    ref = run_experiment(cfg, log=lambda s: None)["finals"][0]
+    a = AlgoSpec.parse("erm_ft")
+
+    def experiment(out):
+        c = replace(cfg, out_dir=str(tmp_path / out))
+        exp = prepare(c, lambda s: None)
+        exp.cfg = with_prompt_names(c, exp)
+        return exp
+
+    parent = experiment("parent")
+    trainer_for(parent, a, 0, 0, parent.data, {}, {a: ()}).warm_student_caches()
+    kinds = {k[3:] for k, v in parent.res._features.items() if v}
+    assert kinds == {("train", "prefix", 2), ("eval", "prefix", 2)}  # no head warm-up here: prefixes only
+    parent.res.save_features(tmp_path / "f.safetensors")
+
+    worker = experiment("got")
+    worker.res.load_features(tmp_path / "f.safetensors")
+    for key, cache in parent.res._features.items():
+        assert cache.keys() == worker.res._features[key].keys()
+        assert all(torch.equal(cache[i], worker.res._features[key][i]) for i in cache)
+    real, asked = worker.res.frozen_features, []
+
+    def only_cached(student, indices, kind, key, prefix=None):
+        cache = worker.res._features.get(key + (kind,) + (("prefix", prefix) if prefix else ()), {})
+        asked.append(kind)
+        assert all(i in cache for i in indices), f"{kind} prefix={prefix}: computed again"
+        return real(student, indices, kind, key, prefix)
+
+    worker.res.frozen_features = only_cached
+    got = trainer_for(worker, a, 0, 0, worker.data, {}, {a: ()}).run().final
+    assert {"train", "eval"} <= set(asked)
+    assert _clean(got["selected"]) == _clean(ref["selected"])

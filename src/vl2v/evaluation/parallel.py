@@ -10,7 +10,10 @@ The teacher is asked once, by the parent, before any worker starts: the parent w
 the runs in their usual order and makes each one's teacher queries
 (:meth:`~vl2v.training.loop.Trainer.pay_teacher`), so the store is complete and two
 workers never pay for the same view; each run records those queries as its own, as it
-would have in one process. Workers then only read the store.
+would have in one process. Workers then only read the store. The parent also computes the
+pretrained student's cached features and frozen-prefix activations for every run once
+(:meth:`~vl2v.training.loop.Trainer.warm_student_caches`, on all cores: forward passes give
+the same bits on any thread count) and every worker loads them from one file.
 
 Numbers depend on the number of threads a run's step uses (float sums are split
 differently), not on which worker trains it or in which order: every worker uses
@@ -24,6 +27,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -125,7 +129,7 @@ def plugin_modules() -> list[str]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(cfg: Any, threads: int, plugins: list[str]) -> None:
+def _init_worker(cfg: Any, threads: int, plugins: list[str], features: str | None) -> None:
     import importlib
 
     os.environ["VL2V_PROGRESS"] = "0"  # one progress bar, the parent's
@@ -136,6 +140,8 @@ def _init_worker(cfg: Any, threads: int, plugins: list[str]) -> None:
 
     exp = prepare(cfg, lambda *_: None)
     exp.cfg = with_prompt_names(cfg, exp)
+    if features:  # the pretrained student's features the parent computed once for every run
+        exp.res.load_features(features)
     _WORKER.update(exp=exp, data={})
 
 
@@ -152,15 +158,16 @@ def _run_job(job: Job, args_base: dict[str, Any], draws: dict) -> tuple[int, dic
 
 # --------------------------------------------------------------------------- parent side
 def run_parallel(cfg: Any, jobs: list[Job], args_base: dict[str, Any], draws: dict, workers: int, threads: int,
-                 on_done: Callable[[Job, dict[str, Any]], None]) -> list[dict[str, Any]]:
-    """Train ``jobs`` on ``workers`` processes with ``threads`` torch threads each; finals in the jobs' order."""
+                 on_done: Callable[[Job, dict[str, Any]], None], features: Path | None = None) -> list[dict[str, Any]]:
+    """Train ``jobs`` on ``workers`` processes with ``threads`` torch threads each; finals in the jobs' order.
+    ``features``: a file of cached student features (SharedResources.save_features) every worker loads."""
     ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools have started is unsafe
     out: dict[int, dict[str, Any]] = {}
     by_index = {j.index: j for j in jobs}
     pbar = bar(len(jobs), desc=f"runs ({workers} processes x {threads} thread{'s' if threads > 1 else ''})",
                unit="run")
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(replace(cfg), threads, plugin_modules()))
+                                  initargs=(replace(cfg), threads, plugin_modules(), str(features) if features else None))
     try:
         futures = [pool.submit(_run_job, j, args_base, draws) for j in jobs]
         for fut in cf.as_completed(futures):

@@ -220,6 +220,29 @@ class Trainer:
         self._teacher_images()
         return {k: v - before.get(k, 0) for k, v in store.stats.as_dict().items()}
 
+    def warm_student_caches(self) -> None:
+        """Compute now the pretrained student's cached features and frozen-prefix activations this run's stages
+        will read (the same calls :meth:`_run_stage` and :meth:`evaluate` make), without training. A parallel
+        comparison does this once in the parent and hands the caches to every worker
+        (:meth:`SharedResources.save_features`), instead of each worker computing them again."""
+        if (not (self.info.has_student and self.info.uses_registry_student) or self.rd.is_done()
+                or self.stream != "stored"):
+            return
+        algo = create_algorithm(self.spec.algorithm, self._context(), self.make_student(), self.spec.options())
+        algo.student.to(memory_format=torch.channels_last)
+        evals = sorted({i for d, w in self._eval_sets() for i in self.data.split_items(d, w)})
+        pristine = True
+        for stage in (algo.stages() if algo.needs_training else []):
+            algo.begin_stage(stage)
+            if stage.backbone_frozen and pristine:
+                self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key)
+                self.res.frozen_features(algo.student, evals, "eval", self.student_key)
+            n = self._cacheable_prefix(algo, stage, pristine)
+            if n:
+                self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key, prefix=n)
+                self.res.frozen_features(algo.student, evals, "eval", self.student_key, prefix=n)
+            pristine = pristine and stage.backbone_frozen
+
     def _eval_sets(self) -> list[tuple[int, str]]:
         sets = [(d, "out") for d in range(len(self.data.domains))] + [(self.spec.target, "in")]
         if self.cfg.eval_source_in:

@@ -20,7 +20,9 @@ processes decode and render in parallel, with the same results as ``workers=0``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -29,7 +31,13 @@ from vl2v.data.loader import RenderRequest, render_stream
 from vl2v.data.transforms import AugConfig, AugParams, teacher_view, training_views
 from vl2v.students.registry import Student
 from vl2v.teachers.store import TeacherStore
+from vl2v.utils.io import atomic_path
 from vl2v.utils.progress import bar
+
+
+def _as_tuple(x):
+    """A cache key read back from JSON: lists become tuples again, all the way down."""
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list) else x
 
 
 @dataclass
@@ -128,21 +136,30 @@ class SharedResources:
         (``student.forward_prefix``), for runs that keep those stages frozen: [N, V, C, H, W] / [N, C, H, W].
         """
         cache = self._features.setdefault(key + (kind,) + (("prefix", prefix) if prefix else ()), {})
-        todo = [i for i in indices if i not in cache]
-        if todo:
+        # Images go through the network in fixed blocks of the dataset (block b = images b*n .. b*n+n-1, all their
+        # views), whichever of them were asked for: a convolution's float result can depend on the batch it is
+        # in, so an image's cached features must not depend on which runs came before (or on which worker
+        # process of a parallel comparison computed them).
+        per_image = 1 if kind == "eval" else self.n_views
+        n = max(1, self.batch_size // per_image)
+        blocks = sorted({i // n for i in indices if i not in cache})
+        if blocks:
             was = student.training
             student.eval()
             size = student.image_size
-            jobs: list[tuple[int, int, AugParams | None]] = []
-            for i in todo:
-                if kind == "eval":
-                    jobs.append((i, 0, None))
-                else:
-                    jobs.extend((i, k, p) for k, p in enumerate(self.view_list(i)))
+            todo = [i for b in blocks for i in range(b * n, min(len(self.data.bank), (b + 1) * n))]
+            chunks: list[list[tuple[int, int, AugParams | None]]] = []
+            for b in blocks:
+                jobs: list[tuple[int, int, AugParams | None]] = []
+                for i in range(b * n, min(len(self.data.bank), (b + 1) * n)):
+                    if kind == "eval":
+                        jobs.append((i, 0, None))
+                    else:
+                        jobs.extend((i, k, p) for k, p in enumerate(self.view_list(i)))
+                chunks.append(jobs)
             what = f"student stage-{prefix} activations" if prefix else "student features"
-            pbar = bar(len(jobs), desc=f"{what} ({kind})", unit="img")
+            pbar = bar(sum(map(len, chunks)), desc=f"{what} ({kind})", unit="img")
             out: dict[tuple[int, int], torch.Tensor] = {}
-            chunks = [jobs[b:b + self.batch_size] for b in range(0, len(jobs), self.batch_size)]
             for chunk, x in zip(chunks, self._render([[(i, p) for i, _, p in c] for c in chunks], size)):
                 x = x.to(self.device).float().div_(255.0)
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -158,6 +175,35 @@ class SharedResources:
                     cache[i] = torch.stack([out[(i, k)] for k in range(len(self.view_list(i)))])
             student.train(was)
         return torch.stack([cache[i] for i in indices])
+
+    def save_features(self, path: Path) -> None:
+        """Write every cached student feature/activation (:meth:`frozen_features`) to one safetensors file."""
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        keys = []
+        for k, (key, cache) in enumerate(self._features.items()):
+            if not cache:
+                continue
+            idx = sorted(cache)
+            tensors[f"{k}.index"] = torch.tensor(idx, dtype=torch.int64)
+            tensors[f"{k}.values"] = torch.stack([cache[i] for i in idx]).contiguous()
+            keys.append([k, key])
+        with atomic_path(Path(path)) as tmp:
+            save_file(tensors, str(tmp), metadata={"keys": json.dumps(keys)})
+
+    def load_features(self, path: Path) -> None:
+        """Add the caches :meth:`save_features` wrote (the same values this process would compute)."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            keys = json.loads(f.metadata()["keys"])
+        tensors = load_file(str(path))
+        for k, key in keys:
+            cache = self._features.setdefault(_as_tuple(key), {})
+            for i, v in zip(tensors[f"{k}.index"].tolist(), tensors[f"{k}.values"]):
+                cache.setdefault(int(i), v)
 
     def prefix_cache_fits(self, student: Student, n: int, indices: int, budget: int = 4 << 30) -> bool:
         """Whether holding stage-``n`` activations of ``indices`` images x views stays within ``budget`` bytes."""
