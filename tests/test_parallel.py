@@ -180,3 +180,4 @@ def test_student_caches_warmed_in_one_process_serve_another(image_folder, tmp_pa
     got = trainer_for(worker, a, 0, 0, worker.data, {}, {a: ()}).run().final
     assert {"train", "eval"} <= set(asked)
     assert _clean(got["selected"]) == _clean(ref["selected"])
+

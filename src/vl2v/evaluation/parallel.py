@@ -12,8 +12,9 @@ the runs in their usual order and makes each one's teacher queries
 workers never pay for the same view; each run records those queries as its own, as it
 would have in one process. Workers then only read the store. The parent also computes the
 pretrained student's cached features and frozen-prefix activations for every run once
-(:meth:`~vl2v.training.loop.Trainer.warm_student_caches`, on all cores: forward passes give
-the same bits on any thread count) and every worker loads them from one file.
+(:meth:`~vl2v.training.loop.Trainer.warm_student_caches`) and every worker loads them from
+one file. Both on the runs' own thread count: the teacher's embeddings and the student's
+pooled features can change in their last bits with it.
 
 Numbers depend on the number of threads a run's step uses (float sums are split
 differently), not on which worker trains it or in which order: every worker uses

@@ -23,7 +23,7 @@ from vl2v.data.dataset import DomainData, load_domain_data
 from vl2v.data.loader import default_workers
 from vl2v.data.registry import resolve_dataset
 from vl2v.errors import ConfigError
-from vl2v.evaluation.parallel import Job, available_cores, resolve_jobs, run_parallel
+from vl2v.evaluation.parallel import Job, resolve_jobs, run_parallel
 from vl2v.evaluation.tables import build_tables, selected_stages, table_sections
 from vl2v.methods import get_algorithm, make_hparams
 from vl2v.methods.search import random_hparams
@@ -299,15 +299,15 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     else:
         log(f"training {len(runs)} runs in {workers} processes x {threads} thread(s); first, in this process and "
             "in the runs' order, the teacher is asked and the pretrained student's cached features are computed")
-        # every core here: the student's forward passes give the same bits on any number of threads (unlike
-        # the training step's backward pass), and the teacher's calls are made in the same order as ever
-        torch.set_num_threads(available_cores())
+        # On the runs' own thread count and in their order, as one process would: the teacher's embeddings and
+        # the student's pooled features can change in their last bits with the thread count (both seen here),
+        # so `--jobs 2 --threads 1` gives the numbers of `--jobs 1 --threads 1`.
+        torch.set_num_threads(threads)
         jobs = []
         for k, (seed, t, a) in enumerate(runs):
             trainer = trainer_for(exp, a, t, seed, data_for(seed), args_base, draws)
             jobs.append(Job(k, a, t, seed, trainer.pay_teacher()))
             trainer.warm_student_caches()
-        torch.set_num_threads(threads)
         cache = out / ".student-features.safetensors"
         exp.res.save_features(cache)
 
