@@ -143,17 +143,15 @@ def _init_worker(cfg: Any, threads: int, plugins: list[str], features: str | Non
     exp.cfg = with_prompt_names(cfg, exp)
     if features:  # the pretrained student's features the parent computed once for every run
         exp.res.load_features(features)
-    _WORKER.update(exp=exp, data={})
+    _WORKER.update(exp=exp)
 
 
 def _run_job(job: Job, args_base: dict[str, Any], draws: dict) -> tuple[int, dict[str, Any]]:
     from vl2v.evaluation.protocol import trainer_for
 
     exp = _WORKER["exp"]
-    data = _WORKER["data"].get(job.seed)
-    if data is None:
-        data = _WORKER["data"][job.seed] = exp.data if job.seed == exp.data.trial_seed else exp.data.with_seed(job.seed)
-    trainer = trainer_for(exp, job.algorithm, job.target, job.seed, data, args_base, draws, prepaid=job.prepaid)
+    trainer = trainer_for(exp, job.algorithm, job.target, job.seed, exp.data_for(job.seed), args_base, draws,
+                          prepaid=job.prepaid)
     return job.index, dict(trainer.run(resume=True).final)
 
 

@@ -12,7 +12,7 @@ import copy
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -118,9 +118,16 @@ class Experiment:
     dataset_name: str
     teacher_identity: str | None
     teacher: Any = None  # the raw teacher (white-box algorithms copy its image encoder)
+    _by_seed: dict[int, DomainData] = field(default_factory=dict, repr=False)  # data_for's splits per trial seed
 
     def teacher_encoder(self):
         return self.teacher.image_encoder() if self.teacher is not None else None
+
+    def data_for(self, seed: int) -> DomainData:
+        """The images with trial ``seed``'s splits (made once per seed)."""
+        if seed not in self._by_seed:
+            self._by_seed[seed] = self.data if seed == self.data.trial_seed else self.data.with_seed(seed)
+        return self._by_seed[seed]
 
 
 def _needs_teacher(specs: list[AlgoSpec]) -> bool:
@@ -282,17 +289,10 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
             f"ID {100 * sel.get('id_acc', float('nan')):5.1f}  ({f.get('wall_time', 0):.0f}s)")
 
     t0 = time.time()
-    seed_data: dict[int, DomainData] = {}
-
-    def data_for(seed: int) -> DomainData:
-        if seed not in seed_data:
-            seed_data[seed] = exp.data if seed == exp.data.trial_seed else exp.data.with_seed(seed)
-        return seed_data[seed]
-
     if workers == 1:
         finals = []
         for seed, t, a in runs:
-            f = dict(trainer_for(exp, a, t, seed, data_for(seed), args_base, draws).run(resume=resume).final)
+            f = dict(trainer_for(exp, a, t, seed, exp.data_for(seed), args_base, draws).run(resume=resume).final)
             f["label"] = a.label
             finals.append(f)
             report(a.label, t, seed, f)
@@ -302,10 +302,9 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
         # On the runs' own thread count and in their order, as one process would: the teacher's embeddings and
         # the student's pooled features can change in their last bits with the thread count (both seen here),
         # so `--jobs 2 --threads 1` gives the numbers of `--jobs 1 --threads 1`.
-        torch.set_num_threads(threads)
         jobs = []
         for k, (seed, t, a) in enumerate(runs):
-            trainer = trainer_for(exp, a, t, seed, data_for(seed), args_base, draws)
+            trainer = trainer_for(exp, a, t, seed, exp.data_for(seed), args_base, draws)
             jobs.append(Job(k, a, t, seed, trainer.pay_teacher()))
             trainer.warm_student_caches()
         cache = out / ".student-features.safetensors"

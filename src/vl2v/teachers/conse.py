@@ -29,6 +29,7 @@ from torch import nn
 
 from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_SIZES, LITE_STD, create_lite
 from vl2v.teachers.base import Teacher, TeacherError
+from vl2v.utils.extras import missing_modules
 from vl2v.utils.hashing import cached_file_digest
 
 
@@ -124,9 +125,7 @@ RUNTIMES = ("auto", "torch", "onnx")
 
 
 def onnx_available() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
+    return not missing_modules("onnx", "onnxscript", "onnxruntime")
 
 
 class ConSETeacher(Teacher):

@@ -160,14 +160,10 @@ class TeacherStore:
             row = conn.execute("SELECT identity, dim FROM teachers WHERE tkey=?", (self.tkey,)).fetchone()
             if row is not None and (row[0] != self.identity or int(row[1]) != self.dim):
                 raise StoreError(f"teacher store {self.path}: key collision for teacher {self.identity!r}")
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise _Busy() from exc
-            raise StoreError(f"teacher store {self.path} is not a usable SQLite database ({exc}); "
-                             f"move it away to start a fresh cache") from exc
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+                raise _Busy() from exc
             raise StoreError(f"teacher store {self.path} is not a usable SQLite database ({exc}); "
                              f"move it away to start a fresh cache") from exc
         return conn

@@ -205,7 +205,7 @@ class Trainer:
         if self.info.uses_teacher_images and self.info.needs_training and self.cfg.teacher_mode == "cached":
             self.targets = self.res.teacher_targets(self.train_indices)  # every training view, paid once
         if not self.info.has_student:
-            self.res.teacher_center(sorted({i for d, w in self._eval_sets() for i in self.data.split_items(d, w)}))
+            self.res.teacher_center(self._eval_indices())
 
     def pay_teacher(self) -> dict[str, float]:
         """Ask the teacher now for everything this run will ask it (prompt texts, training views, evaluation
@@ -230,7 +230,7 @@ class Trainer:
             return
         algo = create_algorithm(self.spec.algorithm, self._context(), self.make_student(), self.spec.options())
         algo.student.to(memory_format=torch.channels_last)
-        evals = sorted({i for d, w in self._eval_sets() for i in self.data.split_items(d, w)})
+        evals = self._eval_indices()
         pristine = True
         for stage in (algo.stages() if algo.needs_training else []):
             algo.begin_stage(stage)
@@ -242,6 +242,10 @@ class Trainer:
                 self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key, prefix=n)
                 self.res.frozen_features(algo.student, evals, "eval", self.student_key, prefix=n)
             pristine = pristine and stage.backbone_frozen
+
+    def _eval_indices(self) -> list[int]:
+        """Every image of every evaluation split, once, in order."""
+        return sorted({i for d, w in self._eval_sets() for i in self.data.split_items(d, w)})
 
     def _eval_sets(self) -> list[tuple[int, str]]:
         sets = [(d, "out") for d in range(len(self.data.domains))] + [(self.spec.target, "in")]

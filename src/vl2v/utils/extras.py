@@ -25,9 +25,14 @@ class MissingExtraError(ConfigError):
     """An optional dependency is not installed."""
 
 
+def missing_modules(*modules: str) -> list[str]:
+    """Those of ``modules`` that cannot be imported (nothing is imported to find out)."""
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
 def require(extra: str, *modules: str) -> None:
     """Raise :class:`MissingExtraError` unless every module in ``modules`` can be imported."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = missing_modules(*modules)
     if missing:
         what = EXTRAS.get(extra, extra)
         raise MissingExtraError(f"{', '.join(missing)} not installed: {what} needs the '{extra}' extra; "
