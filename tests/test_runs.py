@@ -151,9 +151,9 @@ def test_selection_edge_cases():
 
 # --------------------------------------------------------------------------- a tiny finished run
 def _write_run(rd: RunDir, algorithm="adip", hparams=(("lam", "0.25"),), target=1, seed=0, finished=True,
-               dataset="Tiny"):
+               dataset="Tiny", teacher=("tiny", "tiny")):
     args = {"dataset": dataset, "algorithm": algorithm, "test_envs": [target], "trial_seed": seed,
-            "hparams_seed": 0, "output_dir": str(rd.path), "teacher_identity": "tiny"}
+            "hparams_seed": 0, "output_dir": str(rd.path), "teacher": teacher[0], "teacher_identity": teacher[1]}
     rr = RunRecorder(rd.path, args=args, hparams={"lam": 0.25})
     rd.path.mkdir(parents=True)
     atomic_write_json(rd.config_json, {"spec": {"algorithm": algorithm, "target": target, "trial_seed": seed,
@@ -223,6 +223,22 @@ def test_find_runs_collect_and_group_by_dataset(tmp_path):
     assert tiny.domains == DOMAINS and tiny.classes == ["cat", "dog"] and len(tiny.entries) == 3
     assert tiny.incomplete == 1 and tiny.domain_names() == DOMAINS
     assert sorted(f["label"] for f in tiny.finals) == ["adip (lam=0.25)", "adip (lam=0.25)", "erm_lp"]
+
+
+def test_runs_of_two_teachers_are_separate_rows(tmp_path):
+    """`vl2v report runs/conse runs/lit`: an algorithm run with both teachers gets one row per teacher."""
+    a, b = tmp_path / "conse", tmp_path / "lit"
+    _write_run(RunDir.for_spec(a, "adip", (), 1, DOMAINS, 0), hparams=(), teacher=("conse", "conse(k=10)"))
+    _write_run(RunDir.for_spec(a, "erm_lp", (), 1, DOMAINS, 0), "erm_lp", (), teacher=("conse", "conse(k=10)"))
+    _write_run(RunDir.for_spec(b, "adip", (), 1, DOMAINS, 0), hparams=(), teacher=("lit", "lit(weights=1)"))
+    c = tmp_path / "lit2"  # a second build under the same name: told apart by a digest of its identity
+    _write_run(RunDir.for_spec(c, "adip", (), 1, DOMAINS, 0), hparams=(), teacher=("lit", "lit(weights=2)"))
+    labels = sorted(f["label"] for f in group_by_dataset(collect_runs([a, b]))["Tiny"].finals)
+    assert labels == ["adip [teacher conse]", "adip [teacher lit]", "erm_lp"]
+    labels = sorted(f["label"] for f in group_by_dataset(collect_runs([a, b, c]))["Tiny"].finals)
+    assert labels[0] == "adip [teacher conse]" and len(set(labels)) == 4
+    assert labels[1].startswith("adip [teacher lit ") and labels[2].startswith("adip [teacher lit ")
+    assert [f["label"] for f in group_by_dataset(collect_runs([b]))["Tiny"].finals] == ["adip"]
 
 
 def test_experiment_dir_config(tmp_path):

@@ -3,6 +3,7 @@ choice among random hyperparameter draws (DomainBed's training-domain selection 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -197,4 +198,31 @@ def group_by_dataset(entries: Iterable[RunEntry]) -> dict[str, DatasetGroup]:
         if not g.classes and e.classes:
             g.classes = e.classes
         g.entries.append(e)
+    for g in groups.values():
+        _split_labels_by_teacher(g.entries)
     return groups
+
+
+def _split_labels_by_teacher(entries: list[RunEntry]) -> None:
+    """A label whose runs used different teachers (``vl2v report runs/conse runs/lit``) becomes one row per
+    teacher, ``adip [teacher lit]``, so no mean mixes two teachers; labels with one teacher stay as they are."""
+    by_label: dict[str, set[str]] = {}
+    for e in entries:
+        by_label.setdefault(str(e.summary.get("label") or e.summary.get("algorithm")), set()).add(_teacher_key(e))
+    mixed = {lab for lab, ts in by_label.items() if len(ts) > 1}
+    if not mixed:
+        return
+    names: dict[str, set[str]] = {}
+    for e in entries:
+        names.setdefault(str(e.args.get("teacher") or "?"), set()).add(_teacher_key(e))
+    for e in entries:
+        lab = str(e.summary.get("label") or e.summary.get("algorithm"))
+        if lab in mixed:
+            name = str(e.args.get("teacher") or "?")
+            if len(names[name]) > 1:  # one name, two identities (e.g. two builds of lit): add a digest
+                name += " " + hashlib.sha256(_teacher_key(e).encode()).hexdigest()[:8]
+            e.summary = {**e.summary, "label": f"{lab} [teacher {name}]"}
+
+
+def _teacher_key(e: RunEntry) -> str:
+    return str(e.args.get("teacher_identity") or e.args.get("teacher") or "?")
