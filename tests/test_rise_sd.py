@@ -95,6 +95,35 @@ def test_sd_trains_a_copy_and_leaves_the_teacher_alone(tiny_teacher):
         assert torch.allclose(algo.predict(x), 100 * F.normalize(z, dim=-1) @ algo.text.t(), atol=1e-4)
 
 
+class _ResizingEncoder(torch.nn.Module):
+    """Like the conse/lit encoders: resizes its input to ``image_size``; a conv net with global pooling."""
+
+    def __init__(self, image_size: int) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.conv = torch.nn.Conv2d(3, D, 5, stride=2)
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        self.sizes.append(x.shape[-1])
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def test_sd_copy_at_another_input_size():
+    """sd:image_size=N trains the copy at N px (the encoder's own resize set to N); a size it cannot take is refused."""
+    enc = _ResizingEncoder(24)
+    algo = create_algorithm("sd", ctx(encoder=enc, size=24), None, {"image_size": 16})
+    assert algo.image_size == 16 and algo.student.backbone.image_size == 16 and enc.image_size == 24
+    algo.begin_stage(algo.stages()[0])
+    algo.student.backbone.sizes.clear()
+    algo.update(batch(size=16))
+    assert algo.student.backbone.sizes == [16]
+    assert create_algorithm("sd", ctx(encoder=enc, size=24), None).image_size == 24
+    with pytest.raises(ConfigError, match="image_size=3"):
+        create_algorithm("sd", ctx(encoder=enc, size=24), None, {"image_size": 3})
+
+
 def test_sd_on_a_random_open_clip_teacher(image_folder, tmp_path):
     import json
 

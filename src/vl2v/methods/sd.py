@@ -4,7 +4,9 @@ No projection and no Align stage: the copy is fine-tuned with the VL2V loss on
 its own normalised output, ``lam * (1 - cos(z, f_I(x))) + (1 - lam) * (1 - cos(z, T_y))``,
 and predicts with ``100 * cos(z, T_c)``. The copy is independent of the frozen
 teacher (a deep copy made before training), so training never changes the
-teacher's outputs. Inputs are rendered at the teacher's own input size.
+teacher's outputs. Inputs are rendered at the teacher's own input size, or at
+``image_size`` (a cheaper copy for convolutional teachers; the teacher targets
+``f_I(x)`` stay those of the teacher at its own size).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class SDHParams:
     lam: Fraction = 0.5
     lr: NonNegFloat = 0.0
     steps: NonNegInt = 0
+    image_size: NonNegInt = 0  # the copy's input size; 0: the teacher's own
 
     @classmethod
     def search_space(cls, dataset: str | None = None) -> dict[str, Distribution]:
@@ -49,7 +52,19 @@ class SD(Algorithm):
         if ctx.teacher_encoder is None or ctx.text_classifier is None or ctx.teacher_dim is None:
             raise ConfigError("sd (VL2V-SD) needs a white-box teacher: use a teacher whose weights are available "
                               "(conse, openclip, transformers) and pass --white-box")
-        own = student_from_encoder(copy.deepcopy(ctx.teacher_encoder), ctx.teacher_dim, ctx.teacher_image_size or 224)
+        size = hparams.image_size if hparams and hparams.image_size else ctx.teacher_image_size or 224
+        encoder = copy.deepcopy(ctx.teacher_encoder)
+        if size != (ctx.teacher_image_size or 224):
+            if hasattr(encoder, "image_size"):  # the teacher's encoders resize their input to this
+                encoder.image_size = size
+            try:
+                with torch.no_grad():
+                    encoder.eval()(torch.zeros(1, 3, size, size))
+            except Exception as exc:
+                raise ConfigError(f"sd:image_size={size}: this teacher's image encoder does not run at {size} px "
+                                  f"({type(exc).__name__}: {exc}); leave image_size at 0 (its own "
+                                  f"{ctx.teacher_image_size} px)") from None
+        own = student_from_encoder(encoder, ctx.teacher_dim, size)
         super().__init__(ctx, own, hparams)
         self.register_buffer("text", ctx.text_classifier.clone())
         self.image_size = own.image_size
