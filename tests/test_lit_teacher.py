@@ -105,6 +105,35 @@ def test_built_teacher_loads_with_weights_sha_in_identity(built):
     assert e.shape == (2, 384)
 
 
+def test_confidence_gate_moves_the_mix_towards_conse(built, tmp_path):
+    """beta_confident != beta: the ConSE share grows with the classifier's top probability, and the identity says so."""
+    import shutil
+
+    from vl2v.teachers import create_teacher
+    from vl2v.teachers.lit import mix_weight
+
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0]])
+    w = mix_weight(logits, 0.25, 1.0)
+    top = logits.softmax(-1).amax(-1, keepdim=True)
+    assert torch.allclose(w, 0.25 + 0.75 * top) and w[0, 0] < 0.5 < w[1, 0]
+    assert mix_weight(logits, 0.25, 0.25) == 0.25
+    man = json.loads((built / "manifest.json").read_text())
+    assert set(man["validation"]["gate"]) >= {"0.25", "1"} and "all" in man["validation"]["top_probability"]
+    assert man["head"]["beta_confident"] == (BuildConfig().beta_confident or BuildConfig().beta)
+    gated = tmp_path / "gated"
+    shutil.copytree(built, gated)
+    man["head"]["beta_confident"] = 1.0
+    (gated / "manifest.json").write_text(json.dumps(man))
+    fixed = dict(man["head"], beta_confident=0.25)
+    plain = tmp_path / "plain"
+    shutil.copytree(built, plain)
+    (plain / "manifest.json").write_text(json.dumps({**man, "head": fixed}))
+    a, b = create_teacher(f"lit:{plain}"), create_teacher(f"lit:{gated}")
+    assert "beta_confident" not in a.identity() and "beta_confident=1.0" in b.identity()
+    x = torch.rand(2, 3, 260, 260)
+    assert not torch.allclose(a.embed_images(x), b.embed_images(x))
+
+
 def test_unbuilt_teacher_is_a_clear_error(tmp_path, monkeypatch):
     from vl2v.errors import UserError
     from vl2v.teachers import create_teacher

@@ -17,8 +17,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
         raise CLIError("--epochs must be at least 1")
     if args.beta is not None and not 0.0 <= args.beta <= 1.0:
         raise CLIError("--beta must be in [0, 1]")
+    if args.beta_confident is not None and not 0.0 <= args.beta_confident <= 1.0:
+        raise CLIError("--beta-confident must be in [0, 1]")
     cfg = BuildConfig()
-    over = {k: v for k, v in (("epochs", args.epochs), ("beta", args.beta), ("hidden", args.hidden)) if v is not None}
+    over = {k: v for k, v in (("epochs", args.epochs), ("beta", args.beta), ("hidden", args.hidden),
+                                                      ("beta_confident", args.beta_confident)) if v is not None}
     if args.views:
         bad = sorted(set(args.views) - {"orig", "line"})
         if bad or "orig" not in args.views:
@@ -52,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--benchmark", help="OfflinePACS folder for the pixel-overlap check (default: the built one)")
     b.add_argument("--epochs", type=int, help="head training epochs (default 30)")
     b.add_argument("--beta", type=float, help="weight of the ConSE embedding in the mix, 0..1 (default 0.25)")
+    b.add_argument("--beta-confident", type=float,
+                   help="ConSE weight when the ImageNet classifier is certain of its top class; the mix moves from "
+                   "--beta towards it with the top probability (default 0.5, chosen on held-out concepts: docs/teachers.md)")
     b.add_argument("--hidden", type=int, help="hidden width of the MLP head (default 1024; 0: linear)")
     b.add_argument("--views", nargs="+", metavar="VIEW", help="training views: orig [line] (default: orig line)")
     b.add_argument("--workers", type=int, default=1, help="rendering processes beside the tower (default 1)")

@@ -10,12 +10,14 @@ pairs from pinned npm packages and stored in ``<vl2v home>/teachers/NAME``.
 
 Image embedding (both parts unit length, then mixed)::
 
-    e(x) = (1 - beta) * normalize(head(f(x))) + beta * normalize(conse(logits(f(x))))
+    e(x) = (1 - b(x)) * normalize(head(f(x))) + b(x) * normalize(conse(logits(f(x))))
+    b(x) = beta + (beta_confident - beta) * max softmax(logits(f(x)))
 
 where ``conse`` is the ConSE embedding of the same forward pass (the top-k
 probability-weighted mean of ImageNet class-name embeddings): it keeps the tower's
-photo knowledge. The text side is the sentence encoder, as for ConSE, so the two
-parts live in one space. Everything is differentiable (white-box for VL2V-SD).
+photo knowledge. The mix weight leans towards ConSE as far as the ImageNet classifier
+is sure of its top class (``beta_confident``; equal to ``beta``: a fixed mix). The
+text side is the sentence encoder, as for ConSE, so the two parts live in one space. Everything is differentiable (white-box for VL2V-SD).
 """
 
 from __future__ import annotations
@@ -75,15 +77,24 @@ class Head(nn.Module):
         return y
 
 
-def mix(h: torch.Tensor, c: torch.Tensor, beta: float) -> torch.Tensor:
+def mix(h: torch.Tensor, c: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+    """``beta``: a number, or one weight per row ([B, 1])."""
     return (1.0 - beta) * F.normalize(h, dim=-1) + beta * F.normalize(c, dim=-1)
+
+
+def mix_weight(logits: torch.Tensor, beta: float, beta_confident: float) -> float | torch.Tensor:
+    """The ConSE share of the mix: ``beta`` plus ``(beta_confident - beta)`` times the classifier's top probability."""
+    if beta_confident == beta:
+        return beta
+    top = logits.float().softmax(dim=-1).amax(dim=-1, keepdim=True)
+    return beta + (beta_confident - beta) * top
 
 
 class LiTImageEncoder(nn.Module):
     """Differentiable image side: [B,3,S,S] in [0,1] -> mixed embedding (unnormalised)."""
 
     def __init__(self, tower: nn.Module, head: Head, class_text: torch.Tensor, k: int, beta: float,
-                 image_size: int) -> None:
+                 image_size: int, beta_confident: float | None = None) -> None:
         super().__init__()
         self.tower = tower
         self.head = head
@@ -91,6 +102,7 @@ class LiTImageEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1))
         self.k, self.beta, self.image_size = k, float(beta), image_size
+        self.beta_confident = self.beta if beta_confident is None else float(beta_confident)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> the locked tower's pooled features [B, 1280]."""
@@ -101,8 +113,9 @@ class LiTImageEncoder(nn.Module):
         return self.tower.forward_head(self.tower.forward_features(x), pre_logits=True)
 
     def from_features(self, f: torch.Tensor) -> torch.Tensor:
-        c = conse_combine(self.tower.classifier(f), self.class_text, self.k)
-        return mix(self.head(f), c, self.beta)
+        logits = self.tower.classifier(f)
+        c = conse_combine(logits, self.class_text, self.k)
+        return mix(self.head(f), c, mix_weight(logits, self.beta, self.beta_confident))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_features(self.features(x))
@@ -165,13 +178,15 @@ class LiTTeacher(Teacher):
         head.eval()
         for p in head.parameters():
             p.requires_grad_(False)
+        beta_conf = float(cfg.get("beta_confident", cfg["beta"]))  # absent in older builds: a fixed mix
         self.encoder = LiTImageEncoder(tower, head, class_text, int(cfg["k"]), float(cfg["beta"]),
-                                       self.image_size).to(self.device).eval()
+                                       self.image_size, beta_conf).to(self.device).eval()
+        gate = "" if beta_conf == float(cfg["beta"]) else f"beta_confident={beta_conf};"
         self.name = man.get("name", folder.name)
         self.manifest = man
         self._identity = (f"lit(name={self.name};weights=sha256:{digest};format={FORMAT};"
                           f"tower=tf_efficientnet_lite2:{wtag};text=all-MiniLM-L6-v2:{ttag};k={cfg['k']};"
-                          f"beta={cfg['beta']};hidden={cfg['hidden']};label_prompt={template!r};"
+                          f"beta={cfg['beta']};{gate}hidden={cfg['hidden']};label_prompt={template!r};"
                           f"input={self.image_size}px;norm=(255x-127)/128)")
 
     def _encode_images(self, x: torch.Tensor) -> torch.Tensor:

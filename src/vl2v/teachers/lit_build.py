@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from vl2v.errors import UserError
 from vl2v.teachers.conse import conse_combine
-from vl2v.teachers.lit import FORMAT, MANIFEST, WEIGHTS, Head, load_tower, mix, teacher_dir
+from vl2v.teachers.lit import FORMAT, MANIFEST, WEIGHTS, Head, load_tower, mix, mix_weight, teacher_dir
 
 BUILD_VERSION = 1  # bump when rendering, views or features change (invalidates the feature cache)
 RENDER_SIZE = 224  # OfflinePACS's image size: pairs are rendered exactly as its images are
@@ -66,6 +66,9 @@ class BuildConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.05
     beta: float = 0.25  # weight of the ConSE embedding in the mix (0: head only; chosen on held-out concepts)
+    # the ConSE weight when the ImageNet classifier is certain (top probability 1); in between, linear in that
+    # probability. None: beta (a fixed mix). Chosen on held-out concepts, see docs/teachers.md.
+    beta_confident: float | None = 0.5
     k: int = 10  # ConSE top-k
     label_template: str = "a photo of a {c}"  # captions and ImageNet class names alike
     views: tuple[str, ...] = ("orig", "line")  # the views used for training (a set's own list caps it)
@@ -297,6 +300,8 @@ class Features:
     view: list[str]  # view name of each row
     hashes: dict[str, str] = field(default_factory=dict)  # pair id -> orig pixel hash
     failed: dict[str, str] = field(default_factory=dict)  # pair id -> render error
+    # torch threads of the tower pass that computed ``feats`` (their last bits depend on it; None: not recorded)
+    threads: int | None = None
 
 
 def _rendered(jobs: list[Any], pool: Any, chunk: int = 32) -> Iterator[list[Any]]:
@@ -330,7 +335,8 @@ def extract_features(pairs: Sequence[Pair], tower: torch.nn.Module, tower_tag: s
         if ff.is_file() and fm.is_file():
             meta = json.loads(fm.read_text("utf-8"))
             progress(len(pairs))
-            return Features(load_file(str(ff))["feats"], meta["pair"], meta["view"], meta["hashes"], meta["failed"])
+            return Features(load_file(str(ff))["feats"], meta["pair"], meta["view"], meta["hashes"], meta["failed"],
+                            meta.get("threads"))
     from vl2v.students.efficientnet_lite import LITE_SIZES
 
     size = LITE_SIZES[2]
@@ -338,7 +344,7 @@ def extract_features(pairs: Sequence[Pair], tower: torch.nn.Module, tower_tag: s
     std = torch.tensor(LITE_STD).view(1, 3, 1, 1)
     index = {p.id: i for i, p in enumerate(pairs)}
     jobs = [(p, RENDER_SIZE) for p in pairs]
-    out = Features(torch.empty(0, 0), [], [])
+    out = Features(torch.empty(0, 0), [], [], threads=torch.get_num_threads())
     chunks: list[torch.Tensor] = []
     pool = None
     if workers > 0 and len(jobs) > 64:
@@ -376,14 +382,18 @@ def extract_features(pairs: Sequence[Pair], tower: torch.nn.Module, tower_tag: s
         cache_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(ff) as tmp:
             save_file({"feats": out.feats.contiguous()}, str(tmp))
-        atomic_write_json(fm, {"pair": out.pair, "view": out.view, "hashes": out.hashes, "failed": out.failed})
+        atomic_write_json(fm, {"pair": out.pair, "view": out.view, "hashes": out.hashes, "failed": out.failed,
+                               "threads": out.threads})
     return out
 
 
 # --------------------------------------------------------------------------- training
-def conse_parts(tower: torch.nn.Module, class_text: torch.Tensor, feats: torch.Tensor, k: int) -> torch.Tensor:
+def conse_parts(tower: torch.nn.Module, class_text: torch.Tensor, feats: torch.Tensor, k: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ConSE embeddings (unit length) and the ImageNet logits of cached tower features."""
     with torch.no_grad():
-        return F.normalize(conse_combine(tower.classifier(feats.float()), class_text, k), dim=-1)
+        logits = tower.classifier(feats.float())
+        return F.normalize(conse_combine(logits, class_text, k), dim=-1), logits
 
 
 def train_head(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, cfg: BuildConfig,
@@ -426,11 +436,16 @@ def retrieval(emb: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> dict[st
     return {"n": int(len(y)), "recall@1": float((rank < 1).float().mean()), "recall@5": float((rank < 5).float().mean())}
 
 
-def validate(head: Head, feats: torch.Tensor, conse: torch.Tensor, y: torch.Tensor, text: torch.Tensor,
-             groups: dict[str, torch.Tensor], beta: float) -> dict[str, dict[str, float]]:
+def validate(head: Head, feats: torch.Tensor, conse: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor,
+             text: torch.Tensor, groups: dict[str, torch.Tensor], beta: float, beta_confident: float | None = None
+             ) -> dict[str, dict[str, float]]:
+    c, logits = conse
     with torch.no_grad():
-        emb = mix(head(feats), conse, beta)
+        emb = mix(head(feats), c, mix_weight(logits, beta, beta if beta_confident is None else beta_confident))
     return {g: retrieval(emb[m], y[m], text) for g, m in groups.items()}
+
+
+GATE_GRID = (0.25, 0.5, 0.75, 1.0)  # beta_confident values the build reports on the held-out concepts
 
 
 # --------------------------------------------------------------------------- build
@@ -521,9 +536,13 @@ def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s:
             m = torch.tensor([t == s for t in styles])
             if m.any():
                 groups[s] = m
-        metrics = {"lit": validate(head, xv, cv, yv, t_va, groups, cfg.beta),
+        top = cv[1].softmax(dim=-1).amax(dim=-1)
+        metrics = {"lit": validate(head, xv, cv, yv, t_va, groups, cfg.beta, cfg.beta_confident),
                    "head_only": validate(head, xv, cv, yv, t_va, groups, 0.0),
                    "conse_only": validate(head, xv, cv, yv, t_va, groups, 1.0),
+                   "gate": {f"{b:g}": validate(head, xv, cv, yv, t_va, groups, cfg.beta, b)["all"]
+                            for b in GATE_GRID if b >= cfg.beta},
+                   "top_probability": {g: float(top[m].mean()) for g, m in groups.items()},
                    "candidates": len(va_caps)}
     counts = {"pairs": len(prep.pairs), "train_pairs": len(tr), "heldout_pairs": len(va),
               "train_views": len(rows_tr), "heldout_views": len(rows_va), "train_captions": len(tr_caps),
@@ -620,10 +639,12 @@ def build_teacher(name: str, *, out_dir: Path | None = None, config: BuildConfig
     manifest = {
         "format": FORMAT, "name": name, "backend": "lit", "weights": WEIGHTS, "weights_sha256": digest,
         "head": {"in_dim": int(prep.features.feats.shape[1]) if prep.features.feats.numel() else 1280,
-                 "hidden": cfg.hidden, "k": cfg.k, "beta": cfg.beta, "label_template": cfg.label_template},
+                 "hidden": cfg.hidden, "k": cfg.k, "beta": cfg.beta,
+                 "beta_confident": cfg.beta if cfg.beta_confident is None else cfg.beta_confident,
+                 "label_template": cfg.label_template},
         "tower": f"tf_efficientnet_lite2:{prep.tower_tag} (locked)", "text": "all-MiniLM-L6-v2 (locked)",
         "training": {**asdict(cfg), "views": list(cfg.views), "build_version": BUILD_VERSION,
-                     "render_size": RENDER_SIZE},
+                     "render_size": RENDER_SIZE, "tower_threads": prep.features.threads},
         "sources": records, "counts": counts, "validation": metrics, "exclusion_check": exclusion,
         "build_seconds": round(time.time() - t0, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
     }
@@ -645,6 +666,12 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         if kind in metrics:
             parts = [f"{g} R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f} (n={m['n']})" for g, m in metrics[kind].items()]
             lines.append(f"  {kind}: " + "; ".join(parts))
+    if "gate" in metrics:
+        parts = [f"{b}: R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f}" for b, m in metrics["gate"].items()]
+        lines.append("  beta_confident (all): " + "; ".join(parts))
+    if "top_probability" in metrics:
+        lines.append("  mean ImageNet top probability: " + "; ".join(f"{g} {v:.3f}" for g, v in
+                                                                     metrics["top_probability"].items()))
     return "\n".join(lines)
 
 
