@@ -17,7 +17,8 @@ where ``conse`` is the ConSE embedding of the same forward pass (the top-k
 probability-weighted mean of ImageNet class-name embeddings): it keeps the tower's
 photo knowledge. The mix weight leans towards ConSE as far as the ImageNet classifier
 is sure of its top class (``beta_confident``; equal to ``beta``: a fixed mix). The
-text side is the sentence encoder, as for ConSE, so the two parts live in one space. Everything is differentiable (white-box for VL2V-SD).
+text side is the sentence encoder, as for ConSE, so the two parts live in one space.
+Everything is differentiable (white-box for VL2V-SD).
 """
 
 from __future__ import annotations
