@@ -52,9 +52,10 @@ class SD(Algorithm):
         if ctx.teacher_encoder is None or ctx.text_classifier is None or ctx.teacher_dim is None:
             raise ConfigError("sd (VL2V-SD) needs a white-box teacher: use a teacher whose weights are available "
                               "(conse, openclip, transformers) and pass --white-box")
-        size = hparams.image_size if hparams and hparams.image_size else ctx.teacher_image_size or 224
+        teacher_size = ctx.teacher_image_size or 224
+        size = hparams.image_size if hparams and hparams.image_size else teacher_size
         encoder = copy.deepcopy(ctx.teacher_encoder)
-        if size != (ctx.teacher_image_size or 224):
+        if size != teacher_size:
             if hasattr(encoder, "image_size"):  # the teacher's encoders resize their input to this
                 encoder.image_size = size
             try:
@@ -63,7 +64,7 @@ class SD(Algorithm):
             except Exception as exc:
                 raise ConfigError(f"sd:image_size={size}: this teacher's image encoder does not run at {size} px "
                                   f"({type(exc).__name__}: {exc}); leave image_size at 0 (its own "
-                                  f"{ctx.teacher_image_size} px)") from None
+                                  f"{teacher_size} px)") from None
         own = student_from_encoder(encoder, ctx.teacher_dim, size)
         super().__init__(ctx, own, hparams)
         self.register_buffer("text", ctx.text_classifier.clone())

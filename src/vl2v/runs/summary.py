@@ -82,6 +82,11 @@ class RunEntry:
         return list(self.config.get("classes") or [])
 
     @property
+    def label(self) -> str:
+        """The run's row label (its summary's, else the algorithm's name)."""
+        return str(self.summary.get("label") or self.summary.get("algorithm"))
+
+    @property
     def incomplete(self) -> bool:
         return bool(self.summary.get("incomplete"))
 
@@ -125,7 +130,7 @@ def select_hparams(entries: Iterable[RunEntry]) -> tuple[list[RunEntry], list[HP
     entries = list(entries)
     groups: dict[tuple, list[RunEntry]] = {}
     for e in entries:
-        key = (e.summary.get("label") or e.summary.get("algorithm"), int(e.summary["target"]), int(e.summary["trial_seed"]))
+        key = (e.label, int(e.summary["target"]), int(e.summary["trial_seed"]))
         groups.setdefault(key, []).append(e)
     dropped: set[int] = set()
     picks: list[HParamPick] = []
@@ -208,7 +213,7 @@ def _split_labels_by_teacher(entries: list[RunEntry]) -> None:
     teacher, ``adip [teacher lit]``, so no mean mixes two teachers; labels with one teacher stay as they are."""
     by_label: dict[str, set[str]] = {}
     for e in entries:
-        by_label.setdefault(str(e.summary.get("label") or e.summary.get("algorithm")), set()).add(_teacher_key(e))
+        by_label.setdefault(e.label, set()).add(_teacher_key(e))
     mixed = {lab for lab, ts in by_label.items() if len(ts) > 1}
     if not mixed:
         return
@@ -216,7 +221,7 @@ def _split_labels_by_teacher(entries: list[RunEntry]) -> None:
     for e in entries:
         names.setdefault(str(e.args.get("teacher") or "?"), set()).add(_teacher_key(e))
     for e in entries:
-        lab = str(e.summary.get("label") or e.summary.get("algorithm"))
+        lab = e.label
         if lab in mixed:
             name = str(e.args.get("teacher") or "?")
             if len(names[name]) > 1:  # one name, two identities (e.g. two builds of lit): add a digest

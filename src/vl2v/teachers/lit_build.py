@@ -67,8 +67,8 @@ class BuildConfig:
     temperature: float = 0.05
     beta: float = 0.25  # weight of the ConSE embedding in the mix (0: head only; chosen on held-out concepts)
     # the ConSE weight when the ImageNet classifier is certain (top probability 1); in between, linear in that
-    # probability. None: beta (a fixed mix). Chosen on held-out concepts, see docs/teachers.md.
-    beta_confident: float | None = 0.5
+    # probability; equal to beta: a fixed mix. Chosen on held-out concepts, see docs/teachers.md.
+    beta_confident: float = 0.5
     k: int = 10  # ConSE top-k
     label_template: str = "a photo of a {c}"  # captions and ImageNet class names alike
     views: tuple[str, ...] = ("orig", "line")  # the views used for training (a set's own list caps it)
@@ -436,12 +436,12 @@ def retrieval(emb: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> dict[st
     return {"n": int(len(y)), "recall@1": float((rank < 1).float().mean()), "recall@5": float((rank < 5).float().mean())}
 
 
-def validate(head: Head, feats: torch.Tensor, conse: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor,
-             text: torch.Tensor, groups: dict[str, torch.Tensor], beta: float, beta_confident: float | None = None
+def validate(h: torch.Tensor, conse: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, text: torch.Tensor,
+             groups: dict[str, torch.Tensor], beta: float, beta_confident: float | None = None
              ) -> dict[str, dict[str, float]]:
+    """Retrieval per group of the mixed embedding (``h``: the head's output; ``beta_confident`` None: a fixed mix)."""
     c, logits = conse
-    with torch.no_grad():
-        emb = mix(head(feats), c, mix_weight(logits, beta, beta if beta_confident is None else beta_confident))
+    emb = mix(h, c, mix_weight(logits, beta, beta if beta_confident is None else beta_confident))
     return {g: retrieval(emb[m], y[m], text) for g, m in groups.items()}
 
 
@@ -537,10 +537,12 @@ def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s:
             if m.any():
                 groups[s] = m
         top = cv[1].softmax(dim=-1).amax(dim=-1)
-        metrics = {"lit": validate(head, xv, cv, yv, t_va, groups, cfg.beta, cfg.beta_confident),
-                   "head_only": validate(head, xv, cv, yv, t_va, groups, 0.0),
-                   "conse_only": validate(head, xv, cv, yv, t_va, groups, 1.0),
-                   "gate": {f"{b:g}": validate(head, xv, cv, yv, t_va, groups, cfg.beta, b)["all"]
+        with torch.no_grad():
+            hv = head(xv)
+        metrics = {"lit": validate(hv, cv, yv, t_va, groups, cfg.beta, cfg.beta_confident),
+                   "head_only": validate(hv, cv, yv, t_va, groups, 0.0),
+                   "conse_only": validate(hv, cv, yv, t_va, groups, 1.0),
+                   "gate": {f"{b:g}": validate(hv, cv, yv, t_va, groups, cfg.beta, b)["all"]
                             for b in GATE_GRID if b >= cfg.beta},
                    "top_probability": {g: float(top[m].mean()) for g, m in groups.items()},
                    "candidates": len(va_caps)}
@@ -640,7 +642,7 @@ def build_teacher(name: str, *, out_dir: Path | None = None, config: BuildConfig
         "format": FORMAT, "name": name, "backend": "lit", "weights": WEIGHTS, "weights_sha256": digest,
         "head": {"in_dim": int(prep.features.feats.shape[1]) if prep.features.feats.numel() else 1280,
                  "hidden": cfg.hidden, "k": cfg.k, "beta": cfg.beta,
-                 "beta_confident": cfg.beta if cfg.beta_confident is None else cfg.beta_confident,
+                 "beta_confident": cfg.beta_confident,
                  "label_template": cfg.label_template},
         "tower": f"tf_efficientnet_lite2:{prep.tower_tag} (locked)", "text": "all-MiniLM-L6-v2 (locked)",
         "training": {**asdict(cfg), "views": list(cfg.views), "build_version": BUILD_VERSION,
