@@ -187,3 +187,21 @@ def test_report_renders_in_headless_chromium(report, chromium):
     assert png.size == (1280, 900)
     # the first screen is not blank: the title, tables and first figure are drawn
     assert sum(1 for n in png.convert("L").histogram() if n) > 20
+
+
+def test_headline_skips_algorithms_without_a_student():
+    """The mistakes grid shows a student: a teacher-only algorithm (registry flag has_student=False)
+    is never picked, however high its OOD accuracy."""
+    from vl2v.evaluation.figures import RunView
+    from vl2v.evaluation.html_report import headline_label
+
+    def view(label: str, algorithm: str, ood: float) -> RunView:
+        return RunView(path=Path("."), label=label, algorithm=algorithm, target=0, seed=0, domains=["a", "b"],
+                       summary={"selected": {"ood_acc": ood}}, _predictions={"y": [0]})
+
+    # a label with a teacher suffix (vl2v report splits rows per teacher) is still the zero-shot teacher
+    runs = [view("zeroshot [teacher lit]", "zeroshot", 0.9), view("erm_ft", "erm_ft", 0.5), view("kd", "kd", 0.6)]
+    assert headline_label(runs) == "kd"
+    # an algorithm this process has not registered (a plugin) counts as one with a student
+    assert headline_label(runs + [view("mine", "not-registered", 0.7)]) == "mine"
+    assert headline_label(runs + [view("adip", "adip", 0.1)]) == "adip"  # the method this tool is about

@@ -53,6 +53,13 @@ def _algo(e) -> str:
     return e.summary.get("algorithm") or e.args.get("algorithm", "?")
 
 
+def _has_student(algorithm: str) -> bool:
+    """The registry's capability flag; an algorithm this process has not registered counts as one with a student."""
+    from vl2v.methods import ALGORITHMS
+
+    return ALGORITHMS.get(algorithm).has_student if algorithm in ALGORITHMS else True
+
+
 def headline_label(runs: Sequence[F.RunView]) -> str | None:
     """The algorithm shown in the mistakes grid: 'adip' if present, else the best mean OOD with a student."""
     with_pred = [r for r in runs if r.predictions]
@@ -61,8 +68,9 @@ def headline_label(runs: Sequence[F.RunView]) -> str | None:
         return None
     if "adip" in labels:
         return "adip"
+    with_pred = [r for r in with_pred if _has_student(r.algorithm)]
     means = {lab: sum(r.ood or 0 for r in with_pred if r.label == lab) / max(1, sum(r.label == lab for r in with_pred))
-             for lab in labels if lab != "zeroshot"}
+             for lab in F.ordered_labels(with_pred)}
     return max(means, key=means.get) if means else labels[0]
 
 
