@@ -53,13 +53,46 @@ def fixture_pool():
                               "role": "images", "pairs": 30}]
 
 
+def fixture_photos(root: Path) -> tuple[Path, set[str]]:
+    """A photo-validation folder: noisy, shaded "photographs" and flat "drawings" of fixture concepts."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    photos = set()
+    shapes = {"circle": lambda d, c: d.ellipse((10, 10, 86, 86), fill=c),
+              "square": lambda d, c: d.rectangle((14, 14, 82, 82), fill=c),
+              "triangle": lambda d, c: d.polygon([(48, 6), (90, 90), (6, 90)], fill=c),
+              "bar": lambda d, c: d.rectangle((4, 40, 92, 56), fill=c),
+              "ring": lambda d, c: d.ellipse((10, 10, 86, 86), outline=c, width=9),
+              "cross": lambda d, c: (d.rectangle((40, 6, 56, 90), fill=c), d.rectangle((6, 40, 90, 56), fill=c))}
+    for i, (cn, sn) in enumerate([("red", "circle"), ("blue", "square"), ("green", "triangle"), ("orange", "bar"),
+                                  ("purple", "ring"), ("black", "cross")]):
+        img = Image.new("RGBA", (96, 96), (0, 0, 0, 0))
+        rgb = tuple(int(COLOURS[cn][k:k + 1] * 2, 16) for k in (1, 2, 3))
+        shapes[sn](ImageDraw.Draw(img), rgb + (255,))
+        a = np.asarray(img).astype(np.int16)
+        a[:, (np.arange(96) // (4 + 3 * i)) % 2 == 1, :3] //= 2  # darker vertical stripes, a period per picture
+        if i % 2 == 0:  # a "photograph": shading and sensor noise
+            a[..., :3] = np.clip(a[..., :3] * np.linspace(0.6, 1.2, 96)[None, :, None] + rng.normal(0, 18, (96, 96, 3)),
+                                 0, 255)
+            photos.add(f"things/{cn}_{sn}.png")
+        folder = root / "things"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a.astype(np.uint8), "RGBA").save(folder / f"{cn}_{sn}.png")
+    return root, photos
+
+
 def build_fixture_teacher(root: Path, benchmark: Path | None = None, name: str = "fixture",
-                          features: Path | None = None) -> Path:
+                          features: Path | None = None, photo_validation=None) -> Path:
     """Build the fixture teacher into ``root/name`` (features cached in ``features``, default ``root/features``)."""
     torch.manual_seed(123)  # must not matter
+    if photo_validation is None:
+        photo_validation = fixture_photos(root / "photos")
     return build_teacher(name, out_dir=root / name, config=FIXTURE_CONFIG, pool=fixture_pool(),
                          benchmark=benchmark if benchmark is not None else root / "no-benchmark",
-                         cache_dir=features or root / "features", workers=0, log=lambda s: None)
+                         cache_dir=features or root / "features", workers=0, photo_validation=photo_validation,
+                         log=lambda s: None)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +112,24 @@ def test_build_writes_weights_and_manifest(built):
     assert man["exclusion_check"]["skipped"] == "benchmark not built"
     assert set(man["validation"]["lit"]) >= {"all", "colour", "line", "mono"}
     assert man["training"]["epochs"] == 3 and man["head"]["beta"] == 0.25
+    # the novelty gate: its threshold measured on the held-out icons, its bank shipped in the weights file
+    nov = man["head"]["novelty"]
+    assert nov["beta_far"] == 0.75 and nov["k"] == 10 and 0.0 < nov["near"] <= 1.0
+    assert nov["near"] == man["validation"]["novelty"]["near"] and set(man["validation"]["novelty"]["far"]) == {"0.5", "0.75", "1"}
+    from safetensors.torch import load_file
+
+    from vl2v.teachers.lit import BANK
+
+    w = load_file(str(built / "head.safetensors"))
+    assert w[BANK].shape == (man["counts"]["final_views"], 1280) and w[BANK].dtype == torch.float16
+    # photo validation: both groups, all four readings, for the validation and the shipped head
+    pv = man["photo_validation"]
+    assert pv["pictures"] == 6 and pv["photos"] == 3 and pv["validation_head"]["candidates"] == 6
+    for which in ("validation_head", "shipped_head"):
+        for kind in ("lit", "no_novelty", "head_only", "conse_only"):
+            assert set(pv[which][kind]) == {"photo", "drawn"} and pv[which][kind]["photo"]["n"] == 3
+    assert set(pv["validation_head"]["far"]) == {"0.5", "0.75", "1"}
+    assert pv["near_duplicate_check"]["skipped"].startswith("benchmark not built")
 
 
 def test_build_is_deterministic(built, tmp_path):
@@ -119,7 +170,7 @@ def test_confidence_gate_moves_the_mix_towards_conse(built, tmp_path):
     assert mix_weight(logits, 0.25, 0.25) == 0.25
     man = json.loads((built / "manifest.json").read_text())
     assert set(man["validation"]["gate"]) >= {"0.25", "1"} and "all" in man["validation"]["top_probability"]
-    assert man["head"]["beta_confident"] == (BuildConfig().beta_confident or BuildConfig().beta)
+    assert man["head"]["beta_confident"] == BuildConfig().beta_confident
     gated = tmp_path / "gated"
     shutil.copytree(built, gated)
     man["head"]["beta_confident"] = 1.0
@@ -132,6 +183,87 @@ def test_confidence_gate_moves_the_mix_towards_conse(built, tmp_path):
     assert "beta_confident" not in a.identity() and "beta_confident=1.0" in b.identity()
     x = torch.rand(2, 3, 260, 260)
     assert not torch.allclose(a.embed_images(x), b.embed_images(x))
+
+
+def test_novelty_gate_moves_unfamiliar_pictures_to_conse():
+    """A picture like a training view keeps the base weight; one unlike every view gets beta_far; in between,
+    linear in the score."""
+    from vl2v.teachers.lit import Novelty, gated_weight, novelty_score
+
+    bank = torch.nn.functional.normalize(torch.eye(4, 8), dim=-1)
+    near = torch.tensor([[5.0, 0, 0, 0, 0, 0, 0, 0]])  # = bank row 0
+    far = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 1.0]])  # orthogonal to every row
+    mid = torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 1.0]])  # cosine 0.707 to row 0
+    nv = Novelty(k=1, near=0.9, width=0.4, beta_far=0.75)
+    s = novelty_score(torch.cat([near, far, mid]), bank, nv.k)
+    assert torch.allclose(s, torch.tensor([1.0, 0.0, 2 ** -0.5]))
+    w = gated_weight(0.25, s, nv)
+    assert w.shape == (3, 1) and w[0, 0] == 0.25 and w[1, 0] == 0.75
+    assert torch.isclose(w[2, 0], torch.tensor(0.25 + 0.5 * (0.9 - 2 ** -0.5) / 0.4))
+    base = torch.tensor([[0.3], [0.4], [0.5]])  # a per-row base (the confidence gate) moves the same way
+    assert torch.allclose(gated_weight(base, s, nv)[:2], torch.tensor([[0.3], [0.75]]))
+    with pytest.raises(ValueError):
+        Novelty(k=0, near=0.9, width=0.4, beta_far=0.75)
+
+
+def test_format_1_builds_still_load_without_the_gate(built, tmp_path):
+    """A build from before the novelty gate (no bank, no settings) loads as it always did; a manifest and
+    weights file that disagree are refused."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from vl2v.errors import UserError
+    from vl2v.teachers import create_teacher
+    from vl2v.teachers.lit import BANK
+    from vl2v.utils.hashing import file_digest
+
+    new = create_teacher(f"lit:{built}")
+    assert "novelty=k10,near=" in new.identity() and "format=2" in new.identity()
+    old = tmp_path / "old"
+    shutil.copytree(built, old)
+    w = load_file(str(old / "head.safetensors"))
+    w.pop(BANK)
+    save_file(w, str(old / "head.safetensors"))
+    man = json.loads((old / "manifest.json").read_text())
+    man.update(format=1, weights_sha256=file_digest(old / "head.safetensors"))
+    man["head"].pop("novelty")
+    (old / "manifest.json").write_text(json.dumps(man))
+    t = create_teacher(f"lit:{old}")
+    assert "novelty" not in t.identity() and "format=1" in t.identity()
+    x = torch.rand(2, 3, 260, 260)
+    assert not torch.allclose(t.embed_images(x), new.embed_images(x))
+    man["head"]["novelty"] = {"k": 10, "near": 0.7, "width": 0.2, "beta_far": 0.75}
+    (old / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(UserError, match="disagree about the novelty gate"):
+        create_teacher(f"lit:{old}")
+
+
+def test_photo_validation_drops_near_duplicates_of_the_benchmark(tmp_path):
+    """A validation picture that repeats a benchmark image (here: the same drawing, mirrored) is dropped and
+    named; the others are kept with their captions and photo flags."""
+    from PIL import Image, ImageOps
+
+    from vl2v.teachers import lit_photoval as pv
+    from vl2v.teachers.lit import load_tower
+
+    root, photos = fixture_photos(tmp_path / "photos")
+    files, imgs = pv.load_pictures(root, 224)
+    i = files.index("things/blue_square.png")
+    other = Image.new("RGB", (224, 224), "white")
+    for k in range(0, 224, 56):  # an unrelated picture: a checkerboard
+        for m in range(0, 224, 56):
+            if (k + m) // 56 % 2:
+                other.paste((20, 20, 20), (k, m, k + 56, m + 56))
+    bench = _write_benchmark(tmp_path / "bench", {"clipart/x/b.png": _png(ImageOps.mirror(imgs[i])),
+                                                  "photo/y/g.png": _png(other)})
+    tower, tag = load_tower()
+    ps = pv.prepare_photos(root, photos, tower, tag, bench, tmp_path / "cache", 224)
+    assert [d["file"] for d in ps.dropped] == ["things/blue_square.png"]
+    assert ps.dropped[0]["benchmark"] == "clipart/x/b.png" and ps.dropped[0]["cosine"] >= pv.COSINE
+    assert len(ps.files) == 5 and "blue square" not in ps.captions and int(ps.photo.sum()) == 3
+    assert ps.feats.shape == (5, 1280) and list(tmp_path.joinpath("cache").glob("bench-*.safetensors"))
+    assert pv.caption_of("animals/eagle-owl.png") == "eagle owl" and pv.caption_of("food/sea_salt.png") == "sea salt"
 
 
 def test_unbuilt_teacher_is_a_clear_error(tmp_path, monkeypatch):
@@ -217,5 +349,9 @@ def test_cli_checks_its_options_before_building(capsys):
     assert "--views takes orig" in capsys.readouterr().err
     assert main(["teacher", "build", "x", "--beta", "1.5"]) == 2
     assert main(["teacher", "build", "x", "--epochs", "0"]) == 2
+    assert main(["teacher", "build", "x", "--beta-far", "2"]) == 2
+    assert main(["teacher", "build", "x", "--beta-far", "far"]) == 2
+    assert "--beta-far takes a number" in capsys.readouterr().err
+    assert main(["teacher", "build", "x", "--novelty-width", "0"]) == 2
     with pytest.raises(SystemExit):
         main(["teacher", "build", "x", "--bet", "0.5"])  # no abbreviations

@@ -11,7 +11,7 @@ from vl2v.cli.common import CLIError
 def _cmd_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from vl2v.teachers.lit_build import BuildConfig, build_teacher, format_metrics
+    from vl2v.teachers.lit_build import BuildConfig, build_teacher, format_metrics, format_photo
 
     if args.epochs is not None and args.epochs < 1:
         raise CLIError("--epochs must be at least 1")
@@ -19,9 +19,23 @@ def _cmd_build(args: argparse.Namespace) -> int:
         raise CLIError("--beta must be in [0, 1]")
     if args.beta_confident is not None and not 0.0 <= args.beta_confident <= 1.0:
         raise CLIError("--beta-confident must be in [0, 1]")
+    if args.novelty_width is not None and args.novelty_width <= 0:
+        raise CLIError("--novelty-width must be > 0")
     cfg = BuildConfig()
     over = {k: v for k, v in (("epochs", args.epochs), ("beta", args.beta), ("hidden", args.hidden),
-                                                      ("beta_confident", args.beta_confident)) if v is not None}
+                              ("beta_confident", args.beta_confident), ("novelty_width", args.novelty_width))
+            if v is not None}
+    if args.beta_far is not None:
+        if args.beta_far.lower() == "none":
+            over["beta_far"] = None
+        else:
+            try:
+                far = float(args.beta_far)
+            except ValueError:
+                raise CLIError(f"--beta-far takes a number in [0, 1] or 'none', got {args.beta_far!r}") from None
+            if not 0.0 <= far <= 1.0:
+                raise CLIError("--beta-far must be in [0, 1] (or 'none')")
+            over["beta_far"] = far
     if args.views:
         bad = sorted(set(args.views) - {"orig", "line"})
         if bad or "orig" not in args.views:
@@ -29,13 +43,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
         over["views"] = tuple(args.views)
     cfg = replace(cfg, **over)
     folder = build_teacher(args.name, out_dir=Path(args.out) if args.out else None, config=cfg, force=args.force,
-                           benchmark=Path(args.benchmark) if args.benchmark else None, workers=args.workers)
+                           benchmark=Path(args.benchmark) if args.benchmark else None, workers=args.workers,
+                           photo_validation=not args.no_photo_validation)
     import json
 
     man = json.loads((folder / "manifest.json").read_text("utf-8"))
     if man.get("validation"):
         print(f"held-out concepts ({man['validation']['candidates']} candidate captions):")
         print(format_metrics(man["validation"]))
+    if man.get("photo_validation"):
+        print("photo validation (qABCs pictures, never trained on):")
+        print(format_photo(man["photo_validation"]))
     print(f"built {folder}: use it with --teacher lit:{args.name}" + (" (or --teacher lit)" if args.name == "lit" else ""))
     return 0
 
@@ -57,7 +75,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--beta", type=float, help="weight of the ConSE embedding in the mix, 0..1 (default 0.25)")
     b.add_argument("--beta-confident", type=float,
                    help="ConSE weight when the ImageNet classifier is certain of its top class; the mix moves from "
-                   "--beta towards it with the top probability (default 0.5, chosen on held-out concepts: docs/teachers.md)")
+                   "--beta towards it with the top probability (default 0.25 = --beta: off; docs/teachers.md)")
+    b.add_argument("--beta-far", metavar="W",
+                   help="ConSE weight for a picture far from every training icon (the novelty gate; default 0.75, "
+                   "chosen on held-out icons and photo validation; 'none': no novelty gate)")
+    b.add_argument("--novelty-width", type=float,
+                   help="how far below a held-out icon's typical similarity the novelty gate reaches --beta-far "
+                   "(cosine; default 0.2)")
+    b.add_argument("--no-photo-validation", action="store_true",
+                   help="skip the photo validation (it fetches Debian qabcs-data with apt-get; never trained on)")
     b.add_argument("--hidden", type=int, help="hidden width of the MLP head (default 1024; 0: linear)")
     b.add_argument("--views", nargs="+", metavar="VIEW", help="training views: orig [line] (default: orig line)")
     b.add_argument("--workers", type=int, default=1, help="rendering processes beside the tower (default 1)")

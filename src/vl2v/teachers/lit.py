@@ -11,20 +11,27 @@ pairs from pinned npm packages and stored in ``<vl2v home>/teachers/NAME``.
 Image embedding (both parts unit length, then mixed)::
 
     e(x) = (1 - b(x)) * normalize(head(f(x))) + b(x) * normalize(conse(logits(f(x))))
-    b(x) = beta + (beta_confident - beta) * max softmax(logits(f(x)))
+    g(x) = beta + (beta_confident - beta) * max softmax(logits(f(x)))
+    b(x) = g(x) + (beta_far - g(x)) * clip((near - s(x)) / width, 0, 1)
 
 where ``conse`` is the ConSE embedding of the same forward pass (the top-k
 probability-weighted mean of ImageNet class-name embeddings): it keeps the tower's
-photo knowledge. The mix weight leans towards ConSE as far as the ImageNet classifier
-is sure of its top class (``beta_confident``; equal to ``beta``: a fixed mix). The
-text side is the sentence encoder, as for ConSE, so the two parts live in one space.
-Everything is differentiable (white-box for VL2V-SD).
+photo knowledge. ``g`` leans towards ConSE as far as the ImageNet classifier is sure
+of its top class (``beta_confident``; equal to ``beta``: a fixed weight). The novelty
+gate (builds of format 2) measures how far the picture is from everything the head
+was trained on: ``s(x)`` is the mean cosine similarity of the tower features to their
+``k`` nearest training views (the bank ships with the head); at or above ``near`` (a
+held-out icon's typical similarity) the weight is ``g``, and it moves to ``beta_far``
+as ``s`` drops by ``width``: where the head would extrapolate (photographs), ConSE
+speaks. The text side is the sentence encoder, as for ConSE, so the two parts live in
+one space. Everything is differentiable (white-box for VL2V-SD).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +47,9 @@ from vl2v.utils.io import vl2v_home
 
 MANIFEST = "manifest.json"
 WEIGHTS = "head.safetensors"
-FORMAT = 1  # bump when the stored head or the embedding formula changes
+FORMAT = 2  # bump when the stored head or the embedding formula changes
+READS = (1, 2)  # 1: no novelty gate (no bank in the weights file)
+BANK = "novelty.bank"  # the weights file's key for the training-view features of the novelty gate
 
 
 class LiTNotBuiltError(TeacherError):
@@ -91,11 +100,41 @@ def mix_weight(logits: torch.Tensor, beta: float, beta_confident: float) -> floa
     return beta + (beta_confident - beta) * top
 
 
+@dataclass(frozen=True)
+class Novelty:
+    """The novelty gate's settings (see the module docstring); the bank itself is a tensor beside them."""
+
+    k: int
+    near: float
+    width: float
+    beta_far: float
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.width <= 0 or not 0.0 <= self.beta_far <= 1.0:
+            raise ValueError(f"bad novelty gate {self}: k >= 1, width > 0 and 0 <= beta_far <= 1")
+
+    def tag(self) -> str:
+        return f"novelty=k{self.k},near={self.near:.4f},width={self.width:g},beta_far={self.beta_far:g};"
+
+
+def novelty_score(f: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean cosine similarity of each feature row to its ``k`` nearest rows of ``bank`` (unit rows) -> [B]."""
+    sims = F.normalize(f.float(), dim=-1) @ bank.T
+    return sims.topk(min(k, bank.shape[0]), dim=1).values.mean(dim=1)
+
+
+def gated_weight(base: float | torch.Tensor, score: torch.Tensor, novelty: Novelty) -> torch.Tensor:
+    """Move the ConSE share from ``base`` to ``beta_far`` as the novelty score falls below ``near``."""
+    r = ((novelty.near - score) / novelty.width).clamp(0.0, 1.0).view(-1, 1)
+    return base + (novelty.beta_far - base) * r
+
+
 class LiTImageEncoder(nn.Module):
     """Differentiable image side: [B,3,S,S] in [0,1] -> mixed embedding (unnormalised)."""
 
     def __init__(self, tower: nn.Module, head: Head, class_text: torch.Tensor, k: int, beta: float,
-                 image_size: int, beta_confident: float | None = None) -> None:
+                 image_size: int, beta_confident: float | None = None, novelty: Novelty | None = None,
+                 bank: torch.Tensor | None = None) -> None:
         super().__init__()
         self.tower = tower
         self.head = head
@@ -104,6 +143,10 @@ class LiTImageEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1))
         self.k, self.beta, self.image_size = k, float(beta), image_size
         self.beta_confident = self.beta if beta_confident is None else float(beta_confident)
+        if (novelty is None) != (bank is None):
+            raise ValueError("the novelty gate needs both its settings and its bank")
+        self.novelty = novelty
+        self.register_buffer("bank", None if bank is None else F.normalize(bank.float(), dim=-1))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> the locked tower's pooled features [B, 1280]."""
@@ -116,7 +159,10 @@ class LiTImageEncoder(nn.Module):
     def from_features(self, f: torch.Tensor) -> torch.Tensor:
         logits = self.tower.classifier(f)
         c = conse_combine(logits, self.class_text, self.k)
-        return mix(self.head(f), c, mix_weight(logits, self.beta, self.beta_confident))
+        b = mix_weight(logits, self.beta, self.beta_confident)
+        if self.novelty is not None:
+            b = gated_weight(b, novelty_score(f, self.bank, self.novelty.k), self.novelty)
+        return mix(self.head(f), c, b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_features(self.features(x))
@@ -155,8 +201,9 @@ class LiTTeacher(Teacher):
 
         folder = teacher_dir(spec)
         man = read_manifest(folder)
-        if man.get("format") != FORMAT:
-            raise TeacherError(f"{folder} holds a LiT teacher of format {man.get('format')}, this vl2v reads {FORMAT}; "
+        if man.get("format") not in READS:
+            raise TeacherError(f"{folder} holds a LiT teacher of format {man.get('format')}, this vl2v reads "
+                               f"{', '.join(map(str, READS))}; "
                                f"rebuild it with `vl2v teacher build {folder.name} --force`")
         wfile = folder / WEIGHTS
         digest = file_digest(wfile)
@@ -175,17 +222,25 @@ class LiTTeacher(Teacher):
             class_text = self._finish(self._encode_texts([template.format(c=n) for n in imagenet_class_names()]))
         self.embed_dim = int(class_text.shape[1])
         head = Head(int(cfg["in_dim"]), self.embed_dim, int(cfg["hidden"]))
-        head.load_state_dict(load_file(str(wfile)))
+        state = load_file(str(wfile))
+        bank = state.pop(BANK, None)
+        head.load_state_dict(state)
         head.eval()
         for p in head.parameters():
             p.requires_grad_(False)
         beta_conf = float(cfg.get("beta_confident", cfg["beta"]))  # absent in older builds: a fixed mix
+        nov = Novelty(**cfg["novelty"]) if cfg.get("novelty") else None
+        if (nov is None) != (bank is None):
+            raise TeacherError(f"{folder}: the manifest and {WEIGHTS} disagree about the novelty gate "
+                               f"(settings {'present' if nov else 'absent'}, bank {'absent' if bank is None else 'present'}); "
+                               f"rebuild it with `vl2v teacher build {folder.name} --force`")
         self.encoder = LiTImageEncoder(tower, head, class_text, int(cfg["k"]), float(cfg["beta"]),
-                                       self.image_size, beta_conf).to(self.device).eval()
+                                       self.image_size, beta_conf, nov, bank).to(self.device).eval()
         gate = "" if beta_conf == float(cfg["beta"]) else f"beta_confident={beta_conf};"
+        gate += nov.tag() if nov else ""
         self.name = man.get("name", folder.name)
         self.manifest = man
-        self._identity = (f"lit(name={self.name};weights=sha256:{digest};format={FORMAT};"
+        self._identity = (f"lit(name={self.name};weights=sha256:{digest};format={man['format']};"
                           f"tower=tf_efficientnet_lite2:{wtag};text=all-MiniLM-L6-v2:{ttag};k={cfg['k']};"
                           f"beta={cfg['beta']};{gate}hidden={cfg['hidden']};label_prompt={template!r};"
                           f"input={self.image_size}px;norm=(255x-127)/128)")

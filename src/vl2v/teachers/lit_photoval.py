@@ -1,0 +1,219 @@
+"""Photo validation for the LiT teacher: labelled pictures from a Debian package that is not the benchmark.
+
+The held-out icon concepts cannot say how the teacher treats photographs (the head is trained on
+icons only). qABCs (Debian ``qabcs-data``, pinned in ``lit_sources.json``) ships a few hundred
+named pictures of animals, food, instruments and toys, most of them photographs cut out on white,
+the rest cartoons; which ones are photographs was judged by eye once and is listed in the pin's
+``photos``. The pictures are only ever *validated* on, never trained on.
+
+qABCs reuses some OpenClipart and GCompris drawings that OfflinePACS also uses, so before use every
+picture within a near-duplicate distance of a benchmark image (tower-feature cosine >= ``COSINE``
+or a difference hash within ``DHASH_BITS`` bits) is dropped and listed in the manifest.
+
+Each kept picture is ranked against the captions of all kept pictures (``"a photo of a {name}"``):
+image -> caption recall@1 / recall@5, for the ``photo`` and ``drawn`` groups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+COSINE = 0.85  # tower-feature cosine at or above which a picture counts as a benchmark image's near-duplicate
+DHASH_BITS = 4  # difference-hash distance (of 64 bits) at or below which it does too
+VERSION = 1  # bump when the preprocessing or the feature pass changes (invalidates cached benchmark features)
+
+
+@dataclass
+class PhotoSet:
+    """The kept validation pictures: captions, the photo flag, tower features; what was dropped and why."""
+
+    files: list[str]
+    captions: list[str]
+    photo: torch.Tensor  # bool [N]
+    feats: torch.Tensor  # [N, 1280], float16-rounded like the training features
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def spec() -> dict[str, Any]:
+    from vl2v.teachers.lit_build import _sources_file
+
+    return _sources_file()["photo_validation"]
+
+
+def caption_of(rel: str) -> str:
+    """``animals/eagle-owl.png`` -> ``eagle owl``."""
+    return Path(rel).stem.replace("_", " ").replace("-", " ").strip()
+
+
+def fetch_root(log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
+    """Fetch the pinned package (apt-get download, sha256-checked) and return its pictures folder and record."""
+    from vl2v.data.offline.fetch import PackageCache, PackagePin, extract_package, fetch_packages
+    from vl2v.utils.io import vl2v_home
+
+    sp = spec()
+    e = dict(sp["pin"])
+    e["extract"] = tuple(e.get("extract", ()))
+    pin = PackagePin(**e)
+    cache = PackageCache(vl2v_home() / "packages")
+    archive = fetch_packages([pin], cache)[pin.key]
+    root = extract_package(pin, archive, cache) / sp["root"]
+    log(f"photo validation: {pin.label} ({pin.licence})")
+    return root, {"package": pin.name, "version": pin.version, "licence": pin.licence, "credit": pin.credit,
+                  "sha256": pin.sha256, "role": "photo validation (never trained on)"}
+
+
+def load_pictures(root: Path, size: int) -> tuple[list[str], list[Any]]:
+    """Every ``<category>/<name>.png`` under ``root``, prepared like a benchmark image (sorted by path)."""
+    from PIL import Image
+
+    from vl2v.data.offline import imaging as im
+
+    files, imgs = [], []
+    for path in sorted(root.glob("*/*.png")):
+        with Image.open(path) as raw:
+            try:
+                imgs.append(im.prepare(raw.convert("RGBA"), size).image)
+            except im.EmptyImageError:
+                continue
+        files.append(path.relative_to(root).as_posix())
+    return files, imgs
+
+
+def tower_features(imgs: list[Any], tower: torch.nn.Module, batch: int = 32) -> torch.Tensor:
+    """The locked tower's pooled features of prepared RGB pictures (the build's own view and rounding)."""
+    from vl2v.data.transforms import center_view
+    from vl2v.students.efficientnet_lite import LITE_SIZES
+    from vl2v.teachers.lit import LITE_MEAN, LITE_STD
+
+    size = LITE_SIZES[2]
+    mean = torch.tensor(LITE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(LITE_STD).view(1, 3, 1, 1)
+    out = []
+    for i in range(0, len(imgs), batch):
+        x = torch.stack([center_view(torch.from_numpy(np.asarray(a.convert("RGB")).copy()).permute(2, 0, 1), size)
+                         for a in imgs[i:i + batch]])
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            out.append(tower.forward_head(tower.forward_features(x), pre_logits=True).to(torch.float16))
+    return torch.cat(out) if out else torch.zeros(0, 1280, dtype=torch.float16)
+
+
+def benchmark_features(bench: Path, tower: torch.nn.Module, tower_tag: str, cache_dir: Path | None
+                       ) -> tuple[list[str], torch.Tensor, list[int]]:
+    """(paths, tower features, difference hashes) of every image of a built OfflinePACS folder; cached by the
+    benchmark manifest's content."""
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    from vl2v.data.offline import imaging as im
+    from vl2v.utils.io import atomic_path, atomic_write_json
+
+    man = bench / "manifest.jsonl"
+    if man.is_file():
+        paths = [json.loads(line)["path"] for line in man.read_text("utf-8").splitlines() if line.strip()]
+        content = man.read_bytes()
+    else:
+        paths = sorted(p.relative_to(bench).as_posix() for p in bench.rglob("*.png"))
+        content = "\n".join(paths).encode()
+    key = hashlib.sha256(json.dumps([VERSION, tower_tag]).encode() + content).hexdigest()[:24]
+    if cache_dir is not None:
+        ff, fm = cache_dir / f"bench-{key}.safetensors", cache_dir / f"bench-{key}.json"
+        if ff.is_file() and fm.is_file():
+            meta = json.loads(fm.read_text("utf-8"))
+            return meta["paths"], load_file(str(ff))["feats"], [int(h) for h in meta["dhash"]]
+    imgs = []
+    for rel in paths:
+        with Image.open(bench / rel) as b:
+            imgs.append(b.convert("RGB"))
+    feats = tower_features(imgs, tower)
+    dh = [im.dhash(b) for b in imgs]
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(ff) as tmp:
+            save_file({"feats": feats.contiguous()}, str(tmp))
+        atomic_write_json(fm, {"paths": paths, "dhash": [str(h) for h in dh]})
+    return paths, feats, dh
+
+
+def near_duplicates(feats: torch.Tensor, dh: list[int], bench_feats: torch.Tensor, bench_dh: list[int],
+                    bench_paths: list[str]) -> dict[int, dict[str, Any]]:
+    """Index -> (the benchmark image it resembles, cosine, dhash distance) for every near-duplicate picture."""
+    import torch.nn.functional as F
+
+    if not len(bench_paths) or not len(dh):
+        return {}
+    sim = F.normalize(feats.float(), dim=-1) @ F.normalize(bench_feats.float(), dim=-1).T
+    best, arg = sim.max(dim=1)
+    out = {}
+    for i, h in enumerate(dh):
+        dists = [bin(h ^ b).count("1") for b in bench_dh]
+        j = int(np.argmin(dists))
+        if float(best[i]) >= COSINE or dists[j] <= DHASH_BITS:
+            k = int(arg[i]) if float(best[i]) >= COSINE else j
+            out[i] = {"benchmark": bench_paths[k], "cosine": round(float(sim[i, k]), 4), "dhash_bits": dists[k]}
+    return out
+
+
+def prepare_photos(root: Path, photos: set[str], tower: torch.nn.Module, tower_tag: str, bench: Path | None,
+                   cache_dir: Path | None, size: int, source: dict[str, Any] | None = None) -> PhotoSet:
+    """Load, filter (near-duplicates of the benchmark out) and embed the validation pictures."""
+    from vl2v.data.offline import imaging as im
+
+    files, imgs = load_pictures(root, size)
+    feats = tower_features(imgs, tower)
+    dropped: list[dict[str, Any]] = []
+    keep = list(range(len(files)))
+    if bench is not None:
+        bpaths, bfeats, bdh = benchmark_features(bench, tower, tower_tag, cache_dir)
+        dups = near_duplicates(feats, [im.dhash(a) for a in imgs], bfeats, bdh, bpaths)
+        dropped = [{"file": files[i], **d} for i, d in sorted(dups.items())]
+        keep = [i for i in keep if i not in dups]
+    return PhotoSet([files[i] for i in keep], [caption_of(files[i]) for i in keep],
+                    torch.tensor([files[i] in photos for i in keep], dtype=torch.bool), feats[keep], dropped,
+                    dict(source or {}))
+
+
+def evaluate(ps: PhotoSet, head: torch.nn.Module, bank: torch.Tensor, novelty: Any, conse: tuple[torch.Tensor, torch.Tensor],
+             encode: Callable[[list[str]], torch.Tensor], cfg: Any, far_grid: tuple[float, ...] = ()
+             ) -> dict[str, Any]:
+    """Retrieval (photo / drawn) of the chosen mix, the mix without the novelty gate, head and ConSE alone,
+    and the chosen mix at each ``beta_far`` of ``far_grid``. ``conse``: (ConSE embeddings, logits) of ``ps``."""
+    from dataclasses import replace
+
+    from vl2v.teachers.lit import novelty_score
+    from vl2v.teachers.lit_build import validate
+
+    caps = sorted(set(ps.captions))
+    row = {c: i for i, c in enumerate(caps)}
+    text = encode([cfg.label_template.format(c=c) for c in caps])
+    y = torch.tensor([row[c] for c in ps.captions], dtype=torch.long)
+    groups = {g: m for g, m in (("photo", ps.photo), ("drawn", ~ps.photo)) if bool(m.any())}
+    x = ps.feats.float()
+    with torch.no_grad():
+        h = head(x)
+    nv = None if novelty is None else (novelty, novelty_score(x, bank, novelty.k))
+    out: dict[str, Any] = {
+        "lit": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident, nv),
+        "no_novelty": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident),
+        "head_only": validate(h, conse, y, text, groups, 0.0),
+        "conse_only": validate(h, conse, y, text, groups, 1.0),
+        "candidates": len(caps),
+    }
+    if nv is not None:
+        out["far"] = {f"{b:g}": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident,
+                                         (replace(novelty, beta_far=b), nv[1])) for b in far_grid}
+        qs = (0.1, 0.25, 0.5, 0.75, 0.9)
+        out["scores"] = {g: {f"{q:g}": round(float(torch.quantile(nv[1][m], q)), 4) for q in qs}
+                         for g, m in groups.items()}
+    return out
+
+
+__all__ = ["PhotoSet", "caption_of", "evaluate", "fetch_root", "near_duplicates", "prepare_photos", "spec"]
