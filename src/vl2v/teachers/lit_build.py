@@ -530,11 +530,11 @@ def prepare_training(pairs: list[Pair], cfg: BuildConfig, cache_dir: Path | None
     return Prepared(pairs, feats, tower, tag, class_text, encode, captions, [row[p.caption] for p in pairs])
 
 
-def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s: None,
-        novelty: Novelty | None = None) -> tuple[Head, dict[str, Any], dict[str, Any], list[int]]:
+def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s: None
+        ) -> tuple[Head, dict[str, Any], dict[str, Any], list[int]]:
     """Train on the training concepts; return the head, validation metrics, counts and the training rows
     (the novelty gate's bank). With held-out concepts the gate's ``near`` is measured here (their scores'
-    ``novelty_quantile``) and returned in ``metrics['novelty']``; ``novelty`` is only used without them."""
+    ``novelty_quantile`` against the training views) and returned in ``metrics['novelty']``."""
     tr, va = split_concepts(prep.pairs, cfg.val_fraction)
     tr_set, va_set = set(tr), set(va)
     fe = prep.features
@@ -553,7 +553,6 @@ def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s:
         f"{len(va)} held-out pairs ({len(va_caps)} concepts)")
     head = train_head(x, y, t_tr, cfg, log)
     metrics: dict[str, Any] = {}
-    bank = F.normalize(fe.feats[rows_tr].float(), dim=-1)
     if rows_va:
         t_va = prep.encode([cfg.label_template.format(c=c) for c in va_caps])
         xv = fe.feats[rows_va].float()
@@ -570,7 +569,7 @@ def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s:
             hv = head(xv)
         nv = None
         if cfg.beta_far is not None:
-            score = novelty_score(xv, bank, cfg.novelty_k)
+            score = novelty_score(xv, F.normalize(fe.feats[rows_tr].float(), dim=-1), cfg.novelty_k)
             near = float(torch.quantile(score, cfg.novelty_quantile))
             nv = (Novelty(cfg.novelty_k, near, cfg.novelty_width, cfg.beta_far), score)
             qs = (0.1, 0.25, 0.5, 0.75, 0.9)
