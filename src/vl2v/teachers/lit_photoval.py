@@ -55,13 +55,12 @@ def caption_of(rel: str) -> str:
 
 def fetch_root(log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
     """Fetch the pinned package (apt-get download, sha256-checked) and return its pictures folder and record."""
-    from vl2v.data.offline.fetch import PackageCache, PackagePin, extract_package, fetch_packages
+    from vl2v.data.offline.fetch import PackageCache, extract_package, fetch_packages
+    from vl2v.teachers.lit_build import make_pin
     from vl2v.utils.io import vl2v_home
 
     sp = spec()
-    e = dict(sp["pin"])
-    e["extract"] = tuple(e.get("extract", ()))
-    pin = PackagePin(**e)
+    pin = make_pin(sp["pin"])
     cache = PackageCache(vl2v_home() / "packages")
     archive = fetch_packages([pin], cache)[pin.key]
     root = extract_package(pin, archive, cache) / sp["root"]
@@ -88,21 +87,11 @@ def load_pictures(root: Path, size: int) -> tuple[list[str], list[Any]]:
 
 
 def tower_features(imgs: list[Any], tower: torch.nn.Module, batch: int = 32) -> torch.Tensor:
-    """The locked tower's pooled features of prepared RGB pictures (the build's own view and rounding)."""
-    from vl2v.data.transforms import center_view
-    from vl2v.students.efficientnet_lite import LITE_SIZES
-    from vl2v.teachers.lit import LITE_MEAN, LITE_STD
+    """The locked tower's pooled features of prepared pictures, in batches (the build's own view and rounding)."""
+    from vl2v.teachers.lit_build import tower_pass
 
-    size = LITE_SIZES[2]
-    mean = torch.tensor(LITE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(LITE_STD).view(1, 3, 1, 1)
-    out = []
-    for i in range(0, len(imgs), batch):
-        x = torch.stack([center_view(torch.from_numpy(np.asarray(a.convert("RGB")).copy()).permute(2, 0, 1), size)
-                         for a in imgs[i:i + batch]])
-        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            out.append(tower.forward_head(tower.forward_features(x), pre_logits=True).to(torch.float16))
+    out = [tower_pass([np.asarray(a.convert("RGB")) for a in imgs[i:i + batch]], tower)
+           for i in range(0, len(imgs), batch)]
     return torch.cat(out) if out else torch.zeros(0, 1280, dtype=torch.float16)
 
 
@@ -114,15 +103,12 @@ def benchmark_features(bench: Path, tower: torch.nn.Module, tower_tag: str, cach
     from safetensors.torch import load_file, save_file
 
     from vl2v.data.offline import imaging as im
+    from vl2v.teachers.lit_build import benchmark_paths
     from vl2v.utils.io import atomic_path, atomic_write_json
 
+    paths = benchmark_paths(bench)
     man = bench / "manifest.jsonl"
-    if man.is_file():
-        paths = [json.loads(line)["path"] for line in man.read_text("utf-8").splitlines() if line.strip()]
-        content = man.read_bytes()
-    else:
-        paths = sorted(p.relative_to(bench).as_posix() for p in bench.rglob("*.png"))
-        content = "\n".join(paths).encode()
+    content = man.read_bytes() if man.is_file() else "\n".join(paths).encode()
     key = hashlib.sha256(json.dumps([VERSION, tower_tag]).encode() + content).hexdigest()[:24]
     if cache_dir is not None:
         ff, fm = cache_dir / f"bench-{key}.safetensors", cache_dir / f"bench-{key}.json"
@@ -189,7 +175,7 @@ def evaluate(ps: PhotoSet, head: torch.nn.Module, bank: torch.Tensor, novelty: A
     from dataclasses import replace
 
     from vl2v.teachers.lit import novelty_score
-    from vl2v.teachers.lit_build import validate
+    from vl2v.teachers.lit_build import score_quantiles, validate
 
     caps = sorted(set(ps.captions))
     row = {c: i for i, c in enumerate(caps)}
@@ -210,9 +196,7 @@ def evaluate(ps: PhotoSet, head: torch.nn.Module, bank: torch.Tensor, novelty: A
     if nv is not None:
         out["far"] = {f"{b:g}": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident,
                                          (replace(novelty, beta_far=b), nv[1])) for b in far_grid}
-        qs = (0.1, 0.25, 0.5, 0.75, 0.9)
-        out["scores"] = {g: {f"{q:g}": round(float(torch.quantile(nv[1][m], q)), 4) for q in qs}
-                         for g, m in groups.items()}
+        out["scores"] = {g: score_quantiles(nv[1][m]) for g, m in groups.items()}
     return out
 
 
