@@ -147,11 +147,12 @@ class SharedResources:
             was = student.training
             student.eval()
             size = student.image_size
-            todo = [i for b in blocks for i in range(b * n, min(len(self.data.bank), (b + 1) * n))]
+            members = [range(b * n, min(len(self.data.bank), (b + 1) * n)) for b in blocks]
+            todo = [i for block in members for i in block]
             chunks: list[list[tuple[int, int, AugParams | None]]] = []
-            for b in blocks:
+            for block in members:
                 jobs: list[tuple[int, int, AugParams | None]] = []
-                for i in range(b * n, min(len(self.data.bank), (b + 1) * n)):
+                for i in block:
                     if kind == "eval":
                         jobs.append((i, 0, None))
                     else:
@@ -195,15 +196,12 @@ class SharedResources:
     def load_features(self, path: Path) -> None:
         """Add the caches :meth:`save_features` wrote (the same values this process would compute)."""
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         with safe_open(str(path), framework="pt") as f:
-            keys = json.loads(f.metadata()["keys"])
-        tensors = load_file(str(path))
-        for k, key in keys:
-            cache = self._features.setdefault(_as_tuple(key), {})
-            for i, v in zip(tensors[f"{k}.index"].tolist(), tensors[f"{k}.values"]):
-                cache.setdefault(int(i), v)
+            for k, key in json.loads(f.metadata()["keys"]):
+                cache = self._features.setdefault(_as_tuple(key), {})
+                for i, v in zip(f.get_tensor(f"{k}.index").tolist(), f.get_tensor(f"{k}.values")):
+                    cache.setdefault(int(i), v)
 
     def prefix_cache_fits(self, student: Student, n: int, indices: int, budget: int = 4 << 30) -> bool:
         """Whether holding stage-``n`` activations of ``indices`` images x views stays within ``budget`` bytes."""
