@@ -138,8 +138,8 @@ class TrainConfig:
     select_stage: Literal["all", "final"] = "final"
     # mixed precision: bf16 autocast of forward passes and losses; auto = on with CUDA, off on the CPU
     amp: Literal["auto", "off", "bf16"] = "auto"
-    # torch.compile the student's forward (pays on GPUs; ~1.1x on a CPU, after minutes of compiling); steps that start
-    # from a cached frozen prefix (cache_prefix) run the uncompiled rest
+    # torch.compile the student's forward, and the rest-of-network pass that steps starting from a cached frozen prefix
+    # (cache_prefix) run (pays on GPUs; ~1.1x on a CPU, after minutes of compiling)
     compile: bool = False
 
     def validate(self) -> None:

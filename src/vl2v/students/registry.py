@@ -81,10 +81,23 @@ class Student(nn.Module):
         return h
 
     def forward_from(self, h: torch.Tensor, n: int) -> torch.Tensor:
-        """Features from the activations after stage ``n`` (see :meth:`forward_prefix`)."""
+        """Features from the activations after stage ``n`` (see :meth:`forward_prefix`); compiled after
+        :meth:`compile`."""
+        compiled = self.__dict__.get("_compiled_from")
+        return (compiled or self._forward_from)(h, n)
+
+    def _forward_from(self, h: torch.Tensor, n: int) -> torch.Tensor:
         for op in self._ops_fn(self.backbone)[n:]:
             h = op(h)
         return self._pool_fn(self.backbone, h)
+
+    def compile(self, *args, **kwargs) -> None:
+        """``torch.compile`` in place: the forward pass (``nn.Module.compile``: state_dict keys unchanged) and,
+        for a splittable student, :meth:`forward_from`, which the training steps that start from a cached frozen
+        prefix run instead of the forward pass."""
+        super().compile(*args, **kwargs)
+        if self.splittable:
+            self._compiled_from = torch.compile(self._forward_from, *args, **kwargs)
 
     def train(self, mode: bool = True) -> "Student":
         super().train(mode)
