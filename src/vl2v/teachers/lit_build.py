@@ -478,6 +478,17 @@ def validate(h: torch.Tensor, conse: tuple[torch.Tensor, torch.Tensor], y: torch
     return {g: retrieval(emb[m], y[m], text) for g, m in groups.items()}
 
 
+def readings(h: torch.Tensor, conse: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, text: torch.Tensor,
+             groups: dict[str, torch.Tensor], cfg: BuildConfig, novelty: tuple[Novelty, torch.Tensor] | None = None
+             ) -> dict[str, dict[str, dict[str, float]]]:
+    """What every validation reports (see :func:`validate`): the shipped mix (``lit``), the same without the
+    novelty gate, the head alone and ConSE alone."""
+    return {"lit": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident, novelty),
+            "no_novelty": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident),
+            "head_only": validate(h, conse, y, text, groups, 0.0),
+            "conse_only": validate(h, conse, y, text, groups, 1.0)}
+
+
 def score_quantiles(score: torch.Tensor, qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict[str, float]:
     """A manifest's summary of novelty scores: quantile -> value (4 decimals)."""
     return {f"{q:g}": round(float(torch.quantile(score, q)), 4) for q in qs}
@@ -591,10 +602,7 @@ def fit(prep: Prepared, cfg: BuildConfig, log: Callable[[str], None] = lambda s:
                                                              (replace(nv[0], beta_far=b), score))["all"]
                                           for b in FAR_GRID}}
         metrics.update({
-            "lit": validate(hv, cv, yv, t_va, groups, cfg.beta, cfg.beta_confident, nv),
-            "no_novelty": validate(hv, cv, yv, t_va, groups, cfg.beta, cfg.beta_confident),
-            "head_only": validate(hv, cv, yv, t_va, groups, 0.0),
-            "conse_only": validate(hv, cv, yv, t_va, groups, 1.0),
+            **readings(hv, cv, yv, t_va, groups, cfg, nv),
             "gate": {f"{b:g}": validate(hv, cv, yv, t_va, groups, cfg.beta, b, nv)["all"]
                      for b in GATE_GRID if b >= cfg.beta},
             "top_probability": {g: float(top[m].mean()) for g, m in groups.items()},
@@ -744,23 +752,23 @@ def photo_report(prep: Prepared, cfg: BuildConfig, source: bool | tuple[Path, se
             root, record = pv.fetch_root(log)
             photos = set(pv.spec()["photos"])
         else:
-            root, photos = source
+            root, photos = source[0], set(source[1])
             record = {"package": str(root), "role": "photo validation (never trained on)"}
-        ps = pv.prepare_photos(Path(root), set(photos), prep.tower, prep.tower_tag, bench, cache_dir, RENDER_SIZE,
+        ps = pv.prepare_photos(Path(root), photos, prep.tower, prep.tower_tag, bench, cache_dir, RENDER_SIZE,
                                record)
     except (FetchError, UserError, OSError) as exc:
         log(f"photo validation skipped: {exc}")
         return {"skipped": str(exc)}
     cq = conse_parts(prep.tower, prep.class_text, ps.feats.float(), cfg.k)
+    targets = pv.caption_targets(ps, prep.encode, cfg.label_template)
     out: dict[str, Any] = {
         "source": ps.source, "pictures": len(ps.files), "photos": int(ps.photo.sum()),
         "near_duplicate_check": ({"benchmark": str(bench), "cosine_at_least": pv.COSINE, "dhash_bits_at_most":
                                   pv.DHASH_BITS, "dropped": ps.dropped} if bench is not None
                                  else {"skipped": "benchmark not built: pictures may repeat benchmark artwork"}),
-        "validation_head": pv.evaluate(ps, val[0], F.normalize(val[1].float(), dim=-1), nov, cq, prep.encode, cfg,
+        "validation_head": pv.evaluate(ps, val[0], F.normalize(val[1].float(), dim=-1), nov, cq, targets, cfg,
                                        FAR_GRID if nov is not None else ()),
-        "shipped_head": pv.evaluate(ps, shipped[0], F.normalize(shipped[1].float(), dim=-1), nov, cq, prep.encode,
-                                    cfg),
+        "shipped_head": pv.evaluate(ps, shipped[0], F.normalize(shipped[1].float(), dim=-1), nov, cq, targets, cfg),
     }
     log(f"photo validation: {out['pictures']} pictures ({out['photos']} photographs), "
         f"{len(ps.dropped)} near-duplicates of benchmark images dropped")

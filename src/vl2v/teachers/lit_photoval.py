@@ -167,32 +167,32 @@ def prepare_photos(root: Path, photos: set[str], tower: torch.nn.Module, tower_t
                     dict(source or {}))
 
 
+def caption_targets(ps: PhotoSet, encode: Callable[[list[str]], torch.Tensor], template: str
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate captions' text embeddings (every kept picture's caption, once, sorted) and each picture's
+    row among them: what :func:`evaluate` ranks against, for any head."""
+    caps = sorted(set(ps.captions))
+    row = {c: i for i, c in enumerate(caps)}
+    return encode([template.format(c=c) for c in caps]), torch.tensor([row[c] for c in ps.captions], dtype=torch.long)
+
+
 def evaluate(ps: PhotoSet, head: torch.nn.Module, bank: torch.Tensor, novelty: Any, conse: tuple[torch.Tensor, torch.Tensor],
-             encode: Callable[[list[str]], torch.Tensor], cfg: Any, far_grid: tuple[float, ...] = ()
-             ) -> dict[str, Any]:
+             targets: tuple[torch.Tensor, torch.Tensor], cfg: Any, far_grid: tuple[float, ...] = ()) -> dict[str, Any]:
     """Retrieval (photo / drawn) of the chosen mix, the mix without the novelty gate, head and ConSE alone,
-    and the chosen mix at each ``beta_far`` of ``far_grid``. ``conse``: (ConSE embeddings, logits) of ``ps``."""
+    and the chosen mix at each ``beta_far`` of ``far_grid``. ``conse``: (ConSE embeddings, logits) of ``ps``;
+    ``targets``: :func:`caption_targets`."""
     from dataclasses import replace
 
     from vl2v.teachers.lit import novelty_score
-    from vl2v.teachers.lit_build import score_quantiles, validate
+    from vl2v.teachers.lit_build import readings, score_quantiles, validate
 
-    caps = sorted(set(ps.captions))
-    row = {c: i for i, c in enumerate(caps)}
-    text = encode([cfg.label_template.format(c=c) for c in caps])
-    y = torch.tensor([row[c] for c in ps.captions], dtype=torch.long)
+    text, y = targets
     groups = {g: m for g, m in (("photo", ps.photo), ("drawn", ~ps.photo)) if bool(m.any())}
     x = ps.feats.float()
     with torch.no_grad():
         h = head(x)
     nv = None if novelty is None else (novelty, novelty_score(x, bank, novelty.k))
-    out: dict[str, Any] = {
-        "lit": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident, nv),
-        "no_novelty": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident),
-        "head_only": validate(h, conse, y, text, groups, 0.0),
-        "conse_only": validate(h, conse, y, text, groups, 1.0),
-        "candidates": len(caps),
-    }
+    out: dict[str, Any] = {**readings(h, conse, y, text, groups, cfg, nv), "candidates": int(text.shape[0])}
     if nv is not None:
         out["far"] = {f"{b:g}": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident,
                                          (replace(novelty, beta_far=b), nv[1])) for b in far_grid}
@@ -200,4 +200,4 @@ def evaluate(ps: PhotoSet, head: torch.nn.Module, bank: torch.Tensor, novelty: A
     return out
 
 
-__all__ = ["PhotoSet", "caption_of", "evaluate", "fetch_root", "near_duplicates", "prepare_photos", "spec"]
+__all__ = ["PhotoSet", "caption_of", "caption_targets", "evaluate", "fetch_root", "near_duplicates", "prepare_photos", "spec"]
