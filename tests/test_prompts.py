@@ -62,7 +62,7 @@ def test_named_template_sets_resolve():
     assert config_from_args(train_parser().parse_args(["--templates", "rise"])).train.templates == rise
 
 
-def test_default_prompts_are_curated_for_a_registered_dataset_and_folder_names_otherwise():
+def test_default_prompts_are_curated_for_a_registered_dataset_and_folder_names_otherwise(tmp_path):
     classes = ["Alarm_Clock", "dog", "teddy-bear"]
     assert resolve_class_names(classes) == [class_name(c) for c in classes] == ["Alarm Clock", "dog", "teddy-bear"]
     assert resolve_class_names(classes, "auto", None) == ["Alarm Clock", "dog", "teddy-bear"]  # no prompt file
@@ -79,7 +79,8 @@ def test_default_prompts_are_curated_for_a_registered_dataset_and_folder_names_o
 
     exp = SimpleNamespace(data=SimpleNamespace(classes=["bird", "bug", "marine"]), dataset_name="OfflinePACS")
     assert with_prompt_names(cfg, exp).train.class_names == ("bird", "insect", "sea creature")
-    custom = config_from_args(train_parser().parse_args(["--data", "/some/folder"]))
+    (tmp_path / "folder" / "art").mkdir(parents=True)
+    custom = config_from_args(train_parser().parse_args(["--data", str(tmp_path / "folder")]))
     assert with_prompt_names(custom, exp).train.class_names is None
 
 

@@ -85,7 +85,9 @@ def test_resume_with_a_different_teacher_is_refused(tmp_path, image_folder, monk
     (out / "experiment.json").write_text(json.dumps(exp))
     assert main(["train", "--resume", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "was started with teacher" in err and "tiny-test(dim=16" in err and "dim=8" in err
+    # refused before any work by the run-folder guard (vl2v.runs.fingerprint), naming both teachers
+    assert "was made with other settings" in err and "teacher_identity" in err
+    assert "tiny-test(dim=16" in err and "dim=8" in err
 
 
 def test_checkpoint_of_another_size_is_named(tmp_path, image_folder, monkeypatch):

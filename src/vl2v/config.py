@@ -48,8 +48,9 @@ def config_dataclass(cls: type[T] | None = None, *, frozen: bool = False):
     return wrap(cls) if cls is not None else wrap
 
 
-def _describe(err: dict[str, Any], what: str, known: list[str], noun: str) -> str:
+def _describe(err: dict[str, Any], what: str, known: list[str], noun: str, labels: dict[str, str] | None = None) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__init__") or "value"
+    loc = (labels or {}).get(loc, loc)
     typ, given = err.get("type", ""), err.get("input")
     ctx = err.get("ctx") or {}
     if typ in ("unexpected_keyword_argument", "extra_forbidden"):
@@ -64,14 +65,16 @@ def _describe(err: dict[str, Any], what: str, known: list[str], noun: str) -> st
     return f"{what}: {loc}: {err.get('msg', typ)} (got {given!r})"
 
 
-def validated(cls: type[T], data: dict[str, Any], what: str | None = None, noun: str = "option") -> T:
-    """``cls(**data)`` with pydantic's errors turned into one readable :class:`ConfigError`."""
+def validated(cls: type[T], data: dict[str, Any], what: str | None = None, noun: str = "option",
+              labels: dict[str, str] | None = None) -> T:
+    """``cls(**data)`` with pydantic's errors turned into one readable :class:`ConfigError`; ``labels`` name a
+    field as the user wrote it (``{"lr": "--lr"}``: "--lr must be >= 0" rather than "lr must be >= 0")."""
     what = what or cls.__name__
     try:
         return TypeAdapter(cls).validate_python(dict(data))
     except ValidationError as exc:
         known = [f.name for f in dataclasses.fields(cls)]
-        raise ConfigError("; ".join(_describe(e, what, known, noun) for e in exc.errors())) from None
+        raise ConfigError("; ".join(_describe(e, what, known, noun, labels) for e in exc.errors())) from None
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -244,10 +247,12 @@ _EXPERIMENT_KEYS = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"tr
 NONE_IS_ZERO = frozenset({"max_side"})
 
 
-def with_settings(cfg: ExperimentConfig, settings: dict[str, Any]) -> ExperimentConfig:
+def with_settings(cfg: ExperimentConfig, settings: dict[str, Any], what: str | None = None,
+                  labels: dict[str, str] | None = None) -> ExperimentConfig:
     """``cfg`` with flat settings (``steps``, ``batch_size``, ``views``, ...) placed where they belong.
 
     Unknown names are refused; every value is validated. ``max_side = 0`` means None (no shrinking).
+    ``what``/``labels``: how an error names the settings (the command line: "bad option", ``{"lr": "--lr"}``).
     """
     sched, train, top = {}, {}, {}
     for k, v in settings.items():
@@ -263,11 +268,11 @@ def with_settings(cfg: ExperimentConfig, settings: dict[str, Any]) -> Experiment
             raise ConfigError(f"unknown setting {k!r}")
     t = cfg.train
     if sched:
-        t = replace(t, schedule=validated(Schedule, {**dataclasses.asdict(t.schedule), **sched}))
+        t = replace(t, schedule=validated(Schedule, {**dataclasses.asdict(t.schedule), **sched}, what, labels=labels))
     if train:
-        t = validated(TrainConfig, {**dataclasses.asdict(t), "schedule": t.schedule, **train})
+        t = validated(TrainConfig, {**dataclasses.asdict(t), "schedule": t.schedule, **train}, what, labels=labels)
     d = {**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, **top, "train": t}
-    return validated(ExperimentConfig, d)
+    return validated(ExperimentConfig, d, what, labels=labels)
 
 
 def apply_profile(cfg: ExperimentConfig, profile: str) -> ExperimentConfig:

@@ -16,7 +16,7 @@ from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile, pro
 from vl2v.errors import WeightsUnavailableError
 
 #: train flags (argparse dests) that a sweep sets per job; they may not follow `vl2v sweep ... --`
-SWEEP_OWNED = ("out", "resume", "target", "seed", "trials", "algorithm", "dataset", "data", "root", "hparams_seed")
+SWEEP_OWNED = ("out", "resume", "overwrite", "target", "seed", "trials", "algorithm", "dataset", "data", "root", "hparams_seed")
 
 
 #: added to a weights-loading error when the paper profile chose the student or teacher
@@ -28,19 +28,77 @@ PAPER_OFFLINE_HINT = (
     "--teacher conse --student efficientnet_lite0 (the paper's budget and protocol, other models).")
 
 
+#: flags a `--resume` may come with: they change how fast the runs go, not their numbers
+RESUME_FLAGS = ("resume", "jobs", "workers", "data_mode", "func", "parser")
+
+
 def _resolve_targets(values: list[str] | None, domains: list[str]) -> tuple[int, ...] | None:
     if not values:
         return None
+    listing = ", ".join(f"{i}={d}" for i, d in enumerate(domains))
     out = []
     for v in values:
         if v.isdigit():
+            if int(v) >= len(domains):
+                raise CLIError(f"--target {v}: target {v} out of range: domains are {listing}")
             out.append(int(v))
         elif v in domains:
             out.append(domains.index(v))
         else:
-            raise CLIError(f"unknown target domain {v!r}; domains are: "
-                           + ", ".join(f"{i}={d}" for i, d in enumerate(domains)))
+            raise CLIError(f"unknown target domain {v!r}; domains are: {listing}")
     return tuple(out)
+
+
+def _domains(cfg: ExperimentConfig) -> list[str]:
+    """The dataset's domain names, from its registry entry or its folder (no image is read)."""
+    from vl2v.data.registry import resolve_dataset
+
+    spec, folder = resolve_dataset(cfg.dataset if cfg.data_dir is None else None, cfg.data_root, cfg.data_dir)
+    if spec is not None:
+        return list(spec.domains)
+    if not folder.is_dir():
+        raise CLIError(f"--data {cfg.data_dir}: no such folder (expected ROOT/domain/class/image files)")
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return v
+
+
+def _check_student_weights(path: str | None) -> None:
+    """``--student-weights``: an existing .safetensors file (its header readable) or a torch state dict file."""
+    if not path:
+        return
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CLIError(f"--student-weights {path}: no such file")
+    if p.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
+        raise CLIError(f"--student-weights {path}: not a weights file; expected .safetensors or a torch state dict "
+                       "(.pt, .pth, .bin)")
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                f.keys()
+        except Exception as exc:  # safetensors raises its own error types for a bad header
+            raise CLIError(f"--student-weights {path}: not a readable safetensors file ({exc})") from None
+
+
+def _flag_labels() -> dict[str, str]:
+    """Config field -> its command-line flag, for error messages."""
+    import dataclasses
+
+    from vl2v.config import Schedule, TrainConfig
+
+    names = {f.name for c in (Schedule, TrainConfig, ExperimentConfig) for f in dataclasses.fields(c)}
+    return {n: "--" + n.replace("_", "-") for n in names}
 
 
 def _jobs(text: str) -> str:
@@ -55,6 +113,10 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
     ``--student``/``--teacher`` default to None: the profile's (paper: ViT-B/16 and OpenAI CLIP ViT-B/16),
     else :class:`ExperimentConfig`'s (EfficientNet-Lite0 and ConSE); an explicit flag always wins.
     """
+    from vl2v.utils.device import check_device
+
+    check_device(args.device)  # first: a device this machine has not is the cheapest mistake to report
+    _check_student_weights(args.student_weights)
     cfg = validated(ExperimentConfig, dict(
         dataset=args.dataset, data_dir=args.data, data_root=args.root,
         algorithms=tuple(args.algorithm or default_algorithms),
@@ -63,7 +125,7 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
         blackbox=not args.white_box, student_pretrained=not args.no_pretrained,
         student_weights=args.student_weights, store=args.store, out_dir=args.out, strict_data=args.strict_data,
         data_mode=args.data_mode, workers=args.workers, jobs=None if args.jobs == "auto" else int(args.jobs),
-        threads=args.threads))
+        threads=args.threads), what="bad option", labels=_flag_labels())
     cfg = apply_profile(cfg, args.profile)
     templates = _templates_from_args(args, cfg)
     flags = dict(steps=args.steps, frozen_steps=args.frozen_steps, lr=args.lr, frozen_lr=args.frozen_lr,
@@ -77,15 +139,12 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
                  student=args.student, teacher=args.teacher, max_side=args.max_side,
                  stage_select_min_step=args.stage_select_min_step,
                  prompt_names=args.prompt_names, classnames=args.classnames)
-    cfg = with_settings(cfg, {k: v for k, v in flags.items() if v is not None})
+    cfg = with_settings(cfg, {k: v for k, v in flags.items() if v is not None}, what="bad option",
+                        labels=_flag_labels())
+    domains = _domains(cfg)  # a missing --data folder is reported here, before anything loads
     if args.target:
         from dataclasses import replace
 
-        from vl2v.data.registry import resolve_dataset
-
-        spec, folder = resolve_dataset(cfg.dataset if cfg.data_dir is None else None, cfg.data_root, cfg.data_dir)
-        domains = list(spec.domains) if spec is not None else sorted(
-            p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
         cfg = replace(cfg, targets=_resolve_targets(args.target, domains))
     return cfg
 
@@ -129,6 +188,7 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
     from vl2v.training.distributed import info
 
     if args.resume:
+        _refuse_flags_with_resume(args)
         cfg = _resume_config(args.resume)
         print(f"vl2v: resuming {args.resume} (finished runs are kept, the interrupted one continues from its last checkpoint)")
     else:
@@ -137,7 +197,7 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
         print(f"vl2v: profile {args.profile!r} ({'CPU-sized; --profile paper for the paper settings' if args.profile == 'fast' else 'the VL2V authors settings'}), "
               f"output in {cfg.out_dir}", flush=True)
     try:
-        result = run_experiment(cfg, resume=True)
+        result = run_experiment(cfg, resume=True, overwrite=bool(args.overwrite))
     except WeightsUnavailableError as exc:
         if not args.resume and args.profile == "paper" and (args.student is None or args.teacher is None):
             raise type(exc)(f"{exc}\n{PAPER_OFFLINE_HINT}") from exc
@@ -156,6 +216,17 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
             print(f"vl2v: warning: could not write the HTML report ({type(exc).__name__}: {exc}); "
                   f"retry with `vl2v report {result['out_dir']}`", file=sys.stderr)
     return 0
+
+
+def _refuse_flags_with_resume(args: argparse.Namespace) -> None:
+    """``--resume OUT`` continues with OUT's saved configuration: a flag that would change a run is refused
+    (silently ignoring it would print the saved settings' numbers as if the flag had been applied)."""
+    defaults = vars(args.parser.parse_args([]))  # (get_default is wrong for two flags sharing a dest)
+    given = [k for k, v in vars(args).items() if k in defaults and k not in RESUME_FLAGS and v != defaults[k]]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise CLIError(f"--resume continues {args.resume} with its saved configuration; {flags} would change its "
+                       "runs: drop them, or start a new --out with the new settings")
 
 
 def _resume_config(path: str):
@@ -189,7 +260,7 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--data", help="a custom ROOT/domain/class/image folder (overrides --dataset)")
     g.add_argument("--root", help="folder holding datasets (default: $VL2V_DATA or ~/.cache/vl2v/datasets)")
     g.add_argument("--target", nargs="+", metavar="DOMAIN", help="target domain(s), by name or index (default: every domain in turn)")
-    g.add_argument("--trials", type=int, default=1, help="number of trial seeds 0..N-1 (default 1)")
+    g.add_argument("--trials", type=_positive, default=1, help="number of trial seeds 0..N-1 (default 1)")
     g.add_argument("--data-mode", choices=["auto", "memory", "stream"], default="auto",
                    help="memory: hold every decoded image (fast); stream: decode from disk in loader workers when needed "
                         "(memory flat in the dataset's size, e.g. DomainNet); auto (default): stream above ~4 GiB decoded")
@@ -270,7 +341,10 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--store", help="teacher-embedding store file (default ~/.cache/vl2v/teacher_store.sqlite; 'memory' for none)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: CUDA when present, else CPU)")
     g.add_argument("--resume", metavar="OUT", help="continue an interrupted `vl2v train`/`compare` output folder "
-                   "with its saved configuration (other options are ignored)")
+                   "with its saved configuration (only --jobs, --workers and --data-mode may come with it)")
+    g.add_argument("--overwrite", action="store_true", help="remove the runs already in --out before training "
+                   "(without it, a folder whose runs were made with other settings is refused, and finished runs "
+                   "with the same settings are reused)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -280,11 +354,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "domain and trial seed), select checkpoints by training-domain validation, and print "
                        "per-target OOD accuracy, mean and ID accuracy. Finished runs are skipped on a re-run.")
     _add_train_args(q, "adip", "runs/train")
-    q.set_defaults(func=_cmd_train)
+    q.set_defaults(func=_cmd_train, parser=q)
     q = sub.add_parser("compare", help="the main job: zero-shot teacher, ERM (LP, FT), KD, RISE and ADiP on every target",
                        description="Run the comparison (zeroshot, erm_lp, erm_ft, kd, rise, adip; plus sd with "
                        "--white-box) leave-one-domain-out "
                        "and print the table. Defaults: the offline benchmark, the offline ConSE teacher, the "
                        "EfficientNet-Lite0 student and the CPU-sized 'fast' profile.")
     _add_train_args(q, "zeroshot erm_lp erm_ft kd rise adip (+ sd with --white-box)", "runs/main")
-    q.set_defaults(func=_cmd_compare)
+    q.set_defaults(func=_cmd_compare, parser=q)

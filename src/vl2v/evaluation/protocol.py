@@ -27,6 +27,7 @@ from vl2v.evaluation.parallel import Job, resolve_jobs, run_parallel
 from vl2v.evaluation.tables import build_tables, selected_stages, table_sections
 from vl2v.methods import get_algorithm, make_hparams
 from vl2v.methods.search import random_hparams
+from vl2v.runs.fingerprint import config_diff, describe, run_diff
 from vl2v.runs.layout import ExperimentDir
 from vl2v.runs.summary import label as make_label
 from vl2v.training.loop import RunSpec, Trainer
@@ -235,11 +236,70 @@ def check_writable(out: Path) -> None:
                           "Choose another --out, or fix its permissions or free space.") from exc
 
 
-def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, resume: bool = True) -> dict[str, Any]:
+def check_out_dir(cfg: ExperimentConfig, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output folder whose runs were made with settings that change numbers
+    (``experiment.json``'s config against ``cfg``): reusing them would print old numbers under the new
+    command's header. ``overwrite``: allowed (the old runs are removed later, by :func:`clear_out_dir`)."""
+    exp_dir = ExperimentDir(cfg.out_dir)
+    if overwrite or not exp_dir.exists():
+        return
+    try:
+        old = exp_dir.load_config_dict()
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{exp_dir.experiment_json} is unreadable ({exc}); choose a new --out, or add --overwrite "
+                          "to remove the runs there and start over") from None
+    diffs = config_diff(old, json.loads(json.dumps(asdict(cfg), default=str)))
+    if diffs:
+        raise ConfigError(f"{cfg.out_dir} holds runs made with other settings ({describe(diffs)}); their numbers "
+                          f"are not this command's. Choose a new --out, or add --overwrite to remove those runs "
+                          f"and start over in {cfg.out_dir}")
+
+
+def clear_out_dir(out: Path, log: Callable[[str], None] = print) -> None:
+    """``--overwrite``: remove the runs and the summary files of an experiment folder (nothing else in it)."""
+    import shutil
+
+    exp_dir = ExperimentDir(out)
+    runs = exp_dir.find_runs() if out.is_dir() else []
+    for run in runs:
+        shutil.rmtree(run)
+        for parent in run.parents:  # the now empty <algorithm>/target-<i>-<domain>/ folders
+            if parent == out or not parent.is_relative_to(out) or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    for p in (exp_dir.experiment_json, exp_dir.results_md, exp_dir.summary_json, exp_dir.report_html):
+        p.unlink(missing_ok=True)
+    if runs:
+        log(f"--overwrite: removed {len(runs)} earlier runs from {out}")
+
+
+def check_runs_match(exp: "Experiment", runs: list, args_base: dict[str, Any]) -> None:
+    """Refuse runs already in the output folder (finished, or interrupted and about to be resumed) whose
+    ``config.json`` differs from what this command would record, on the resolved values (device, threads,
+    teacher identity, prompt names): the per-run guard behind :func:`check_out_dir`."""
+    cfg = exp.cfg
+    train = json.loads(json.dumps(asdict(cfg.train), default=str))
+    exp_dir = ExperimentDir(Path(cfg.out_dir))
+    for seed, t, a in runs:
+        rd = exp_dir.run(a.name, a.hparams, t, exp.data.domains, seed, cfg.hparams_seed)
+        if not rd.has_config():
+            continue
+        diffs = run_diff(rd.config(), train, args_base)
+        if diffs:
+            raise ConfigError(f"{rd.path} was made with other settings ({describe(diffs)}); its numbers are not "
+                              f"this command's. Choose a new --out, or add --overwrite to remove the runs in "
+                              f"{cfg.out_dir} and start over")
+
+
+def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, resume: bool = True,
+                   overwrite: bool = False) -> dict[str, Any]:
+    """Train every run of ``cfg`` (finished runs with the same settings are reused; runs made with other
+    settings are refused unless ``overwrite``, which removes them first) and summarise them."""
     from vl2v.training.distributed import init_distributed
 
     cfg = replace(cfg, train=replace(cfg.train, device=resolve_device(cfg.train.device)))  # --device auto
     specs = check_experiment(cfg)
+    check_out_dir(cfg, overwrite)
     if cfg.train.device.startswith("cuda"):  # TF32 matmuls/convolutions: the usual speed/precision trade on GPUs
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -257,6 +317,24 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     for t in targets:
         if not 0 <= t < len(exp.data.domains):
             raise ConfigError(f"target {t} out of range: domains are 0..{len(exp.data.domains) - 1} ({', '.join(exp.data.domains)})")
+    args_base = {"dataset": exp.dataset_name, "data_dir": str(exp.data.scan.root), "holdout_fraction": cfg.holdout_fraction,
+                 "teacher": cfg.teacher, "teacher_options": cfg.teacher_options,
+                 "teacher_identity": exp.teacher_identity, "student": cfg.student,
+                 "student_pretrained": cfg.student_pretrained, "student_weights": cfg.student_weights,
+                 "freeze_bn": cfg.freeze_bn, "views": cfg.views, "view_seed": cfg.view_seed,
+                 "store_dtype": cfg.store_dtype, "max_side": cfg.max_side}
+    draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
+    for a in specs:
+        a.options(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule)  # validate the draw before any work
+    runs = [(seed, t, a) for seed in cfg.seeds for t in targets for a in specs]
+    workers, threads = resolve_jobs(cfg.jobs, cfg.threads, cfg.train.device, len(runs), dist.enabled,
+                                    shared_store=exp.res.store is None or exp.res.store.path is not None)
+    if workers > 1 and not resume:
+        raise ConfigError("--jobs > 1 resumes finished runs; a fresh start of every run needs --jobs 1")
+    args_base["threads"] = threads  # a run's numbers depend on its step's thread count (float summation order)
+    if dist.is_main and overwrite:
+        clear_out_dir(out, log)
+    check_runs_match(exp, runs, args_base)
     if dist.is_main:
         atomic_write_json(exp_dir.experiment_json, {"config": json.loads(json.dumps(asdict(cfg), default=str)),
                                                     "dataset": exp.dataset_name, "domains": exp.data.domains,
@@ -265,23 +343,11 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
                                                                      "kind": "warning" if i.tolerable else "skipped"}
                                                                     for i in exp.data.scan.issues],
                                                     "world_size": dist.world_size})
-    args_base = {"dataset": exp.dataset_name, "data_dir": str(exp.data.scan.root), "holdout_fraction": cfg.holdout_fraction,
-                 "teacher": cfg.teacher, "teacher_options": cfg.teacher_options,
-                 "teacher_identity": exp.teacher_identity, "student": cfg.student,
-                 "views": cfg.views}
-    draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
     for a in specs:
-        a.options(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule)  # validate the draw before any work
         if cfg.hparams_seed:
             log(f"hparams seed {cfg.hparams_seed}: {a.label}: "
                 + (", ".join(f"{k}={v}" for k, v in draws[a]) or "nothing to draw (defaults)"))
-    runs = [(seed, t, a) for seed in cfg.seeds for t in targets for a in specs]
-    workers, threads = resolve_jobs(cfg.jobs, cfg.threads, cfg.train.device, len(runs), dist.enabled,
-                                    shared_store=exp.res.store is None or exp.res.store.path is not None)
-    if workers > 1 and not resume:
-        raise ConfigError("--jobs > 1 resumes finished runs; a fresh start of every run needs --jobs 1")
     torch.set_num_threads(threads)
-    args_base["threads"] = threads  # a run's numbers depend on its step's thread count (float summation order)
 
     def report(label: str, t: int, seed: int, f: dict[str, Any]) -> None:
         sel = f.get("selected", {})

@@ -8,7 +8,7 @@ An experiment folder (``OUT``) holds ``experiment.json``, ``results.md``,
     OUT/<algorithm>[_<key><value>...][_hp<h>]/target-<i>-<domain>/seed<s>/   (_hp<h>: hparams seed h != 0)
         config.json        spec, training settings, DomainBed args, hparams, stages, domains, classes
         results.jsonl      one record per evaluation (see :mod:`vl2v.runs.records`)
-        final.json         the run's summary (selected checkpoint, SWAD, queries, times)
+        final.json         the run's summary (selected checkpoint, SWAD, teacher bill, times)
         done               written last: the run is finished (as in DomainBed)
         model.safetensors  the selected checkpoint (training-domain validation)
         swad.safetensors   the SWAD average (``--swad``, when a loss valley was found)
@@ -56,7 +56,10 @@ class RunFinal(TypedDict, total=False):
     trial_seed: int
     selected: dict[str, Any]  # see vl2v.runs.selection.summarize
     swad: dict[str, Any]
-    queries: dict[str, float]
+    queries: dict[str, float]  # the store's counters over the run (what it asked; parallel runs: as if alone)
+    # what the run needed from the teacher (distinct answers: its bill if alone), what this process paid for it,
+    # and the store hits in between (see vl2v.training.loop.Trainer.teacher_bill)
+    teacher_bill: dict[str, Any]
     stage_seconds: dict[str, float]
     n_train_images: int
     wall_time: float

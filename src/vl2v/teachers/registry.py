@@ -11,15 +11,21 @@ Examples::
     transformers:google/siglip-base-patch16-224   a Hugging Face model (hub id or local dir)
 
 Options (``--teacher-opt key=value``) go to the backend's constructor, e.g.
-``k=5`` or ``runtime=onnx`` (ONNX Runtime for the classifier) for ConSE.
+``k=5`` or ``runtime=onnx`` (ONNX Runtime for the classifier) for ConSE. Each backend
+declares them as a typed config dataclass (``options=``), so ``k=abc`` or an unknown
+key is a one-line error naming the option before anything is loaded.
 ``blackbox=True`` wraps any teacher so that only the embed functions are reachable.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
+from pydantic import Field
+
+from vl2v.config import NonNegFloat, NonNegInt, PosInt, config_dataclass, validated
+from vl2v.errors import ConfigError
 from vl2v.registry import Registry
 from vl2v.teachers.base import Teacher, TeacherError
 
@@ -33,47 +39,99 @@ class TeacherInfo:
     summary: str
     white_box: bool  # the backend can hand VL2V-SD a differentiable image tower
     offline: bool = False  # its weights ship with vl2v's dependencies (no download, no local path)
+    options: type | None = None  # a config_dataclass of its --teacher-opt options (None: passed on unchecked)
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` (``--teacher-opt`` text values) typed and range-checked by the backend's options class;
+        only the keys given (the constructor's own defaults stay in force for the rest)."""
+        if self.options is None or not options:
+            return dict(options)
+        try:
+            typed = validated(self.options, options, what=f"--teacher-opt for teacher {self.name!r}")
+        except TeacherError:
+            raise
+        except ConfigError as exc:
+            raise TeacherError(str(exc)) from None
+        return {k: getattr(typed, k) for k in options}
 
 
 TEACHERS: Registry[TeacherInfo] = Registry("teacher")
 
 
-def register_teacher(name: str, *, summary: str, white_box: bool,
-                     offline: bool = False) -> Callable[[Callable[..., Teacher]], Callable[..., Teacher]]:
-    """Decorator: register ``factory(spec, **options) -> Teacher`` as backend ``name``."""
+def register_teacher(name: str, *, summary: str, white_box: bool, offline: bool = False,
+                     options: type | None = None) -> Callable[[Callable[..., Teacher]], Callable[..., Teacher]]:
+    """Decorator: register ``factory(spec, **options) -> Teacher`` as backend ``name``; ``options``: the
+    config dataclass that types its ``--teacher-opt`` options (see :func:`vl2v.config.config_dataclass`)."""
 
     def deco(factory: Callable[..., Teacher]) -> Callable[..., Teacher]:
-        TEACHERS.register(name)(TeacherInfo(name, factory, summary, white_box, offline))
+        TEACHERS.register(name)(TeacherInfo(name, factory, summary, white_box, offline, options))
         return factory
 
     return deco
 
 
-@register_teacher("conse", white_box=True, offline=True,
+# ------------------------------------------------------------------ each backend's --teacher-opt options
+@config_dataclass
+class ConSEOptions:
+    k: Annotated[int, Field(ge=1, le=1000)] | None = None  # ImageNet classes mixed per image
+    classifier: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] | None = None
+    text_model: str | None = None
+    label_template: str | None = None
+    batch_size: PosInt | None = None
+    runtime: Literal["auto", "torch", "onnx"] | None = None
+
+
+@config_dataclass
+class LiTOptions:
+    batch_size: PosInt | None = None
+
+
+@config_dataclass
+class OpenCLIPOptions:
+    batch_size: PosInt | None = None
+    cache_dir: str | None = None
+    preprocess: str | None = None
+
+
+@config_dataclass
+class HFOptions:
+    revision: str | None = None
+    batch_size: PosInt | None = None
+    dtype: Literal["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"] | None = None
+    cache_dir: str | None = None
+
+
+@config_dataclass
+class RemoteOptions:
+    api_key: str | None = None
+    batch_size: PosInt | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    retries: NonNegInt | None = None
+    backoff: NonNegFloat | None = None
+    max_backoff: NonNegFloat | None = None
+    budget: NonNegInt | None = None  # image queries this process may send
+
+
+@register_teacher("conse", white_box=True, offline=True, options=ConSEOptions,
                   summary="ConSE: EfficientNet-Lite2 ImageNet probabilities x MiniLM class-name embeddings (offline, NOT CLIP)")
 def _conse(spec: str | None = None, **opts: Any) -> Teacher:
     from vl2v.teachers.conse import ConSETeacher
 
     if spec:
         opts.setdefault("classifier", spec)
-    for key in ("k", "batch_size"):
-        if key in opts:
-            opts[key] = int(opts[key])
     return ConSETeacher(**opts)
 
 
-@register_teacher("lit", white_box=True, offline=True,
+@register_teacher("lit", white_box=True, offline=True, options=LiTOptions,
                   summary="LiT: locked EfficientNet-Lite2 + a head trained on icon captions, mixed with ConSE "
                           "(lit or lit:NAME; build it first: vl2v teacher build NAME)")
 def _lit(spec: str | None = None, **opts: Any) -> Teacher:
     from vl2v.teachers.lit import LiTTeacher
 
-    if "batch_size" in opts:
-        opts["batch_size"] = int(opts["batch_size"])
     return LiTTeacher(spec, **opts)
 
 
-@register_teacher("openclip", white_box=True, offline=False,
+@register_teacher("openclip", white_box=True, offline=False, options=OpenCLIPOptions,
                   summary="any open_clip model: openclip:MODEL:TAG, openclip:MODEL:/path/to/checkpoint or openclip:local-dir:/path")
 def _openclip(spec: str | None = None, **opts: Any) -> Teacher:
     from vl2v.teachers.openclip import OpenCLIPTeacher
@@ -89,17 +147,15 @@ def _openclip(spec: str | None = None, **opts: Any) -> Teacher:
     return OpenCLIPTeacher(model=model, pretrained=pretrained, **opts)
 
 
-@register_teacher("transformers", white_box=True, offline=False,
+@register_teacher("transformers", white_box=True, offline=False, options=HFOptions,
                   summary="Hugging Face CLIP/MetaCLIP2/SigLIP/SigLIP2/ALIGN/FLAVA/BLIP: transformers:HUB_ID or transformers:/local/dir")
 def _transformers(spec: str | None = None, **opts: Any) -> Teacher:
     from vl2v.teachers.hf import HFTeacher
 
-    if "batch_size" in opts:
-        opts["batch_size"] = int(opts["batch_size"])
     return HFTeacher(model=spec or "", **opts)
 
 
-@register_teacher("remote", white_box=False, offline=False,
+@register_teacher("remote", white_box=False, offline=False, options=RemoteOptions,
                   summary="a `vl2v serve` embedding service: remote:http://HOST:PORT (key: api_key=... or $VL2V_API_KEY; "
                           "batch_size, timeout, retries, backoff, budget)")
 def _remote(spec: str | None = None, **opts: Any) -> Teacher:
@@ -118,7 +174,9 @@ class TeacherSpec:
     def parse(cls, text: str, options: dict[str, Any] | None = None) -> "TeacherSpec":
         backend, _, rest = text.partition(":")
         TEACHERS.entry(backend)  # raises a clear error for unknown backends
-        return cls(TEACHERS.canonical(backend), rest or None, tuple(sorted((options or {}).items())))
+        name = TEACHERS.canonical(backend)
+        typed = teacher_info(name).check_options(options or {})
+        return cls(name, rest or None, tuple(sorted(typed.items())))
 
     def __str__(self) -> str:
         return self.backend + (f":{self.spec}" if self.spec else "")

@@ -40,6 +40,7 @@ from vl2v.runs.records import RunRecorder
 from vl2v.runs.selection import select_record, summarize
 from vl2v.students.registry import Student
 from vl2v.teachers.prompts import class_name, prompts_for, text_classifier
+from vl2v.teachers.store import view_id
 from vl2v.training.checkpoint import load_state, load_weights, save_state, save_weights
 from vl2v.training.distributed import all_reduce_sum, barrier, main_first, shard, wrap
 from vl2v.training.distributed import info as dist_info
@@ -215,10 +216,47 @@ class Trainer:
         store = self.res.store
         if store is None or self.rd.is_done():
             return {}
-        self._context()  # prompt texts (a run does not count these either)
+        t0 = store.stats.text_queries
+        self._context()  # prompt texts: in the run's bill (teacher_bill), not in its store counters (queries)
         before = store.stats.as_dict()
         self._teacher_images()
-        return {k: v - before.get(k, 0) for k, v in store.stats.as_dict().items()}
+        paid = {k: v - before.get(k, 0) for k, v in store.stats.as_dict().items()}
+        paid["prompt_text_queries"] = before["text_queries"] - t0
+        return paid
+
+    def teacher_need(self) -> dict[str, int]:
+        """Distinct teacher answers this run uses (image views, prompt texts): what it would pay alone, with
+        an empty store, whatever other runs paid before it. Zero for an algorithm that does not use the teacher."""
+        if self.res.store is None or not self.info.needs_teacher:
+            return {"image": 0, "text": 0}
+        texts = prompts_for(self.data.classes, list(self.cfg.templates), self._prompt_names())
+        keys: set[tuple[str, str]] = set()
+        hashes = self.data.bank.hashes
+        if self.info.uses_teacher_images and self.info.needs_training and self.cfg.teacher_mode == "cached":
+            keys.update((hashes[i], view_id(p)) for i in self.train_indices for p in self.res.view_list(i))
+        if not self.info.has_student:
+            keys.update((hashes[i], view_id(None)) for i in self._eval_indices())
+        return {"image": len(keys), "text": len(set(texts))}
+
+    def teacher_bill(self) -> dict[str, Any]:
+        """What the run needed from the teacher (:meth:`teacher_need`) and what this process paid for it: the
+        queries sent on the run's behalf here, plus those another process sent for it ahead (``prepaid``);
+        ``store_hits``: needed answers that were already in the store. With an online teacher every step's
+        fresh views are new queries, so the need is what was sent."""
+        store = self.res.store
+        now = store.stats.as_dict()
+        pre = self.prepaid or {}
+        paid = {"image": int(now["image_queries"] - self._bill0.get("image_queries", 0) + pre.get("image_queries", 0)),
+                "text": int(now["text_queries"] - self._bill0.get("text_queries", 0) + pre.get("text_queries", 0)
+                            + pre.get("prompt_text_queries", 0))}
+        need = self.teacher_need()
+        online = self.info.uses_teacher_images and self.cfg.teacher_mode == "online" and self.info.needs_teacher
+        if online:
+            need["image"] = paid["image"]
+        n = max(1, len(self.train_indices))
+        return {"needed": need, "paid": paid, "store_hits": {k: max(0, need[k] - paid[k]) for k in need},
+                "needed_image_per_train_image": round(need["image"] / n, 4),
+                "paid_image_per_train_image": round(paid["image"] / n, 4), "online": online}
 
     def warm_student_caches(self) -> None:
         """Compute now the pretrained student's cached features and frozen-prefix activations this run's stages
@@ -457,10 +495,15 @@ class Trainer:
         """Per-image predictions of the selected model on the target's "in" split (confusion matrices, mistakes)."""
         algo.eval()
         idx = self.data.split_items(self.spec.target, "in")
-        p = self._logits(algo, idx, use_feats=False).softmax(-1)
+        logits = self._logits(algo, idx, use_feats=False)
+        p = logits.softmax(-1)
         recs = self.res.data.bank.records
+        # margin: log-probability gap of the predicted over the true class (0 when right); unlike the softmax
+        # confidence it does not saturate at 1, so the report can rank confident mistakes
         items = [{"path": recs[i].path, "label": int(self.labels[i]), "pred": int(p[j].argmax()),
-                  "conf": round(float(p[j].max()), 5)} for j, i in enumerate(idx)]
+                  "conf": round(float(p[j].max()), 5),
+                  "margin": round(float(logits[j, p[j].argmax()] - logits[j, int(self.labels[i])]), 4)}
+                 for j, i in enumerate(idx)]
         atomic_write_json(path, {"domain": self.data.domains[self.spec.target], "split": "in",
                                  "classes": self.data.classes, "root": str(self.data.scan.root), "items": items})
 
@@ -483,6 +526,7 @@ class Trainer:
             run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.seed)
         self.gen = torch.Generator().manual_seed(self.seed)
+        self._bill0 = res.store.stats.as_dict() if res.store is not None else {}  # the run's bill counts from here
         with main_first():  # rank 0 pays for the text embeddings, the others read them from the store
             ctx = self._context()
         student = self.make_student() if (self.info.has_student and self.info.uses_registry_student) else None
@@ -679,6 +723,8 @@ class Trainer:
             elif not stages:
                 self._write_predictions(algo, rd.predictions)
         final["queries"] = _diff(store, self.stats0)
+        if store is not None:
+            final["teacher_bill"] = self.teacher_bill()
         if stages:  # per stage: the stream's seed and a digest of every (image, view) it trained on, in order
             final["data_stream"] = {"kind": self.stream, "views": self.res.views if self.stream == "stored" else None,
                                     "stages": self.state.get("stream", {})}
