@@ -69,6 +69,11 @@ def test_report_holds_every_figure(report):
         assert (out.parent / "report_figures" / name).read_bytes() == data
     # the tables and the run list are there, with the lambda variant as its own row
     assert "adip (lam=0.2)" in page and "Out-of-domain accuracy" in page and "Teacher queries" in page
+    # results.md's data-stream line, checked from the runs' digests; the bill says which number is which
+    assert "data stream (the same for every algorithm)" in page and "Checked:" in page and "DIFFERENT" not in page
+    assert "needed: what the run would pay alone" in page and "paid: what this process sent" in page
+    # protocol order in the tables: zeroshot, erm_lp, then the ADiP rows
+    assert page.index("<th>zeroshot</th>") < page.index("<th>erm_lp</th>") < page.index("<th>adip</th>")
     assert page.count("<tr><td>") == 16  # one row per run
     assert "http://" not in page and "https://" not in page  # opens offline
 

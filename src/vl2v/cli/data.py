@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from vl2v.cli.common import CLIError
@@ -12,6 +13,7 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
     from vl2v.cli.listing import print_datasets
 
     print_datasets(args.root, present=True)
+    sys.stdout.flush()
     return 0
 
 
@@ -46,7 +48,13 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     from vl2v.data.check import check_dataset
 
     report = check_dataset(name=args.name, root=args.root, data_dir=args.data, strict=args.strict)
-    print(report.render())
+    if args.json:
+        from vl2v.cli.listing import print_json
+
+        print_json(report.as_dict())
+    else:
+        print(report.render())
+        sys.stdout.flush()
     return 0 if report.ok else 1
 
 
@@ -85,5 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--root", help=root_help)
     q.add_argument("--data", help="a custom ROOT/domain/class/image folder to check instead")
     q.add_argument("--strict", action="store_true", help="also fail on skipped (unreadable) files")
+    q.add_argument("--json", action="store_true", help="print the counts and problems as JSON (nothing else on stdout; "
+                   "the exit status is the same)")
     q.set_defaults(func=_cmd_data_check)
     pd.set_defaults(func=lambda a: (pd.print_help(), 2)[1])

@@ -10,6 +10,8 @@ from vl2v.cli.common import CLIError
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.json:
+        return _cmd_report_json(args)
     from vl2v.evaluation.report import build_report
 
     text = build_report(args.runs, latex=args.latex)
@@ -20,6 +22,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     else:
         print(text)
+    sys.stdout.flush()
     if args.no_html:
         return 0
     from vl2v.evaluation.html_report import write_html_report
@@ -39,6 +42,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report_json(args: argparse.Namespace) -> int:
+    """``--json``: the tables and teacher bills as JSON on stdout (or in --out), and nothing else there; the HTML
+    page only with an explicit --html, its message on stderr."""
+    from vl2v.cli.listing import print_json
+    from vl2v.evaluation.report import report_data
+
+    data = report_data(args.runs)
+    if args.out:
+        import json
+
+        from vl2v.utils.io import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print_json(data)
+    if args.html and not args.no_html:
+        from vl2v.evaluation.html_report import write_html_report
+
+        try:
+            path = write_html_report(args.runs, args.html)
+        except OSError as exc:
+            raise CLIError(f"cannot write the HTML report to {args.html}: {exc}") from exc
+        print(f"wrote HTML report {path}", file=sys.stderr)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     # report
     q = sub.add_parser("report", help="aggregate run directories into tables (mean +- SE over trials)",
@@ -51,4 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--html", metavar="PATH", help="write the HTML report (figures embedded) to PATH (.html file or folder); "
                    "default: next to --out, else RUNS[0]/report.html")
     q.add_argument("--no-html", action="store_true", help="Markdown tables only, no HTML page")
+    q.add_argument("--json", action="store_true", help="the tables (per algorithm and target: mean, SE and number of "
+                   "trials, in %%) and teacher bills as JSON on stdout (or in --out), nothing else there; "
+                   "no HTML page unless --html")
     q.set_defaults(func=_cmd_report)

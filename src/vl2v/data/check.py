@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from vl2v.data.download import staging_path
 from vl2v.data.folder import FolderError, FolderScan, scan_folder
@@ -79,6 +79,20 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def as_dict(self) -> dict[str, Any]:
+        """What :meth:`render` prints, as data (``vl2v data check --json``): counts per domain and class, every
+        problem, and ``ok``."""
+        scan = self.scan
+        counts = scan.counts() if scan is not None else {}
+        return {"dataset": self.spec.name if self.spec is not None else None, "title": self.title,
+                "folder": str(self.folder), "ok": self.ok, "strict": self.strict,
+                "domains": list(scan.domains) if scan is not None else [],
+                "classes": list(scan.classes) if scan is not None else [],
+                "counts": {d: {c: int(n) for c, n in counts[d].items()} for d in counts},
+                "images": len(scan.items) if scan is not None else 0, "size_bytes": self.size_bytes,
+                "expected_images": dict(self.spec.expected_images or {}) if self.spec is not None else None,
+                "errors": list(self.errors), "warnings": list(self.warnings), "hint": self.hint}
 
     def render(self) -> str:
         lines = [f"{self.title}: {self.folder}"]

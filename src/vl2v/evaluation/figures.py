@@ -3,7 +3,9 @@
 Every function takes :class:`RunView` s (one per run directory) and returns a
 ``matplotlib.figure.Figure``, or ``None`` when the runs hold nothing to draw
 (no lambda sweep, no predictions, ...). Figures are built without pyplot, so
-no global state or display backend is involved.
+no global state or display backend is involved. Algorithms are drawn in the
+protocol's order (:func:`vl2v.evaluation.tables.protocol_order`), and a mean
+over one trial seed gets no error bar (one trial has no standard error).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from vl2v.evaluation.tables import mean_se
+from vl2v.evaluation.tables import OLD_BILL, TeacherBill, mean_se, protocol_order, teacher_bills
 from vl2v.runs.layout import RunDir
 
 ACC_BLUE, ACC_ORANGE, LOSS_GREY = "#1f77b4", "#ff7f0e", "#555555"
@@ -85,10 +87,15 @@ def label_colors(labels: Sequence[str]) -> dict[str, str]:
 
 
 def ordered_labels(runs: Sequence[RunView]) -> list[str]:
-    seen: dict[str, None] = {}
-    for r in runs:
-        seen.setdefault(r.label, None)
-    return list(seen)
+    """The runs' labels in the protocol's order (the tables' row order)."""
+    return protocol_order(r.label for r in runs)
+
+
+def _yerr(ses: list[float], ns: list[int]) -> np.ndarray | None:
+    """Error-bar lengths, NaN (no bar) where a mean is over one trial; None when no mean has two."""
+    if not any(n > 1 for n in ns):
+        return None
+    return np.array([se if n > 1 else np.nan for se, n in zip(ses, ns)])
 
 
 def _pct(x: float) -> float:
@@ -120,7 +127,7 @@ def ood_bars(runs: Sequence[RunView], domains: list[str]) -> Figure | None:
     targets = sorted({t for cells in rows.values() for t in cells})
     full = targets == list(range(len(domains)))
     groups = [domains[t] if t < len(domains) else str(t) for t in targets] + (["Avg"] if full and len(targets) > 1 else [])
-    labels = list(rows)
+    labels = protocol_order(rows)
     colors = label_colors(labels)
     fig = _new(max(6.0, 1.1 + 0.55 * len(groups) * max(2, len(labels)) * 0.6), 3.8)
     ax = fig.add_subplot()
@@ -140,7 +147,8 @@ def ood_bars(runs: Sequence[RunView], domains: list[str]) -> Figure | None:
         pos = x - 0.4 + width * (i + 0.5)
         ok = ~np.isnan(np.array(means))  # a target this algorithm was not run on: no bar
         hatch = "//" if lab.endswith("+ SWAD") else None
-        ax.bar(pos[ok], np.array(means)[ok], width * 0.92, yerr=np.array(ses)[ok], capsize=2.5, color=colors[lab],
+        yerr = _yerr([s for s, k in zip(ses, ok) if k], [n for n, k in zip(ns, ok) if k])
+        ax.bar(pos[ok], np.array(means)[ok], width * 0.92, yerr=yerr, capsize=2.5, color=colors[lab],
                label=lab, hatch=hatch, edgecolor="white", linewidth=0.5, error_kw={"elinewidth": 1.0})
         for p, m, se in zip(pos, means, ses):
             if not math.isnan(m):
@@ -151,9 +159,9 @@ def ood_bars(runs: Sequence[RunView], domains: list[str]) -> Figure | None:
     ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    n_seeds = sorted({r.seed for r in runs})
-    ax.set_title(f"Out-of-domain accuracy per target domain (mean ± SE over {len(n_seeds)} trial seed"
-                 f"{'s' if len(n_seeds) != 1 else ''})", fontsize=10)
+    n_seeds = len({r.seed for r in runs})
+    ax.set_title("Out-of-domain accuracy per target domain " + (f"(mean ± SE over {n_seeds} trial seeds)" if n_seeds > 1
+                 else "(one trial seed: no standard error)"), fontsize=10)
     ax.legend(fontsize=7, ncol=min(4, len(labels)), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     return fig
 
@@ -164,7 +172,7 @@ def id_vs_ood(runs: Sequence[RunView], domains: list[str]) -> Figure | None:
     rows = _rows_with_swad(runs)
     if not rows:
         return None
-    labels = list(rows)
+    labels = protocol_order(rows)
     colors = label_colors(labels)
     fig = _new(5.6, 4.6)
     ax = fig.add_subplot()
@@ -195,7 +203,8 @@ def id_vs_ood(runs: Sequence[RunView], domains: list[str]) -> Figure | None:
     ax.set_aspect("equal")
     ax.set_xlabel("in-domain accuracy (%) (source domains' held-out split)")
     ax.set_ylabel("out-of-domain accuracy (%) (target domain)")
-    ax.set_title("ID vs OOD accuracy\nbig markers: mean over targets ± SE over seeds; dots: single runs", fontsize=9)
+    se = "± SE over seeds" if len({r.seed for r in runs}) > 1 else "(one trial seed: no SE)"
+    ax.set_title(f"ID vs OOD accuracy\nbig markers: mean over targets {se}; dots: single runs", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return fig
@@ -225,7 +234,7 @@ def training_curves(runs: Sequence[RunView], title: str = "") -> Figure | None:
             by_label[r.label].append(r)
     if not by_label:
         return None
-    labels = list(by_label)
+    labels = protocol_order(by_label)
     fig = _new(10.0, 0.6 + 2.1 * len(labels))
     axes = fig.subplots(len(labels), 2, squeeze=False)
     for row, lab in enumerate(labels):
@@ -290,7 +299,7 @@ def lambda_sweep(runs: Sequence[RunView]) -> Figure | None:
     ax = fig.add_subplot()
     targets = sorted({r.target for r in adip})
     for key, color, name in (("ood", ACC_ORANGE, "OOD (target)"), ("id", ACC_BLUE, "ID (source held-out)")):
-        means, ses = [], []
+        means, ses, ns = [], [], []
         for lam in lams:
             cell: dict[int, list[float]] = defaultdict(list)  # seed -> values over targets
             for r in adip:
@@ -300,8 +309,8 @@ def lambda_sweep(runs: Sequence[RunView]) -> Figure | None:
                         cell[r.seed].append(v)
             per_seed = [float(np.mean(v)) for v in cell.values()]
             m, se = mean_se(per_seed)
-            means.append(_pct(m)), ses.append(_pct(se) if len(per_seed) > 1 else 0.0)
-        ax.errorbar(lams, means, yerr=ses, fmt="o-", color=color, capsize=3, lw=1.6, label=f"{name}, mean over targets")
+            means.append(_pct(m)), ses.append(_pct(se)), ns.append(len(per_seed))
+        ax.errorbar(lams, means, yerr=_yerr(ses, ns), fmt="o-", color=color, capsize=3, lw=1.6, label=f"{name}, mean over targets")
         if key == "ood" and len(targets) > 1:
             for t in targets:
                 ys = []
@@ -340,7 +349,7 @@ def confusion_matrices(runs: Sequence[RunView], title: str = "") -> Figure | Non
     if not by_label or not classes:
         return None
     n = len(classes)
-    labels = list(by_label)
+    labels = protocol_order(by_label)
     ncol = min(3, len(labels))
     nrow = math.ceil(len(labels) / ncol)
     side = 1.2 + 0.33 * n
@@ -376,10 +385,27 @@ def confusion_matrices(runs: Sequence[RunView], title: str = "") -> Figure | Non
 
 
 # --------------------------------------------------------------------------- confident mistakes
+def mistake_score(item: dict[str, Any]) -> float:
+    """How confidently wrong a prediction is: its ``margin`` (logit of the predicted class minus logit of the true
+    class, = log p(pred) - log p(true): it does not saturate) where predictions.json has it, else its softmax
+    confidence ``conf`` (older runs; saturates at 1.0 for sharp models)."""
+    return float(item["margin"]) if "margin" in item else float(item.get("conf", 0.0))
+
+
+def mistakes_ranked_by_margin(runs: Sequence[RunView]) -> bool:
+    """Whether every wrong prediction of ``runs`` carries a ``margin`` (else they are ranked by confidence)."""
+    items = [it for r in runs if r.predictions for it in r.predictions.get("items", [])
+             if int(it["pred"]) != int(it["label"])]
+    return bool(items) and all("margin" in it for it in items)
+
+
 def confident_mistakes(runs: Sequence[RunView], n: int = 16, cols: int = 8, thumb: int = 112, title: str = "") -> Figure | None:
-    """The ``n`` wrong predictions with the highest confidence (over the given runs), as thumbnails."""
+    """The ``n`` most confidently wrong predictions (over the given runs), as thumbnails: ranked by the logit margin
+    of the predicted over the true class where every run stored it, else by softmax confidence."""
     from PIL import Image
 
+    by_margin = mistakes_ranked_by_margin(runs)
+    score = mistake_score if by_margin else (lambda it: float(it.get("conf", 0.0)))
     best: dict[str, tuple[float, dict[str, Any], list[str], Path, int]] = {}
     for r in runs:
         p = r.predictions
@@ -388,7 +414,7 @@ def confident_mistakes(runs: Sequence[RunView], n: int = 16, cols: int = 8, thum
         root = Path(p.get("root", ""))
         for it in p.get("items", []):
             if int(it["pred"]) != int(it["label"]):
-                c = float(it.get("conf", 0.0))
+                c = score(it)
                 if it["path"] not in best or c > best[it["path"]][0]:
                     best[it["path"]] = (c, it, list(p.get("classes") or []), root, r.seed)
     if not best:
@@ -400,7 +426,7 @@ def confident_mistakes(runs: Sequence[RunView], n: int = 16, cols: int = 8, thum
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    for ax, (conf, it, classes, root, seed) in zip(axes.flat, top):
+    for ax, (sc, it, classes, root, seed) in zip(axes.flat, top):
         try:
             with Image.open(root / it["path"]) as im:
                 img = im.convert("RGB")
@@ -410,7 +436,8 @@ def confident_mistakes(runs: Sequence[RunView], n: int = 16, cols: int = 8, thum
             ax.imshow(np.full((thumb, thumb, 3), 220, dtype=np.uint8))
             ax.text(thumb / 2, thumb / 2, "image\nmissing", ha="center", va="center", fontsize=7, color="#666")
         name = lambda i: classes[i] if 0 <= i < len(classes) else str(i)  # noqa: E731
-        ax.set_title(f"true: {name(int(it['label']))}\npred: {name(int(it['pred']))} ({conf:.2f})", fontsize=6.5,
+        how = f"margin {sc:.1f}" if by_margin else f"{sc:.2f}"
+        ax.set_title(f"true: {name(int(it['label']))}\npred: {name(int(it['pred']))} ({how})", fontsize=6.5,
                      color="#b00", pad=2)
     if title:
         fig.suptitle(title, fontsize=9)
@@ -418,42 +445,38 @@ def confident_mistakes(runs: Sequence[RunView], n: int = 16, cols: int = 8, thum
 
 
 # --------------------------------------------------------------------------- teacher-query bill
-def query_totals(runs: Sequence[RunView]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for r in runs:
-        q = r.summary.get("queries") or {}
-        d = out.setdefault(r.label, {"image_queries": 0.0, "image_hits": 0.0, "text_queries": 0.0, "train_images": 0.0,
-                                     "runs": 0.0, "seconds": 0.0})
-        d["image_queries"] += float(q.get("image_queries", 0))
-        d["image_hits"] += float(q.get("image_hits", 0))
-        d["text_queries"] += float(q.get("text_queries", 0))
-        d["seconds"] += float(q.get("seconds", 0))
-        d["train_images"] += float(r.summary.get("n_train_images") or 0)
-        d["runs"] += 1
-    return out
+def run_bills(runs: Sequence[RunView]) -> list[TeacherBill]:
+    """:func:`~vl2v.evaluation.tables.teacher_bills` of the runs (per row label, protocol order)."""
+    return teacher_bills(dict(r.summary, label=r.label) for r in runs)
 
 
 def query_bill(runs: Sequence[RunView]) -> Figure | None:
-    """Teacher image queries per training image for each algorithm: sent (billed) vs served from the store."""
-    tot = query_totals(runs)
-    if not any(d["image_queries"] or d["image_hits"] for d in tot.values()):
+    """Teacher image queries per training image for each algorithm: what its runs needed, split into what this
+    process paid (sent to the teacher) and what was already in the store; older runs from the store's counters."""
+    bills = run_bills(runs)
+    if not any(b.any for b in bills):
         return None
-    labels = list(tot)
-    fig = _new(7.0, 0.9 + 0.42 * len(labels))
+    fig = _new(7.4, 1.3 + 0.42 * len(bills))
     ax = fig.add_subplot()
-    y = np.arange(len(labels))[::-1]
-    sent = np.array([tot[lab]["image_queries"] / max(tot[lab]["train_images"], 1) for lab in labels])
-    hits = np.array([tot[lab]["image_hits"] / max(tot[lab]["train_images"], 1) for lab in labels])
-    ax.barh(y, sent, color="#c44e52", label="sent to the teacher (billed)")
-    ax.barh(y, hits, left=sent, color="#c44e52", alpha=0.3, label="served from the embedding store (free)")
-    for yi, lab, s, h in zip(y, labels, sent, hits):
-        d = tot[lab]
-        ax.text(s + h, yi, f"  {int(d['image_queries']):,} sent, {int(d['image_hits']):,} cached ({int(d['runs'])} runs)",
-                va="center", fontsize=7)
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.set_xlabel("teacher image queries per training image (summed over runs)")
-    ax.set_xlim(0, max(1.0, float((sent + hits).max())) * 1.6)
-    ax.set_title("Teacher-query bill", fontsize=10)
+    y = np.arange(len(bills))[::-1]
+    per = lambda b, c: c["image"] / max(b.train_images, 1)  # noqa: E731
+    paid = np.array([per(b, b.paid) for b in bills])
+    hits = np.array([per(b, b.store_hits) for b in bills])
+    old = np.array([b.legacy for b in bills])
+    for mask, hatch, suffix in ((~old, None, ""), (old, "//", f" ({OLD_BILL})")):
+        if mask.any():
+            ax.barh(y[mask], paid[mask], color="#c44e52", hatch=hatch, edgecolor="white", linewidth=0.5,
+                    label="paid: sent to the teacher by this process" + suffix)
+            ax.barh(y[mask], hits[mask], left=paid[mask], color="#c44e52", alpha=0.3, hatch=hatch, edgecolor="white",
+                    linewidth=0.5, label="store hits: already in the embedding store" + suffix)
+    for yi, b, s, h in zip(y, bills, paid, hits):
+        need = "" if b.legacy else f"{b.needed['image']:,} needed: "
+        ax.text(s + h, yi, f"  {need}{b.paid['image']:,} paid, {b.store_hits['image']:,} in store "
+                f"({b.runs} run{'s' if b.runs != 1 else ''})", va="center", fontsize=7)
+    ax.set_yticks(y, [b.row for b in bills], fontsize=8)
+    ax.set_xlabel("teacher image queries per training image (summed over runs); bar: paid + store hits = needed")
+    ax.set_xlim(0, max(1.0, float((paid + hits).max())) * 1.7)
+    ax.set_title("Teacher-query bill: needed = what a run would pay alone; paid = what this process sent", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    fig.legend(fontsize=7, ncol=2, loc="outside lower center", frameon=False)
     return fig

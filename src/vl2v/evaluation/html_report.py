@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from vl2v import __version__
 from vl2v.evaluation import figures as F
-from vl2v.evaluation.tables import ResultTable, fmt
+from vl2v.evaluation.tables import BILL_NOTE, OLD_BILL_NOTE, ResultTable, fmt
 from vl2v.runs.layout import ExperimentDir
 from vl2v.runs.summary import collect_runs, group_by_dataset
 from vl2v.utils.io import atomic_write_bytes, atomic_write_text
@@ -131,26 +131,61 @@ def _table_html(table: ResultTable, caption: str) -> str:
 
 
 def _query_html(runs: Sequence[F.RunView]) -> str:
-    tot = F.query_totals(runs)
-    if not any(d["image_queries"] or d["image_hits"] for d in tot.values()):
+    bills = F.run_bills(runs)
+    if not any(b.any for b in bills):
         return ""
     rows = []
-    for lab, d in tot.items():
-        n = d["train_images"] or 1
-        rows.append(f"<tr><th>{_esc(lab)}</th><td>{int(d['runs'])}</td><td>{int(d['image_queries']):,}</td>"
-                    f"<td>{int(d['image_hits']):,}</td><td>{d['image_queries'] / n:.2f}</td>"
-                    f"<td>{int(d['text_queries']):,}</td><td>{d['seconds']:.0f}</td></tr>")
-    return ("<table><caption>Teacher queries, summed over runs (a query is one image sent to the teacher)</caption>"
-            "<thead><tr><th>Algorithm</th><th>runs</th><th>image queries sent</th><th>served from store</th>"
-            "<th>sent / training image</th><th>text queries</th><th>teacher seconds</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>"
-            "<p>Runs in one <code>vl2v train</code>/<code>compare</code> process share the embeddings already loaded "
-            "in memory, so later runs there show neither queries nor store hits.</p>")
+    for b in bills:
+        per = b.per_image(b.needed)
+        needed = ("<td>-</td>" * 3 if b.legacy else
+                  f"<td>{'-' if per is None else f'{per:.2f}'}</td><td>{b.needed['image']:,}</td><td>{b.needed['text']:,}</td>")
+        rows.append(f"<tr><th>{_esc(b.row)}</th><td>{b.runs}</td>{needed}<td>{b.paid['image']:,}</td>"
+                    f"<td>{b.paid['text']:,}</td><td>{b.store_hits['image']:,}</td><td>{b.store_hits['text']:,}</td>"
+                    f"<td>{b.seconds:.0f}</td></tr>")
+    old = f"<p class='note'>{_esc(OLD_BILL_NOTE)}</p>" if any(b.legacy for b in bills) else ""
+    return ("<table class='bill'><caption>Teacher queries: the bill, summed over runs (a query is one image or one "
+            "class prompt sent to the teacher)</caption><thead><tr><th>Algorithm</th><th>runs</th>"
+            "<th>needed image queries / training image</th><th>needed image queries</th><th>needed text queries</th>"
+            "<th>paid image queries</th><th>paid text queries</th><th>store hits (image)</th>"
+            "<th>store hits (text)</th><th>teacher seconds</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+            f"<p class='note'>{_esc(BILL_NOTE)}</p>" + old)
+
+
+def _stream_lines(runs: Sequence[F.RunView]) -> list[str]:
+    """``results.md``'s data-stream line (:func:`~vl2v.evaluation.protocol.stream_statement`) for these runs: one
+    per distinct training setting among the trained runs (settings from each run's config.json)."""
+    from vl2v.config import ExperimentConfig, Schedule, TrainConfig, from_dict
+    from vl2v.evaluation.protocol import stream_statement
+
+    groups: dict[str, tuple[Any, list[F.RunView]]] = {}
+    for r in runs:
+        if not (r.summary.get("data_stream") or {}).get("stages") or not r.config.get("train"):
+            continue
+        train, ds = dict(r.config["train"]), r.config.get("data_stream") or {}
+        train = {k: v for k, v in train.items() if k in TrainConfig.__dataclass_fields__}
+        train["schedule"] = {k: v for k, v in (train.get("schedule") or {}).items() if k in Schedule.__dataclass_fields__}
+        try:
+            cfg = ExperimentConfig(views=int(ds.get("views") or 0), view_seed=int(ds.get("view_seed") or 0),
+                                   train=from_dict(TrainConfig, train))
+        except (ValueError, TypeError):  # settings this version cannot read: no statement for the run
+            continue
+        key = repr((cfg.views, cfg.view_seed, cfg.train.data_stream_kind, cfg.train.schedule, cfg.train.batch_size,
+                    cfg.train.select_stage))
+        groups.setdefault(key, (cfg, []))[1].append(r)
+    lines = []
+    for cfg, rs in groups.values():
+        line = stream_statement(cfg, [dict(r.summary, target=r.target, trial_seed=r.seed) for r in rs])
+        if line and len(groups) > 1:
+            line = f"{', '.join(F.ordered_labels(rs))}: {line}"
+        if line:
+            lines.append(line)
+    return lines
 
 
 def _runs_html(runs: Sequence[F.RunView], base: Path) -> str:
     rows = []
-    for r in sorted(runs, key=lambda v: (v.target, v.label, v.seed)):
+    order = {lab: i for i, lab in enumerate(F.ordered_labels(runs))}
+    for r in sorted(runs, key=lambda v: (v.target, order[v.label], v.seed)):
         sel = r.summary.get("selected") or {}
         try:
             rel = Path(r.path).resolve().relative_to(base.resolve())
@@ -188,99 +223,119 @@ nav{font-size:.88em;margin:8px 0 4px} nav a{margin-right:14px;color:#2a5db0;text
 """
 
 
+def _results_section(page: _Page, g: DatasetRuns, pre: str) -> None:
+    """The heading, what ran, the data-stream check, the tables and the accuracy figures of one dataset."""
+    from vl2v.evaluation.report import ID_TITLE, OOD_TITLE, ORACLE_TITLE
+    from vl2v.evaluation.tables import build_tables, table_sections
+
+    runs = g.runs
+    seeds = sorted({r.seed for r in runs})
+    targets = sorted({r.target for r in runs})
+    arg = lambda key: next((r.config.get("args", {}).get(key) for r in runs if r.config.get("args", {}).get(key)), None)  # noqa: E731
+    size = next((r.config.get("train", {}).get("image_size") for r in runs if r.config.get("train")), None)
+    n_inc = sum(r.incomplete for r in runs)
+    page.h2(f"{g.name}: results", pre + "results")
+    page.p(f"{len(runs)} runs: {len(F.ordered_labels(runs))} algorithms × {len(targets)} target domains "
+           f"({_esc(', '.join(g.domains[t] for t in targets if t < len(g.domains)))}) × trial seeds {_esc(seeds)}. "
+           f"Student <code>{_esc(arg('student'))}</code> at {_esc(size)} px; teacher "
+           f"<code>{_esc(arg('teacher_identity'))}</code>.", "meta")
+    if n_inc:
+        page.p(f"{n_inc} runs are unfinished and summarised from their records so far.", "warn")
+    for line in _stream_lines(runs):
+        page.p(_esc(line), "warn" if "DIFFERENT" in line else "meta")
+    fins = [dict(r.summary, label=r.label, target=r.target, trial_seed=r.seed) for r in runs]
+    tables = build_tables(fins, g.domains)
+    for table, caption in table_sections(tables, OOD_TITLE, ID_TITLE):
+        page.raw(_table_html(table, caption))
+    if "oracle_ood" in tables:
+        page.raw(_table_html(tables["oracle_ood"], ORACLE_TITLE))
+    se = ("error bars: standard error over seeds, none for a mean over one seed" if len(seeds) > 1 else
+          "one trial seed, so no error bars")
+    page.figure(F.ood_bars(runs, g.domains), pre + "ood_bars",
+                f"OOD accuracy of every algorithm on each held-out target domain (bars: mean over trial seeds; "
+                f"{se}; 'Avg' only when every domain was a target).")
+    page.figure(F.id_vs_ood(runs, g.domains), pre + "id_vs_ood",
+                "In-domain (x) against out-of-domain (y) accuracy. A method above the dashed line generalises "
+                "to the unseen domain as well as it fits the seen ones; VL2V-ADiP aims to move up at equal ID.")
+    sweep = F.lambda_sweep(runs)
+    if sweep is not None:
+        page.h2(f"{g.name}: ADiP λ sweep", pre + "lambda")
+        page.figure(sweep, pre + "lambda_sweep",
+                    "ADiP's accuracy against λ, the weight of the image-embedding term of the loss "
+                    "(1 − λ weights the text term). Mean over targets"
+                    + (" ± SE over seeds." if len(seeds) > 1 else " (one trial seed: no error bars)."))
+
+
+def _bill_section(page: _Page, g: DatasetRuns, pre: str) -> None:
+    page.h2(f"{g.name}: teacher-query bill", pre + "queries")
+    q = F.query_bill(g.runs)
+    if q is None:
+        page.p("These runs made no teacher queries (or recorded none).", "note")
+        return
+    page.figure(q, pre + "query_bill",
+                "Teacher image queries per training image, per algorithm, summed over its runs. Bar length: "
+                "needed, the distinct teacher answers the runs use (what each would pay alone, with an "
+                "empty store). Dark: paid, the images this process sent to the teacher on the runs' behalf "
+                "(what a pay-per-query vendor bills); light: store hits, already in the embedding store "
+                "(paid by an earlier run or experiment). Hatched rows: older runs without a bill, from the "
+                "store's counters.")
+    page.raw(_query_html(g.runs))
+
+
+def _predictions_section(page: _Page, g: DatasetRuns, pre: str) -> None:
+    """Confusion matrices and the most confident mistakes, from the runs' predictions.json."""
+    runs, targets = g.runs, sorted({r.target for r in g.runs})
+    if headline_label(runs) is None:
+        page.h2(f"{g.name}: confusion matrices and mistakes", pre + "confusion")
+        page.p("No run has predictions.json (runs written before per-image predictions were recorded, or "
+               "zero-shot only), so there are no confusion matrices or mistakes to show.", "note")
+        return
+    page.h2(f"{g.name}: confusion matrices", pre + "confusion")
+    for t in targets:
+        page.figure(F.confusion_matrices([r for r in runs if r.target == t],
+                                         title=f"target domain: {g.domains[t]} (selected checkpoints, seeds summed)"),
+                    f"{pre}confusion_{g.domains[t]}",
+                    f"Confusion matrices on target domain {g.domains[t]} ('in' split): rows are true classes, "
+                    "columns predictions, cells the % of the true class.")
+    page.h2(f"{g.name}: most confident mistakes", pre + "mistakes")
+    page.p("Per target domain, the most confidently wrong predictions of ADiP (or, without it, the student "
+           "with the best OOD accuracy), over its trial seeds: ranked by the margin of the predicted over the "
+           "true class (logit difference, = log-probability gap; it does not saturate as the softmax "
+           "probability does), or, for runs that did not record it, by softmax confidence.", "note")
+    for t in targets:
+        head_t = headline_label([r for r in runs if r.target == t])
+        if head_t is None:
+            continue
+        sub = [r for r in runs if r.target == t and r.label == head_t]
+        fig = F.confident_mistakes(sub, title=f"{head_t}, target domain {g.domains[t]}")
+        if fig is None:
+            page.p(f"{_esc(head_t)} made no mistakes on {_esc(g.domains[t])}.", "note")
+        how = "logit margin" if F.mistakes_ranked_by_margin(sub) else "softmax confidence"
+        page.figure(fig, f"{pre}mistakes_{g.domains[t]}",
+                    f"Most confident mistakes of {head_t} on {g.domains[t]}: true class, predicted class "
+                    f"({how}, the ranking).")
+
+
 def render_html(paths: Sequence[str | Path], fig_dir: Path | None, base: Path, title: str | None = None) -> tuple[str, _Page]:
     groups = load_views(paths)
     if not groups:
         raise FileNotFoundError(f"no run directories (with results.jsonl) under {', '.join(map(str, paths))}")
     page = _Page(fig_dir)
     for gi, g in enumerate(groups):
-        runs = g.runs
         pre = f"d{gi}-"
-        seeds = sorted({r.seed for r in runs})
-        labels = F.ordered_labels(runs)
-        targets = sorted({r.target for r in runs})
-        teacher = next((r.config.get("args", {}).get("teacher_identity") for r in runs
-                        if r.config.get("args", {}).get("teacher_identity")), None)
-        student = next((r.config.get("args", {}).get("student") for r in runs if r.config.get("args", {}).get("student")), None)
-        size = next((r.config.get("train", {}).get("image_size") for r in runs if r.config.get("train")), None)
-        n_inc = sum(r.incomplete for r in runs)
-        page.h2(f"{g.name}: results", pre + "results")
-        page.p(f"{len(runs)} runs: {len(labels)} algorithms × {len(targets)} target domains "
-               f"({_esc(', '.join(g.domains[t] for t in targets if t < len(g.domains)))}) × trial seeds {_esc(seeds)}. "
-               f"Student <code>{_esc(student)}</code> at {_esc(size)} px; teacher <code>{_esc(teacher)}</code>.", "meta")
-        if n_inc:
-            page.p(f"{n_inc} runs are unfinished and summarised from their records so far.", "warn")
-        fins = [dict(r.summary, label=r.label, target=r.target, trial_seed=r.seed) for r in runs]
-        from vl2v.evaluation.tables import build_tables, table_sections
-
-        tables = build_tables(fins, g.domains)
-        for table, caption in table_sections(tables, "Out-of-domain accuracy (%): training-domain validation, mean ± SE "
-                                           "over trials", "In-domain accuracy (%): source domains' held-out splits"):
-            page.raw(_table_html(table, caption))
-        if "oracle_ood" in tables:
-            page.raw(_table_html(tables["oracle_ood"], "Out-of-domain accuracy (%): test-domain validation (oracle, "
-                                 "DomainBed's: each run's last checkpoint), mean ± SE over trials"))
-        page.figure(F.ood_bars(runs, g.domains), pre + "ood_bars",
-                    "OOD accuracy of every algorithm on each held-out target domain (bars: mean over trial seeds; "
-                    "error bars: standard error over seeds; 'Avg' only when every domain was a target).")
-        page.figure(F.id_vs_ood(runs, g.domains), pre + "id_vs_ood",
-                    "In-domain (x) against out-of-domain (y) accuracy. A method above the dashed line generalises "
-                    "to the unseen domain as well as it fits the seen ones; VL2V-ADiP aims to move up at equal ID.")
-        sweep = F.lambda_sweep(runs)
-        if sweep is not None:
-            page.h2(f"{g.name}: ADiP λ sweep", pre + "lambda")
-            page.figure(sweep, pre + "lambda_sweep",
-                        "ADiP's accuracy against λ, the weight of the image-embedding term of the loss "
-                        "(1 − λ weights the text term). Mean over targets ± SE over seeds.")
-        page.h2(f"{g.name}: teacher-query bill", pre + "queries")
-        q = F.query_bill(runs)
-        if q is not None:
-            page.figure(q, pre + "query_bill",
-                        "Teacher image queries per training image, as each run's embedding store counted them. "
-                        "Dark: images sent to the teacher (what a pay-per-query vendor bills); light: embeddings "
-                        "found in the store file (paid by an earlier run or experiment). Embeddings a run reuses "
-                        "from memory, already fetched by an earlier run of the same experiment, count as neither: "
-                        "an image is paid for once.")
-            page.raw(_query_html(runs))
-        else:
-            page.p("These runs made no teacher image queries (or recorded none).", "note")
+        _results_section(page, g, pre)
+        _bill_section(page, g, pre)
         page.h2(f"{g.name}: training curves", pre + "curves")
         page.p("Per algorithm: training loss (left) and accuracy (right) at every evaluation. Blue: mean accuracy on "
                "the source domains' held-out split (what selects the checkpoint); orange: the held-out target "
                "domain (never used for selection). Stars and the green line: the selected checkpoint. Shaded "
                "bands and labels: training stages. Line styles: trial seeds.", "note")
-        for t in targets:
-            fig = F.training_curves([r for r in runs if r.target == t], title=f"target domain: {g.domains[t]}")
+        for t in sorted({r.target for r in g.runs}):
+            fig = F.training_curves([r for r in g.runs if r.target == t], title=f"target domain: {g.domains[t]}")
             page.figure(fig, f"{pre}curves_{g.domains[t]}", f"Training curves, target domain {g.domains[t]}.")
-        head = headline_label(runs)
-        if head is None:
-            page.h2(f"{g.name}: confusion matrices and mistakes", pre + "confusion")
-            page.p("No run has predictions.json (runs written before per-image predictions were recorded, or "
-                   "zero-shot only), so there are no confusion matrices or mistakes to show.", "note")
-        else:
-            page.h2(f"{g.name}: confusion matrices", pre + "confusion")
-            for t in targets:
-                page.figure(F.confusion_matrices([r for r in runs if r.target == t],
-                                                 title=f"target domain: {g.domains[t]} (selected checkpoints, seeds summed)"),
-                            f"{pre}confusion_{g.domains[t]}",
-                            f"Confusion matrices on target domain {g.domains[t]} ('in' split): rows are true classes, "
-                            "columns predictions, cells the % of the true class.")
-            page.h2(f"{g.name}: most confident mistakes", pre + "mistakes")
-            page.p("Per target domain, the wrong predictions with the highest confidence (softmax probability) of "
-                   "ADiP (or, without it, the student with the best OOD accuracy), over its trial seeds.", "note")
-            for t in targets:
-                head_t = headline_label([r for r in runs if r.target == t])
-                if head_t is None:
-                    continue
-                sub = [r for r in runs if r.target == t and r.label == head_t]
-                fig = F.confident_mistakes(sub, title=f"{head_t}, target domain {g.domains[t]}")
-                if fig is None:
-                    page.p(f"{_esc(head_t)} made no mistakes on {_esc(g.domains[t])}.", "note")
-                page.figure(fig, f"{pre}mistakes_{g.domains[t]}",
-                            f"Most confident mistakes of {head_t} on {g.domains[t]}: true class, predicted class "
-                            "(confidence).")
+        _predictions_section(page, g, pre)
         page.h2(f"{g.name}: runs", pre + "runs")
-        page.raw(_runs_html(runs, base))
+        page.raw(_runs_html(g.runs, base))
 
     when = time.strftime("%Y-%m-%d %H:%M")
     title = title or "vl2v report: " + ", ".join(g.name for g in groups)

@@ -4,25 +4,46 @@ Finished runs are summarised from their ``final.json``; unfinished runs
 (no ``done`` marker) from their records so far, marked as incomplete. Where runs
 of one algorithm ran with several hparams seeds (random hyperparameter search),
 the tables show, per target and trial seed, the draw with the best training-domain
-validation accuracy, and a table lists the chosen hyperparameters.
+validation accuracy, and a table lists the chosen hyperparameters. Algorithms are in the protocol's order
+(:func:`~vl2v.evaluation.tables.protocol_order`); the teacher bill says, per algorithm, what its runs needed
+from the teacher and what this process paid. :func:`report_data` is the same as data (``--json``).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from vl2v.evaluation.tables import build_tables, selected_stages, table_sections
-from vl2v.runs.summary import HParamPick, collect_runs, group_by_dataset
+from vl2v.evaluation.tables import (
+    BILL_NOTE,
+    OLD_BILL_NOTE,
+    build_tables,
+    protocol_order,
+    selected_stages,
+    table_sections,
+    teacher_bills,
+)
+from vl2v.runs.summary import DatasetGroup, HParamPick, collect_runs, group_by_dataset
+
+OOD_TITLE = "Out-of-domain accuracy (%): training-domain validation, mean ± SE over trials"
+ID_TITLE = "In-domain accuracy (%): source domains' held-out splits"
+ORACLE_TITLE = ("Out-of-domain accuracy (%): test-domain validation (oracle, DomainBed's: each run's last checkpoint), "
+                "mean ± SE over trials")
+
+ORACLE_TITLES = {"oracle_ood": ORACLE_TITLE,
+                 "oracle_id": "In-domain accuracy (%): test-domain validation (oracle), mean ± SE over trials"}
 
 
-def build_report(paths: list[str | Path], latex: bool = False) -> str:
+def _groups(paths: list[str | Path]) -> dict[str, DatasetGroup]:
     groups = group_by_dataset(collect_runs(paths))
     if not groups:
         raise FileNotFoundError(f"no run directories (with results.jsonl) under {', '.join(map(str, paths))}")
+    return groups
+
+
+def build_report(paths: list[str | Path], latex: bool = False) -> str:
     out: list[str] = []
-    for dataset, g in groups.items():
+    for dataset, g in _groups(paths).items():
         finals = g.finals
         picks = g.picks
         tables = build_tables(finals, g.domain_names())
@@ -31,14 +52,11 @@ def build_report(paths: list[str | Path], latex: bool = False) -> str:
                    + (f" ({g.incomplete} unfinished, summarised from their records so far)" if g.incomplete else "")
                    + (f"; {len(finals)} after choosing among hyperparameter draws" if picks else ""))
         out.append("")
-        sections = table_sections(tables, "Out-of-domain accuracy (%): training-domain validation, mean ± SE over trials",
-                                  "In-domain accuracy (%): source domains' held-out splits")
-        for table, title in sections:
+        for table, title in table_sections(tables, OOD_TITLE, ID_TITLE):
             out.append(table.markdown(title))
             out.append("")
         if "oracle_ood" in tables:
-            out.append(tables["oracle_ood"].markdown("Out-of-domain accuracy (%): test-domain validation (oracle, "
-                                                     "DomainBed's: each run's last checkpoint), mean ± SE over trials"))
+            out.append(tables["oracle_ood"].markdown(ORACLE_TITLE))
             out.append("")
         stages = selected_stages(finals, g.domain_names())
         if stages:
@@ -46,7 +64,7 @@ def build_report(paths: list[str | Path], latex: bool = False) -> str:
         if picks:
             out.append(hparams_table(picks, g.domain_names()))
             out.append("")
-        q = _query_table(finals)
+        q = bill_table(finals)
         if q:
             out.append(q)
             out.append("")
@@ -59,25 +77,45 @@ def build_report(paths: list[str | Path], latex: bool = False) -> str:
     return "\n".join(out).rstrip()
 
 
-def _query_table(finals: list[dict[str, Any]]) -> str:
-    rows: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0])
-    for f in finals:
-        q = f.get("queries") or {}
-        n = f.get("n_train_images") or 0
-        r = rows[f.get("label", f["algorithm"])]
-        r[0] += q.get("image_queries", 0)
-        r[1] += q.get("image_hits", 0)
-        r[2] += n
-        r[3] += q.get("text_queries", 0)
-    if not any(r[0] or r[1] for r in rows.values()):
+def report_data(paths: list[str | Path]) -> dict[str, Any]:
+    """What :func:`build_report` prints, as data (``vl2v report --json``): per dataset its tables (per algorithm
+    and target domain: mean, SE and number of trials, in %), the chosen hyperparameters and the teacher bills."""
+    datasets = []
+    for dataset, g in _groups(paths).items():
+        finals = g.finals
+        tables = build_tables(finals, g.domain_names())
+        titles = {id(t): title for t, title in table_sections(tables, OOD_TITLE, ID_TITLE)}
+        datasets.append({
+            "dataset": dataset, "domains": g.domain_names(), "runs": len(g.entries), "unfinished": g.incomplete,
+            "trial_seeds": sorted({int(f["trial_seed"]) for f in finals}),
+            "tables": {name: {"title": titles.get(id(t), ORACLE_TITLES.get(name, name)), **t.as_dict()}
+                       for name, t in tables.items()},
+            "hparams": [{"algorithm": p.label, "target": p.target, "trial_seed": p.trial_seed,
+                         "hparams_seed": p.hparams_seed, "candidates": p.candidates, "val_acc": p.val_acc,
+                         "values": p.values} for p in g.picks],
+            "teacher_bills": [b.as_dict() for b in teacher_bills(finals)],
+            "teacher_bill_note": BILL_NOTE})
+    return {"datasets": datasets}
+
+
+def bill_table(finals: list[dict[str, Any]]) -> str:
+    """Markdown: the teacher bill per algorithm (summed over its runs); empty when no run asked the teacher."""
+    bills = teacher_bills(finals)
+    if not any(b.any for b in bills):
         return ""
-    lines = ["**Teacher queries** (summed over runs; a query is one image sent to the teacher)", "",
-             "| Algorithm | image queries | served from store | queries / training image | text queries |",
-             "|---|---:|---:|---:|---:|"]
-    for label, (qi, hits, n, qt) in rows.items():
-        lines.append(f"| {label} | {int(qi)} | {int(hits)} | {qi / n if n else 0:.2f} | {int(qt)} |")
-    lines += ["", "Runs in one `vl2v train`/`compare` process share the embeddings already loaded in memory, "
-              "so later runs there show neither queries nor store hits."]
+    lines = ["**Teacher queries: the bill** (summed over runs; a query is one image or one class prompt sent to "
+             "the teacher)", "", BILL_NOTE, "",
+             "| Algorithm | runs | needed image queries / training image | needed image queries | needed text queries "
+             "| paid image queries | paid text queries | store hits (image) | store hits (text) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for b in bills:
+        per = b.per_image(b.needed)
+        needed = ["-", "-", "-"] if b.legacy else [f"{per:.2f}" if per is not None else "-", str(b.needed["image"]),
+                                                   str(b.needed["text"])]
+        lines.append("| " + " | ".join([b.row, str(b.runs), *needed, str(b.paid["image"]), str(b.paid["text"]),
+                                        str(b.store_hits["image"]), str(b.store_hits["text"])]) + " |")
+    if any(b.legacy for b in bills):
+        lines += ["", OLD_BILL_NOTE]
     return "\n".join(lines)
 
 
@@ -91,7 +129,8 @@ def hparams_table(picks: list[HParamPick], domains: list[str]) -> str:
              "checkpoint has the best training-domain validation accuracy; seed 0 = the defaults)", "",
              "| Algorithm | target | trial seed | hparams seed | of seeds | val. acc. | values |",
              "|---|---|---:|---:|---|---:|---|"]
-    for p in picks:
+    order = {lab: i for i, lab in enumerate(protocol_order(p.label for p in picks))}
+    for p in sorted(picks, key=lambda p: order[p.label]):
         name = domains[p.target] if 0 <= p.target < len(domains) else str(p.target)
         values = ", ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(p.values.items())) or "defaults"
         lines.append(f"| {p.label} | {name} | {p.trial_seed} | {p.hparams_seed} | {' '.join(map(str, p.candidates))} | "

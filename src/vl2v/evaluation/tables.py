@@ -4,17 +4,39 @@ Standard error is computed as DomainBed's ``collect_results`` does: the
 population standard deviation (``np.std``, ddof=0) over trial seeds divided by
 sqrt(n). (It is sqrt((n-1)/n) times the sample-based SE: 0.82x for 3 trials.)
 "Avg" is, per trial, the mean over target domains, then mean +- SE over trials
-(only when every target has the trial).
+(only when every target has the trial). Rows are in the protocol's order (:func:`protocol_order`).
+:func:`teacher_bills` sums the runs' teacher bills per algorithm for the report's bill table.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
+
+from vl2v.config import DEFAULT_ALGORITHMS
+
+#: the order of algorithms in every table and figure: the protocol's, then VL2V-SD, then the rest as found
+ALGORITHM_ORDER: tuple[str, ...] = (*DEFAULT_ALGORITHMS, "sd")
+
+
+def base_algorithm(label: str) -> str:
+    """The algorithm a row label names: ``adip`` for ``adip (lam=0.25)``, ``adip:lam=0.25``, ``adip [teacher lit]``
+    or ``adip + SWAD``."""
+    m = re.match(r"[^\s:(\[+]+", label.strip())
+    return m.group(0) if m else label
+
+
+def protocol_order(labels: Iterable[str]) -> list[str]:
+    """``labels`` (duplicates dropped) with the algorithms of :data:`ALGORITHM_ORDER` first, in that order; the
+    variants of one algorithm, and algorithms not listed there, keep the order in which they appear."""
+    seen = list(dict.fromkeys(labels))
+    rank = {a: i for i, a in enumerate(ALGORITHM_ORDER)}
+    return sorted(seen, key=lambda lab: rank.get(base_algorithm(lab), len(rank)))
 
 
 def mean_se(xs: list[float]) -> tuple[float, float]:
@@ -45,7 +67,7 @@ class ResultTable:
         self.acc[row][target][seed] = value
 
     def rows(self) -> list[str]:
-        return list(self.acc.keys())
+        return protocol_order(self.acc.keys())
 
     def avg_values(self, row: str) -> list[float]:
         cells = self.acc[row]
@@ -67,6 +89,23 @@ class ResultTable:
             cells = [fmt(self.cell(r, t)) for t in range(len(self.domains))]
             lines.append("| " + " | ".join([r + self.marks.get(r, "")] + cells + [fmt(self.avg_values(r))]) + " |")
         return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The table as data (accuracy in %): per row, per target domain (and ``Avg``) ``mean``, ``se`` and ``n``
+        (the number of trials); a cell without runs is left out, ``se`` is null with one trial."""
+
+        def cell(xs: list[float]) -> dict[str, Any]:
+            m, se = mean_se(xs)
+            finite = lambda v: round(100 * v, 4) if math.isfinite(v) else None  # noqa: E731
+            return {"mean": finite(m), "se": finite(se) if len(xs) > 1 else None, "n": len(xs)}
+
+        rows = []
+        for r in self.rows():
+            targets = {d: cell(self.cell(r, t)) for t, d in enumerate(self.domains) if self.cell(r, t)}
+            avg = self.avg_values(r)
+            rows.append({"algorithm": r, "note": self.marks.get(r, "").strip() or None, "targets": targets,
+                         "avg": cell(avg) if avg else None})
+        return {"domains": list(self.domains), "unit": "%", "rows": rows}
 
     def latex(self, caption: str = "") -> str:
         cols = "l" + "c" * (len(self.domains) + 1)
@@ -155,6 +194,78 @@ def selected_stages(finals: Iterable[dict[str, Any]], domains: list[str]) -> str
     if not cells:
         return ""
     lines = ["| Algorithm | " + " | ".join(domains) + " |", "|" + "|".join(["---"] * (len(domains) + 1)) + "|"]
-    for label, row in cells.items():
+    for label in protocol_order(cells):
+        row = cells[label]
         lines.append("| " + " | ".join([label] + [", ".join(row.get(t, [])) or "-" for t in range(len(domains))]) + " |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- teacher bills
+BILL_NOTE = ("needed: what the run would pay alone (the distinct teacher answers it uses, with an empty store); "
+             "paid: what this process sent to the teacher on the run's behalf; store hits = needed − paid "
+             "(already in the store).")
+OLD_BILL = "store counters, older run"
+OLD_BILL_NOTE = (f"Rows marked ({OLD_BILL}): runs recorded before teacher bills; their numbers are the embedding "
+                 "store's counters (sent to the teacher, found in the store), which miss what a run reused from "
+                 "memory, so they have no 'needed'.")
+
+
+@dataclass
+class TeacherBill:
+    """One algorithm's teacher queries summed over its runs, per kind (``image``, ``text``).
+
+    From each run's ``final.json`` ``teacher_bill`` block; ``legacy``: from runs without one (older runs), whose
+    ``queries`` block (the store's counters) gives ``paid`` (sent) and ``store_hits``, and ``needed`` is unknown.
+    """
+
+    label: str
+    legacy: bool = False
+    runs: int = 0
+    train_images: int = 0
+    needed: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
+    paid: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
+    store_hits: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
+    seconds: float = 0.0  # waiting for the teacher (the store's counter)
+
+    @property
+    def row(self) -> str:
+        return self.label + (f" ({OLD_BILL})" if self.legacy else "")
+
+    @property
+    def any(self) -> bool:
+        return any(d[k] for d in (self.needed, self.paid, self.store_hits) for k in d)
+
+    def per_image(self, counts: dict[str, int]) -> float | None:
+        """``counts["image"]`` per training image (summed over runs); None without training images."""
+        return counts["image"] / self.train_images if self.train_images else None
+
+    def add(self, f: dict[str, Any]) -> None:
+        self.runs += 1
+        self.train_images += int(f.get("n_train_images") or 0)
+        q = f.get("queries") or {}
+        self.seconds += float(q.get("seconds", 0) or 0)
+        b = f.get("teacher_bill")
+        for kind in ("image", "text"):
+            if b is not None:
+                for part in ("needed", "paid", "store_hits"):
+                    getattr(self, part)[kind] += int((b.get(part) or {}).get(kind, 0))
+            else:
+                self.paid[kind] += int(q.get(f"{kind}_queries", 0))
+                self.store_hits[kind] += int(q.get(f"{kind}_hits", 0))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"algorithm": self.label, "source": OLD_BILL if self.legacy else "teacher_bill", "runs": self.runs,
+                "n_train_images": self.train_images, "needed": None if self.legacy else dict(self.needed),
+                "needed_image_per_train_image": None if self.legacy else self.per_image(self.needed),
+                "paid": dict(self.paid), "store_hits": dict(self.store_hits), "teacher_seconds": self.seconds}
+
+
+def teacher_bills(finals: Iterable[dict[str, Any]]) -> list[TeacherBill]:
+    """The runs' teacher bills summed per row label, in the protocol's order; runs without a ``teacher_bill``
+    (older runs) in a separate ``legacy`` row after their algorithm's."""
+    bills: dict[tuple[str, bool], TeacherBill] = {}
+    for f in finals:
+        label, legacy = str(f.get("label") or f["algorithm"]), "teacher_bill" not in f
+        bills.setdefault((label, legacy), TeacherBill(label, legacy)).add(f)
+    order = {lab: i for i, lab in enumerate(protocol_order(lab for lab, _ in bills))}
+    return [bills[k] for k in sorted(bills, key=lambda k: (order[k[0]], k[1]))]
