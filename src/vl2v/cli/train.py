@@ -16,7 +16,7 @@ from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile, pro
 from vl2v.errors import WeightsUnavailableError
 
 #: train flags (argparse dests) that a sweep sets per job; they may not follow `vl2v sweep ... --`
-SWEEP_OWNED = ("out", "resume", "overwrite", "target", "seed", "trials", "algorithm", "dataset", "data", "root", "hparams_seed")
+SWEEP_OWNED = ("out", "resume", "overwrite", "dry_run", "json", "target", "seed", "trials", "algorithm", "dataset", "data", "root", "hparams_seed")
 
 
 #: added to a weights-loading error when the paper profile chose the student or teacher
@@ -194,6 +194,14 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
     else:
         cfg = config_from_args(args, default_algorithms)
         check_experiment(cfg)
+        if args.dry_run:
+            import json
+
+            from vl2v.evaluation.protocol import dry_run, render_dry_run
+
+            plan = dry_run(cfg, log=lambda s: print(s, file=sys.stderr))
+            print(json.dumps(plan, indent=2) if args.json else render_dry_run(plan))
+            return 0
         print(f"vl2v: profile {args.profile!r} ({'CPU-sized; --profile paper for the paper settings' if args.profile == 'fast' else 'the VL2V authors settings'}), "
               f"output in {cfg.out_dir}", flush=True)
     try:
@@ -342,6 +350,10 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: CUDA when present, else CPU)")
     g.add_argument("--resume", metavar="OUT", help="continue an interrupted `vl2v train`/`compare` output folder "
                    "with its saved configuration (only --jobs, --workers and --data-mode may come with it)")
+    g.add_argument("--dry-run", action="store_true", help="train nothing and send nothing to the teacher: print "
+                   "how many image and text queries the command would send, given what the teacher store already "
+                   "holds, and what they cost at the teacher's price (vendor teachers)")
+    g.add_argument("--json", action="store_true", help="with --dry-run: print it as JSON")
     g.add_argument("--overwrite", action="store_true", help="remove the runs already in --out before training "
                    "(without it, a folder whose runs were made with other settings is refused, and finished runs "
                    "with the same settings are reused)")

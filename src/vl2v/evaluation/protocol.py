@@ -392,6 +392,80 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     return {"finals": finals, "tables": tables, "text": text, "out_dir": str(out)}
 
 
+def dry_run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """What ``run_experiment(cfg)`` would ask the teacher, without asking it or training anything: per algorithm
+    the answers its runs need (distinct image views and prompt texts), and in all the queries still to pay
+    (distinct over every unfinished run, less what the teacher store already holds), with their cost where the
+    teacher has a price (:meth:`vl2v.teachers.base.Teacher.price`). Exact for a cached teacher (the stored views
+    are known ahead); an online teacher's training views are drawn fresh every step and are not counted."""
+    cfg = replace(cfg, train=replace(cfg.train, device=resolve_device(cfg.train.device)))
+    specs = check_experiment(cfg)
+    exp = prepare(cfg, log)
+    exp.cfg = cfg = with_prompt_names(cfg, exp)
+    store = exp.res.store
+    targets = list(cfg.targets) if cfg.targets is not None else list(range(len(exp.data.domains)))
+    draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
+    per_algo: dict[str, dict[str, Any]] = {}
+    images: set[tuple[str, str]] = set()
+    texts: set[str] = set()
+    for seed in cfg.seeds:
+        for t in targets:
+            for a in specs:
+                trainer = trainer_for(exp, a, t, seed, exp.data_for(seed), {}, draws)
+                row = per_algo.setdefault(a.label, {"runs": 0, "finished": 0, "image": 0, "text": 0,
+                                                    "train_images": 0})
+                row["runs"] += 1
+                if trainer.rd.is_done():  # a finished run is reused: it asks nothing
+                    row["finished"] += 1
+                    continue
+                keys, prompts = trainer.teacher_keys()
+                row["image"] += len(keys)
+                row["text"] += len(prompts)
+                row["train_images"] += len(trainer.train_indices)
+                images |= keys
+                texts |= prompts
+    out: dict[str, Any] = {"teacher": exp.teacher_identity, "algorithms": per_algo,
+                           "online": cfg.train.teacher_mode == "online", "to_pay": {"image": 0, "text": 0}}
+    if store is not None:
+        known_i, known_t = store.known_images(sorted(images)), store.known_texts(sorted(texts))
+        out["needed"] = {"image": len(images), "text": len(texts)}
+        out["in_store"] = {"image": len(known_i), "text": len(known_t)}
+        out["to_pay"] = {"image": len(images) - len(known_i), "text": len(texts) - len(known_t)}
+        price = store.teacher.price()
+        if price:
+            out["price"] = price
+            out["cost"] = round(out["to_pay"]["image"] * price["image"] + out["to_pay"]["text"] * price["text"], 6)
+    return out
+
+
+def render_dry_run(plan: dict[str, Any]) -> str:
+    """The dry run as the command line prints it."""
+    lines = [f"dry run: nothing was sent to the teacher and nothing was trained (teacher: {plan['teacher']})", "",
+             "| Algorithm | runs | finished (reused) | image answers needed | per training image | texts needed |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for label, r in plan["algorithms"].items():
+        per = f"{r['image'] / r['train_images']:.2f}" if r["train_images"] else "-"
+        lines.append(f"| {label} | {r['runs']} | {r['finished']} | {r['image']:,} | {per} | {r['text']:,} |")
+    lines.append("")
+    if "needed" not in plan:
+        lines.append("No algorithm asks the teacher: nothing to pay.")
+        return "\n".join(lines)
+    n, k, p = plan["needed"], plan["in_store"], plan["to_pay"]
+    lines.append(f"distinct answers needed by the unfinished runs: {n['image']:,} images, {n['text']:,} texts; "
+                 f"already in the teacher store: {k['image']:,} images, {k['text']:,} texts")
+    lines.append(f"queries this command will send: {p['image']:,} images, {p['text']:,} texts"
+                 + (" (plus one per fresh training view: --teacher-mode online draws them each step, not counted "
+                    "here)" if plan["online"] else ""))
+    if "price" in plan:
+        pr = plan["price"]
+        lines.append(f"cost at {pr.get('currency', 'USD')} {pr['image']:g} per image and {pr['text']:g} per text "
+                     f"(prices read on {pr.get('read_on', '?')}, {pr.get('source', 'no source')}): "
+                     f"{pr.get('currency', 'USD')} {plan['cost']:.2f}")
+    else:
+        lines.append("this teacher has no price per query (local or self-hosted): the cost is its compute time")
+    return "\n".join(lines)
+
+
 def trainer_for(exp: Experiment, a: AlgoSpec, target: int, seed: int, data: DomainData, args_base: dict[str, Any],
                 draws: dict, prepaid: dict[str, float] | None = None) -> Trainer:
     """The trainer of one run of the experiment (algorithm ``a`` on ``target``, trial ``seed``)."""

@@ -123,6 +123,11 @@ class Teacher(abc.ABC):
     def describe(self) -> str:
         return self.identity()
 
+    def price(self) -> dict[str, Any] | None:
+        """What one query costs, for a teacher sold per query: ``{"image": USD per image, "text": USD per text,
+        "currency": "USD", "read_on": date, "source": where}``; None for a teacher that costs nothing per query."""
+        return None
+
     # White-box teachers override these (VL2V-SD).
     def image_encoder(self) -> nn.Module:
         """A differentiable module: [B,3,S,S] in [0,1] -> [B, D] (unnormalised)."""

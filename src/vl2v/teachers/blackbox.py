@@ -28,6 +28,9 @@ class BlackBoxTeacher(Teacher):
     def identity(self) -> str:
         return self._inner.identity()
 
+    def price(self):  # the bill is public: black-box hides the model, not what a query costs
+        return self._inner.price()
+
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         self.image_queries += int(images.shape[0])
         return self._inner.embed_images(images)

@@ -285,6 +285,18 @@ class TeacherStore:
                 out[i] = lut[texts[i]]
         return torch.from_numpy(out)
 
+    def known_images(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The ``(content, view id)`` keys the store already answers (nothing is decoded or counted)."""
+        with self._lock:
+            return {(c, v) for c, v in keys if self._conn.execute(
+                "SELECT 1 FROM images WHERE tkey=? AND content=? AND view=?", (self.tkey, c, v)).fetchone()}
+
+    def known_texts(self, texts: Sequence[str]) -> set[str]:
+        """The texts the store already answers (nothing is decoded or counted)."""
+        with self._lock:
+            return {t for t in texts if self._conn.execute(
+                "SELECT 1 FROM texts WHERE tkey=? AND text=?", (self.tkey, t)).fetchone()}
+
     def counts(self) -> dict[str, int]:
         n_img = self._conn.execute("SELECT COUNT(*) FROM images WHERE tkey=?", (self.tkey,)).fetchone()[0]
         n_txt = self._conn.execute("SELECT COUNT(*) FROM texts WHERE tkey=?", (self.tkey,)).fetchone()[0]

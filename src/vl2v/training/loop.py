@@ -224,19 +224,25 @@ class Trainer:
         paid["prompt_text_queries"] = before["text_queries"] - t0
         return paid
 
-    def teacher_need(self) -> dict[str, int]:
-        """Distinct teacher answers this run uses (image views, prompt texts): what it would pay alone, with
-        an empty store, whatever other runs paid before it. Zero for an algorithm that does not use the teacher."""
+    def teacher_keys(self) -> tuple[set[tuple[str, str]], set[str]]:
+        """The distinct teacher answers this run uses: ``(content hash, view id)`` image keys and prompt texts
+        (none for an algorithm that does not use the teacher). With an online teacher the training views are
+        drawn fresh every step and are not known ahead: only the evaluation views and texts are listed."""
         if self.res.store is None or not self.info.needs_teacher:
-            return {"image": 0, "text": 0}
-        texts = prompts_for(self.data.classes, list(self.cfg.templates), self._prompt_names())
+            return set(), set()
+        texts = set(prompts_for(self.data.classes, list(self.cfg.templates), self._prompt_names()))
         keys: set[tuple[str, str]] = set()
         hashes = self.data.bank.hashes
         if self.info.uses_teacher_images and self.info.needs_training and self.cfg.teacher_mode == "cached":
             keys.update((hashes[i], view_id(p)) for i in self.train_indices for p in self.res.view_list(i))
         if not self.info.has_student:
             keys.update((hashes[i], view_id(None)) for i in self._eval_indices())
-        return {"image": len(keys), "text": len(set(texts))}
+        return keys, texts
+
+    def teacher_need(self) -> dict[str, int]:
+        """What this run would pay alone, with an empty store, whatever other runs paid before it."""
+        keys, texts = self.teacher_keys()
+        return {"image": len(keys), "text": len(texts)}
 
     def teacher_bill(self) -> dict[str, Any]:
         """What the run needed from the teacher (:meth:`teacher_need`) and what this process paid for it: the
