@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TinyTeacher
 
+from conftest import TinyTeacher
 from vl2v.cli import main
 from vl2v.teachers.registry import TEACHERS, register_teacher
 
