@@ -63,6 +63,17 @@ def test_dry_run_predicts_the_queries_and_the_cost_of_the_run(image_folder, tmp_
     for algo, row in need.items():  # the dry run's per-algorithm need is the runs' own
         assert (plan["algorithms"][algo]["image"], plan["algorithms"][algo]["text"]) == (row["image"], row["text"])
 
+    # the bill in money: per run at the teacher's price, and in `vl2v report`
+    paid_usd = sum(f["teacher_bill"]["cost"]["paid"] for f in finals)
+    assert paid_usd == pytest.approx(plan["cost"])
+    assert main(["report", str(out)]) == 0
+    rep = capsys.readouterr().out
+    assert "The same bill in money" in rep and "| adip | USD" in rep
+    from vl2v.evaluation.html_report import write_html_report
+
+    html = write_html_report([out], out / "report.html").read_text()
+    assert "The same bill in money" in html
+
     again = _dry(image_folder, out, store, capsys)  # finished runs are reused: nothing more to pay
     assert again["to_pay"] == {"image": 0, "text": 0} and again["cost"] == 0
     assert all(r["finished"] == r["runs"] for r in again["algorithms"].values())

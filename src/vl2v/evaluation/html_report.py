@@ -143,6 +143,13 @@ def _query_html(runs: Sequence[F.RunView]) -> str:
                     f"<td>{b.paid['text']:,}</td><td>{b.store_hits['image']:,}</td><td>{b.store_hits['text']:,}</td>"
                     f"<td>{b.seconds:.0f}</td></tr>")
     old = f"<p class='note'>{_esc(OLD_BILL_NOTE)}</p>" if any(b.legacy for b in bills) else ""
+    priced = [b for b in bills if b.cost is not None]
+    if priced:  # a teacher sold per query: the same bill in money
+        old += ("<table class='bill'><caption>The same bill in money, at the price each run's teacher stated"
+                "</caption><thead><tr><th>Algorithm</th><th>needed (alone)</th><th>paid (this process)</th></tr>"
+                "</thead><tbody>" + "".join(f"<tr><th>{_esc(b.row)}</th><td>{b.currency} {b.cost['needed']:.2f}</td>"
+                                            f"<td>{b.currency} {b.cost['paid']:.2f}</td></tr>" for b in priced)
+                + "</tbody></table>")
     return ("<table class='bill'><caption>Teacher queries: the bill, summed over runs (a query is one image or one "
             "class prompt sent to the teacher)</caption><thead><tr><th>Algorithm</th><th>runs</th>"
             "<th>needed image queries / training image</th><th>needed image queries</th><th>needed text queries</th>"

@@ -114,6 +114,12 @@ def bill_table(finals: list[dict[str, Any]]) -> str:
                                                    str(b.needed["text"])]
         lines.append("| " + " | ".join([b.row, str(b.runs), *needed, str(b.paid["image"]), str(b.paid["text"]),
                                         str(b.store_hits["image"]), str(b.store_hits["text"])]) + " |")
+    priced = [b for b in bills if b.cost is not None]
+    if priced:
+        lines += ["", "**The same bill in money** (at the price each run's teacher stated; see its `teacher_bill.price`)",
+                  "", "| Algorithm | needed (alone) | paid (this process) |", "|---|---:|---:|"]
+        lines += [f"| {b.row} | {b.currency} {b.cost['needed']:.2f} | {b.currency} {b.cost['paid']:.2f} |"
+                  for b in priced]
     if any(b.legacy for b in bills):
         lines += ["", OLD_BILL_NOTE]
     return "\n".join(lines)

@@ -226,6 +226,8 @@ class TeacherBill:
     paid: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
     store_hits: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
     seconds: float = 0.0  # waiting for the teacher (the store's counter)
+    cost: dict[str, float] | None = None  # money, where the teacher states a price: "needed", "paid"
+    currency: str | None = None
 
     @property
     def row(self) -> str:
@@ -245,6 +247,9 @@ class TeacherBill:
         q = f.get("queries") or {}
         self.seconds += float(q.get("seconds", 0) or 0)
         b = f.get("teacher_bill")
+        if b is not None and b.get("cost"):
+            self.cost = {k: (self.cost or {}).get(k, 0.0) + float(b["cost"].get(k, 0.0)) for k in ("needed", "paid")}
+            self.currency = (b.get("price") or {}).get("currency", "USD")
         for kind in ("image", "text"):
             if b is not None:
                 for part in ("needed", "paid", "store_hits"):
@@ -257,7 +262,8 @@ class TeacherBill:
         return {"algorithm": self.label, "source": OLD_BILL if self.legacy else "teacher_bill", "runs": self.runs,
                 "n_train_images": self.train_images, "needed": None if self.legacy else dict(self.needed),
                 "needed_image_per_train_image": None if self.legacy else self.per_image(self.needed),
-                "paid": dict(self.paid), "store_hits": dict(self.store_hits), "teacher_seconds": self.seconds}
+                "paid": dict(self.paid), "store_hits": dict(self.store_hits), "teacher_seconds": self.seconds,
+                "cost": dict(self.cost) if self.cost is not None else None, "currency": self.currency}
 
 
 def teacher_bills(finals: Iterable[dict[str, Any]]) -> list[TeacherBill]:

@@ -260,9 +260,15 @@ class Trainer:
         if online:
             need["image"] = paid["image"]
         n = max(1, len(self.train_indices))
-        return {"needed": need, "paid": paid, "store_hits": {k: max(0, need[k] - paid[k]) for k in need},
+        bill = {"needed": need, "paid": paid, "store_hits": {k: max(0, need[k] - paid[k]) for k in need},
                 "needed_image_per_train_image": round(need["image"] / n, 4),
                 "paid_image_per_train_image": round(paid["image"] / n, 4), "online": online}
+        price = store.teacher.price()
+        if price:  # a teacher sold per query: the same bill in money, at the price it states
+            bill["price"] = price
+            bill["cost"] = {part: round(bill[part]["image"] * price["image"] + bill[part]["text"] * price["text"], 6)
+                            for part in ("needed", "paid")}
+        return bill
 
     def warm_student_caches(self) -> None:
         """Compute now the pretrained student's cached features and frozen-prefix activations this run's stages
