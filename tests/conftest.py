@@ -161,7 +161,15 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_html_report.py": SLOW_E2E,  # module fixture runs a 16-run experiment (19 s); CLI train + report
     "test_export.py": SLOW_E2E,  # module fixture trains 4 algorithms and exports ONNX (42 s)
     "test_predict.py": SLOW_E2E,  # shares test_export's trained runs and ONNX exports
+    "test_eval_command.py": SLOW_E2E,  # `vl2v eval`: shares test_export's trained runs and ONNX exports
+    "test_predict_classes.py": SLOW_E2E,  # `predict --classes`: module fixture trains 5 tiny runs (~4 s)
     "test_training_e2e.py": E2E,  # whole-pipeline training and CLI runs
+    "test_dry_run.py": SLOW_E2E,  # a dry run, then the 12-run comparison it predicts (~24 s)
+    "test_out_dir_guard.py::test_other_settings_in_a_used_folder_are_refused": SLOW_E2E,  # a tiny train each, ~3 s
+    "test_out_dir_guard.py::test_a_resolved_value_differing_per_run_is_refused": E2E,
+    "test_out_dir_guard.py::test_same_settings_reuse_the_finished_runs": E2E,
+    "test_out_dir_guard.py::test_overwrite_starts_over": E2E,
+    "test_out_dir_guard.py::test_resume_takes_only_speed_flags": E2E,
     "test_training_e2e.py::test_every_algorithm_trains_and_writes_domainbed_records": SLOW,  # 21 s
     "test_training_e2e.py::test_cli_train_and_report": SLOW,  # 12 s
     "test_training_e2e.py::test_distill_starts_from_best_align_checkpoint": SLOW,  # 3.4 s
@@ -203,6 +211,8 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_lit_teacher.py::test_build_aborts_on_benchmark_overlap": SLOW,  # a build up to the check
     "test_teacher_contract.py::test_teacher_contract[lit]": SLOW,  # builds the fixture LiT teacher
     "test_teacher_contract.py::test_identity_is_stable_across_builds[lit]": SLOW,  # loads it again
+    # a mocked vendor API (respx): two tiny CLI adip runs, the second served wholly by the store (~8 s)
+    "test_vendor_teachers.py::test_cli_train_then_an_identical_run_makes_zero_http_calls": SLOW_E2E,
 }
 
 

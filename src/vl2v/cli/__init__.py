@@ -10,12 +10,13 @@
 | sweep | :mod:`vl2v.cli.sweep` | :mod:`vl2v.evaluation.sweep` |
 | embed | :mod:`vl2v.cli.embed` | :mod:`vl2v.teachers.precompute` |
 | export, predict | :mod:`vl2v.cli.deploy` | :mod:`vl2v.serving.export`, ``predict`` |
+| eval | :mod:`vl2v.cli.evaluate` | :mod:`vl2v.serving.evaluate` |
 | teacher build | :mod:`vl2v.cli.teacher` | :mod:`vl2v.teachers.lit_build` |
 
 Options are never abbreviated (``allow_abbrev=False``: ``--tar`` is an error,
 not ``--target``). Every error a user can fix is a :class:`vl2v.errors.UserError`,
 printed as one line with its exit code (2: bad input, 1: failed download,
-3: teacher-query budget exhausted, 4: cannot write output).
+3: teacher-query budget exhausted, 4: cannot write output; 130: interrupted).
 """
 
 from __future__ import annotations
@@ -25,10 +26,7 @@ import errno
 import sys
 
 from vl2v import __version__
-from vl2v.cli import data, deploy, embed, listing, report, serve, sweep, teacher, train
 from vl2v.cli.common import CLIError  # noqa: F401  (re-exported for callers)
-
-COMMAND_GROUPS = (data, train, report, listing, serve, sweep, embed, deploy, teacher)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,12 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"vl2v {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for group in COMMAND_GROUPS:
+    # the command modules are imported here, not at import time: `vl2v --version` (main's fast path) then
+    # answers without importing torch, which the command modules pull in
+    from vl2v.cli import data, deploy, embed, evaluate, listing, report, serve, sweep, teacher, train
+
+    for group in (data, train, report, listing, serve, sweep, embed, deploy, evaluate, teacher):
         group.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--version"]:  # fast path: before the command modules (and torch) are imported
+        print(f"vl2v {__version__}")
+        return 0
     from pydantic import ValidationError
 
     from vl2v.errors import UserError
@@ -76,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValidationError) as exc:
         print(f"vl2v: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `vl2v report ... | head`: the reader left; say nothing more
+        _silence_stdout()
+        return 0
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM):
             raise
@@ -88,9 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vl2v: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `vl2v report ... | head`
-        sys.stderr.close()
-        return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: Python flushes it again at exit, and a closed pipe would then print
+    "Exception ignored ... BrokenPipeError" after we returned."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

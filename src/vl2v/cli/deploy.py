@@ -27,19 +27,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.topk < 1:
         raise CLIError(f"--topk must be at least 1, got {args.topk}")
-    pred = load_predictor(args.model, which=args.which)
+    named = args.classes is not None or args.classes_file is not None
+    if args.store is not None and not named:
+        raise CLIError("--store is used only with --classes or --classes-file (to embed the class names)")
     files = expand_images(args.images)
     if not files:
         raise CLIError("no image files given (folders are searched for images)")
+    pred = _named_predictor(args) if named else load_predictor(args.model, which=args.which)
     out = pred.predict_files(files, topk=args.topk)
     if args.json:
-        print(json.dumps({"model": pred.source, "kind": pred.kind, "predictions": [p.as_dict() for p in out]}, indent=2))
+        extra = {"classes": pred.classes, "teacher_identity": pred.meta.get("teacher_identity")} if named else {}
+        print(json.dumps({"model": pred.source, "kind": pred.kind, **extra,
+                          "predictions": [p.as_dict() for p in out]}, indent=2))
     else:
         print(format_predictions(out))
     bad = sum(1 for p in out if p.error)
     if bad:
         print(f"vl2v: {bad} of {len(out)} images could not be read", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _named_predictor(args: argparse.Namespace):
+    """``--classes`` / ``--classes-file``: the run's student (or teacher) over those class names."""
+    from vl2v.serving.predict import load_text_predictor, parse_class_list
+
+    classes = parse_class_list(args.classes, args.classes_file)
+    return load_text_predictor(args.model, classes, which=args.which, store=args.store)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,11 +72,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("predict", help="top-k classes for images, from a run, its checkpoint, or an exported model",
                        description="Print the top-k classes (softmax probabilities) of each image. MODEL is a run "
                        "directory or its .safetensors checkpoint (PyTorch), an exported .onnx file (onnxruntime) or "
-                       "TorchScript .pt file (each with its sidecar JSON).")
+                       "TorchScript .pt file (each with its sidecar JSON). With --classes, a run of adip or sd "
+                       "classifies with other class names, embedded with its teacher (zeroshot: the teacher itself).")
     q.add_argument("model", help="run directory, model.safetensors, student.onnx or student.pt")
     q.add_argument("images", nargs="+", help="image files or folders of images")
     q.add_argument("--topk", type=int, default=5, help="classes to print per image (default 5)")
     q.add_argument("--which", choices=["selected", "swad"], default="selected",
                    help="for a run directory: the selected checkpoint (default) or the SWAD average")
     q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.add_argument("--classes", metavar="NAMES", help="classify with these comma-separated class names instead of "
+                   "the run's (e.g. \"kite,harp,owl\"), embedded with the run's teacher text tower and prompt "
+                   "templates; for run directories of adip, sd (text-space head) and zeroshot (the teacher itself)")
+    q.add_argument("--classes-file", metavar="FILE", help="like --classes, from a file: one class name a line, or a "
+                   "JSON object {name: prompt name} as training's --classnames takes")
+    q.add_argument("--store", help="with --classes: the teacher store that caches the name embeddings "
+                   "(default ~/.cache/vl2v/teacher_store.sqlite; 'memory' for none)")
     q.set_defaults(func=_cmd_predict)
