@@ -160,3 +160,45 @@ def test_resume_takes_only_speed_flags(trained, capsys):
     assert main(["train", "--resume", str(out), "--image-size", "64"]) == 2
     assert "--image-size would change its runs" in capsys.readouterr().err
     assert main(["train", "--resume", str(out), "--jobs", "1"]) == 0
+
+
+
+KEYS_SEEN: list = []
+
+
+def _keyed_teacher(spec=None, api_key=None, **opts):
+    from conftest import TinyTeacher
+
+    KEYS_SEEN.append(api_key)
+    return TinyTeacher(**{k: int(v) for k, v in opts.items()})
+
+
+def test_an_api_key_never_reaches_a_record(image_folder, tmp_path, capsys, monkeypatch):
+    """`--teacher-opt api_key=...` is used, but experiment.json, config.json and results.jsonl hold it redacted; a
+    resume gives the backend no key (it reads its environment variable), and the same command reuses the runs."""
+    from vl2v.teachers.registry import TEACHERS, register_teacher
+
+    if "tiny-keyed" not in TEACHERS:
+        register_teacher("tiny-keyed", white_box=False, summary="test-only teacher taking an API key")(_keyed_teacher)
+    out = tmp_path / "runs"
+    argv = ["train", "--data", str(image_folder), "--algorithm", "zeroshot", "--out", str(out),
+            "--teacher-opt", "api_key=sk-secret-123"] + TINY[2:] + ["--teacher", "tiny-keyed"]
+    assert main(argv) == 0
+    assert KEYS_SEEN[-1] == "sk-secret-123"
+    for f in out.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".jsonl", ".md", ".html"):
+            assert "sk-secret-123" not in f.read_text(errors="ignore"), f
+    assert json.loads((out / "experiment.json").read_text())["config"]["teacher_options"] == {"api_key": "<redacted>"}
+    assert main(argv) == 0  # the same settings: reused, not refused
+    assert main(["train", "--resume", str(out)]) == 0
+    assert KEYS_SEEN[-1] is None  # the redacted key is not passed on
+    capsys.readouterr()
+
+
+def test_a_sweep_refuses_to_write_an_api_key_into_job_files():
+    from vl2v.errors import ConfigError
+    from vl2v.evaluation.sweep import _config_json
+
+    with pytest.raises(ConfigError, match="api_key=... would be written into every job's job.json"):
+        _config_json(ExperimentConfig(teacher="remote:http://127.0.0.1:1", teacher_options={"api_key": "k"}))
+    assert _config_json(ExperimentConfig(teacher_options={"k": "5"}))["teacher_options"] == {"k": "5"}

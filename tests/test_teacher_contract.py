@@ -2,7 +2,8 @@
 
 conse (the real offline teacher), lit (the LiT teacher built from test_lit_teacher's fixture pool), openclip (a tiny random-weight architecture), transformers (a tiny
 random CLIPModel saved to a temporary folder), remote (a client of an in-process `vl2v serve` of the
-tiny test teacher) and the test suite's own tiny-test backend.
+tiny test teacher), vendor (jina-clip-v2 against test_vendor_teachers' respx mock of Jina's API) and the
+test suite's own tiny-test backend.
 """
 
 from __future__ import annotations
@@ -65,6 +66,18 @@ def remote_service(tmp_path_factory):
         yield f"remote:{srv.url}", {"api_key": token}
 
 
+@pytest.fixture
+def vendor_service():
+    """Jina's API mocked (respx) for the length of one test: the vendor backend's offline build."""
+    respx = pytest.importorskip("respx")
+    pytest.importorskip("tenacity")
+    from test_vendor_teachers import KEY, VendorMock
+
+    with respx.mock(assert_all_called=False) as router:
+        VendorMock("jina", router, dim=1024)
+        yield "vendor:jina:jina-clip-v2", {"api_key": KEY, "image_size": 32}
+
+
 _BUILT: dict[str, Teacher] = {}
 _TEXT: dict[str, str] = {}
 
@@ -83,6 +96,9 @@ def build(name: str, specs, request) -> Teacher:
     if name == "remote":
         text, opts = request.getfixturevalue("remote_service")
         return create_teacher(text, **opts)  # a new client each time: cheap
+    if name == "vendor":
+        text, opts = request.getfixturevalue("vendor_service")
+        return create_teacher(text, **opts)  # no request until the first embed call
     if name not in specs:
         pytest.skip(f"no offline build of {name} here")
     if name not in _BUILT:
@@ -96,7 +112,7 @@ BACKENDS = [t.name for t in list_teachers()]
 
 
 def test_every_backend_registers_typed_info():
-    assert {"conse", "openclip", "transformers", "remote"} <= set(BACKENDS)
+    assert {"conse", "openclip", "transformers", "remote", "vendor"} <= set(BACKENDS)
     for info in list_teachers():
         assert isinstance(info, TeacherInfo) and callable(info.factory) and info.summary
         assert isinstance(info.white_box, bool) and isinstance(info.offline, bool)

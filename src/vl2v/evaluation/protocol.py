@@ -30,6 +30,7 @@ from vl2v.methods.search import random_hparams
 from vl2v.runs.fingerprint import config_diff, describe, run_diff
 from vl2v.runs.layout import ExperimentDir
 from vl2v.runs.summary import label as make_label
+from vl2v.teachers.registry import public_options
 from vl2v.training.loop import RunSpec, Trainer
 from vl2v.training.resources import SharedResources
 from vl2v.utils.device import resolve_device
@@ -236,6 +237,13 @@ def check_writable(out: Path) -> None:
                           "Choose another --out, or fix its permissions or free space.") from exc
 
 
+def _recorded(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``cfg`` as ``experiment.json`` records it: JSON values, secret teacher options (an API key) redacted."""
+    d = json.loads(json.dumps(asdict(cfg), default=str))
+    d["teacher_options"] = public_options(d.get("teacher_options"))
+    return d
+
+
 def check_out_dir(cfg: ExperimentConfig, overwrite: bool = False) -> None:
     """Refuse, before any work, an output folder whose runs were made with settings that change numbers
     (``experiment.json``'s config against ``cfg``): reusing them would print old numbers under the new
@@ -248,7 +256,7 @@ def check_out_dir(cfg: ExperimentConfig, overwrite: bool = False) -> None:
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{exp_dir.experiment_json} is unreadable ({exc}); choose a new --out, or add --overwrite "
                           "to remove the runs there and start over") from None
-    diffs = config_diff(old, json.loads(json.dumps(asdict(cfg), default=str)))
+    diffs = config_diff(old, _recorded(cfg))
     if diffs:
         raise ConfigError(f"{cfg.out_dir} holds runs made with other settings ({describe(diffs)}); their numbers "
                           f"are not this command's. Choose a new --out, or add --overwrite to remove those runs "
@@ -318,7 +326,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
         if not 0 <= t < len(exp.data.domains):
             raise ConfigError(f"target {t} out of range: domains are 0..{len(exp.data.domains) - 1} ({', '.join(exp.data.domains)})")
     args_base = {"dataset": exp.dataset_name, "data_dir": str(exp.data.scan.root), "holdout_fraction": cfg.holdout_fraction,
-                 "teacher": cfg.teacher, "teacher_options": cfg.teacher_options,
+                 "teacher": cfg.teacher, "teacher_options": public_options(cfg.teacher_options),
                  "teacher_identity": exp.teacher_identity, "student": cfg.student,
                  "student_pretrained": cfg.student_pretrained, "student_weights": cfg.student_weights,
                  "freeze_bn": cfg.freeze_bn, "views": cfg.views, "view_seed": cfg.view_seed,
@@ -336,7 +344,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
         clear_out_dir(out, log)
     check_runs_match(exp, runs, args_base)
     if dist.is_main:
-        atomic_write_json(exp_dir.experiment_json, {"config": json.loads(json.dumps(asdict(cfg), default=str)),
+        atomic_write_json(exp_dir.experiment_json, {"config": _recorded(cfg),
                                                     "dataset": exp.dataset_name, "domains": exp.data.domains,
                                                     "classes": exp.data.classes, "teacher": exp.teacher_identity,
                                                     "data_issues": [{"path": i.path, "reason": i.reason,

@@ -51,6 +51,15 @@ class Job:
 
 
 def _config_json(cfg: ExperimentConfig) -> dict[str, Any]:
+    """A job's config as its ``job.json`` holds it. A secret teacher option (an API key) is refused: job files
+    are plain files (and SLURM copies them around); the backends read the key from their environment variable."""
+    from vl2v.teachers.registry import SECRET_OPTIONS
+
+    secret = sorted(SECRET_OPTIONS & set(cfg.teacher_options))
+    if secret:
+        raise ConfigError(f"--teacher-opt {secret[0]}=... would be written into every job's job.json: set the key in "
+                          "the teacher's environment variable instead (VL2V_API_KEY for remote:, the vendor's own "
+                          "for vendor:, see docs/vendors.md) and run the sweep again")
     return json.loads(json.dumps(asdict(cfg), default=str))
 
 

@@ -110,6 +110,7 @@ class RemoteOptions:
     backoff: NonNegFloat | None = None
     max_backoff: NonNegFloat | None = None
     budget: NonNegInt | None = None  # image queries this process may send
+    max_wait: NonNegFloat | None = None  # longest 429 Retry-After waited out (s); longer: QueryBudgetExceeded
 
 
 @register_teacher("conse", white_box=True, offline=True, options=ConSEOptions,
@@ -182,7 +183,21 @@ class TeacherSpec:
         return self.backend + (f":{self.spec}" if self.spec else "")
 
 
+#: --teacher-opt keys that hold a secret: never written to a record (experiment.json, config.json, results)
+SECRET_OPTIONS = frozenset({"api_key"})
+#: what a record holds in place of a secret option's value
+REDACTED = "<redacted>"
+
+
+def public_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` as they may be recorded: secret values (an API key) replaced by :data:`REDACTED`."""
+    return {k: REDACTED if k in SECRET_OPTIONS and v not in (None, "") else v for k, v in (options or {}).items()}
+
+
 def create_teacher(text: str, blackbox: bool = False, **options: Any) -> Teacher:
+    """The teacher ``text`` names, with its ``--teacher-opt`` options; a redacted secret read back from a record
+    (an API key) is left out, so the backend takes it from its environment variable as usual."""
+    options = {k: v for k, v in options.items() if not (k in SECRET_OPTIONS and v == REDACTED)}
     spec = TeacherSpec.parse(text, options)
     try:
         teacher = teacher_info(spec.backend).factory(spec.spec, **dict(spec.options))
@@ -205,3 +220,32 @@ def teacher_info(name: str) -> TeacherInfo:
 
 def list_teachers() -> list[TeacherInfo]:
     return [teacher_info(name) for name in TEACHERS.names()]
+
+
+# ------------------------------------------------------------------ vendor teachers (docs/vendors.md)
+@config_dataclass
+class VendorOptions:
+    api_key: str | None = None  # default: the provider's environment variable (JINA_API_KEY, CO_API_KEY, ...)
+    image_size: Annotated[int, Field(ge=16, le=4096)] | None = None  # input side; sent at most the vendor's limit
+    image_format: Literal["png", "jpeg", "jpg"] | None = None
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] | None = None
+    batch_size: PosInt | None = None  # images per request (capped at the vendor's documented limit)
+    text_batch_size: PosInt | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    retries: NonNegInt | None = None
+    backoff: NonNegFloat | None = None
+    max_backoff: NonNegFloat | None = None
+    budget_usd: NonNegFloat | None = None  # refuse a call whose estimated cost would pass it (before sending)
+    price_image: NonNegFloat | None = None  # USD per image query (replaces prices.json)
+    price_text: NonNegFloat | None = None  # USD per text query (replaces prices.json)
+    base_url: str | None = None  # another endpoint of the same API (a proxy, a regional host)
+
+
+@register_teacher("vendor", white_box=False, offline=False, options=VendorOptions,
+                  summary="a vendor's multimodal embedding API, pay per query: vendor:PROVIDER:MODEL with jina, cohere, "
+                          "voyage or nomic (key: $JINA_API_KEY, $CO_API_KEY, $VOYAGE_API_KEY, $NOMIC_API_KEY or "
+                          "api_key=...; budget_usd, price_image, price_text, image_size, image_format)")
+def _vendor(spec: str | None = None, **opts: Any) -> Teacher:
+    from vl2v.teachers.vendors import create_vendor_teacher
+
+    return create_vendor_teacher(spec, **opts)
