@@ -164,6 +164,7 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_eval_command.py": SLOW_E2E,  # `vl2v eval`: shares test_export's trained runs and ONNX exports
     "test_predict_classes.py": SLOW_E2E,  # `predict --classes`: module fixture trains 5 tiny runs (~4 s)
     "test_training_e2e.py": E2E,  # whole-pipeline training and CLI runs
+    "test_vendor_teachers.py::test_dry_run_predicts_a_vendor_runs_queries_exactly_and_its_cost_to_the_cent": SLOW_E2E,
     "test_dry_run.py": SLOW_E2E,  # a dry run, then the 12-run comparison it predicts (~24 s)
     "test_out_dir_guard.py::test_other_settings_in_a_used_folder_are_refused": SLOW_E2E,  # a tiny train each, ~3 s
     "test_out_dir_guard.py::test_a_resolved_value_differing_per_run_is_refused": E2E,

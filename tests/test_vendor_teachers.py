@@ -420,3 +420,32 @@ def test_cli_train_then_an_identical_run_makes_zero_http_calls(image_folder, tmp
     assert (tmp_path / "second" / "adip" / "target-1-photo" / "seed0" / "done").exists()
     for f in (tmp_path / "first").rglob("*.json*"):
         assert KEY not in f.read_text()
+
+
+def test_dry_run_predicts_a_vendor_runs_queries_exactly_and_its_cost_to_the_cent(image_folder, tmp_path, router,
+                                                                                   monkeypatch, capsys):
+    """`vl2v train --dry-run` against the mocked Jina API: no HTTP call, then the run sends exactly the image and
+    text items the dry run counted, and costs what it said, to the cent, at the price it printed."""
+    import json
+
+    from vl2v.cli import main
+
+    monkeypatch.setenv("JINA_API_KEY", KEY)
+    mock = VendorMock("jina", router, 1024)
+    store, out = tmp_path / "store.sqlite", tmp_path / "runs"
+    argv = ["train", "--data", str(image_folder), "--teacher", "vendor:jina:jina-clip-v2", "--teacher-opt",
+            "image_size=32", "--store", str(store), "--algorithm", "zeroshot", "adip", "--target", "photo",
+            "--no-pretrained", "--steps", "2", "--frozen-steps", "2", "--batch-size", "4", "--image-size", "32",
+            "--eval-every", "2", "--views", "2", "--jobs", "1", "--out", str(out)]
+    assert main(argv + ["--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert mock.calls == 0  # a dry run sends nothing
+    sent = {"image": 0, "text": 0}
+    assert main(argv) == 0
+    for kind, _, items in mock.requests:
+        sent["image" if kind == "images" else "text"] += len(items)
+    assert sent == plan["to_pay"]
+    price = plan["price"]
+    assert round(sent["image"] * price["image"] + sent["text"] * price["text"], 2) == round(plan["cost"], 2)
+    finals = [json.loads(p.read_text()) for p in out.rglob("final.json")]
+    assert round(sum(f["teacher_bill"]["cost"]["paid"] for f in finals), 2) == round(plan["cost"], 2)
