@@ -9,10 +9,18 @@ timeout        seconds to wait for one answer (default 60)
 retries        extra tries after a timeout, a dropped connection or a 5xx/429 (default 5)
 backoff        first retry delay in seconds; doubles each try, with full jitter (default 0.5)
 max_backoff    cap of one retry delay in seconds (default 30)
+max_wait       longest ``Retry-After`` of a 429 (the key's quota window or rate limit) that is
+               waited out, in seconds (default 60). Longer, or a prepaid balance exhausted:
+               :class:`QueryBudgetExceeded`, naming the reason.
 budget         hard cap on billed queries (images + texts) for this teacher object
                (default: none). A call that would pass it raises
                :class:`QueryBudgetExceeded` *before* anything is sent.
 =============  ===========================================================================
+
+A 429 from the service carries ``reason`` (``quota_exceeded``, ``rate_limited``,
+``prepaid_exhausted``) and ``retry_after``; the teacher sleeps that long and
+retries the same batch (one of its ``retries``), or stops with
+:class:`QueryBudgetExceeded` when the refusal will not clear within ``max_wait``.
 
 Images go over the wire as lossless PNG: the [0, 1] input is quantised to
 8 bits (``round(x * 255)``), which is exact for inputs that came from 8-bit
@@ -59,6 +67,11 @@ API_KEY_ENV = "VL2V_API_KEY"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
+def _sleep(seconds: float) -> None:
+    """Every wait between tries goes through here (tests patch it)."""
+    time.sleep(seconds)
+
+
 class RemoteTeacherError(TeacherError):
     """The embedding service refused or could not answer; the message says what to do."""
 
@@ -89,7 +102,7 @@ class RemoteTeacher(Teacher):
 
     def __init__(self, url: str, api_key: str | None = None, batch_size: int | str = 64,
                  timeout: float | str = 60.0, retries: int | str = 5, backoff: float | str = 0.5,
-                 max_backoff: float | str = 30.0, budget: int | str | None = None,
+                 max_backoff: float | str = 30.0, budget: int | str | None = None, max_wait: float | str = 60.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         if not url or not url.startswith(("http://", "https://")):
             raise TeacherError(f"remote teacher needs an http(s) URL, e.g. remote:http://127.0.0.1:8000; got {url!r}")
@@ -104,6 +117,7 @@ class RemoteTeacher(Teacher):
         self.retries = _as_int("retries", retries, 0)
         self.backoff = _as_float("backoff", backoff, 0.0)
         self.max_backoff = _as_float("max_backoff", max_backoff, 0.0)
+        self.max_wait = _as_float("max_wait", max_wait, 0.0)
         self.budget = None if budget in (None, "", "none", "None") else _as_int("budget", budget, 0)
         self._client = httpx.Client(
             base_url=self.url, transport=transport,
@@ -233,12 +247,12 @@ class RemoteTeacher(Teacher):
         if request_id is not None:
             headers[IDEMPOTENCY_HEADER] = request_id
         last = ""
-        last_response: httpx.Response | None = None
+        wait: float | None = None  # what the last answer asked to wait (Retry-After)
         for attempt in range(self.retries + 1):
             if attempt:
                 self.retried += 1
-                time.sleep(self._delay(attempt, last_response))
-                last_response = None
+                _sleep(self._delay(attempt, wait))
+                wait = None
             self.requests += 1
             try:
                 r = self._client.request(method, path, content=content, headers=headers)
@@ -257,8 +271,14 @@ class RemoteTeacher(Teacher):
             self.bytes_received += len(r.content)
             if r.status_code < 400:
                 return r
+            if r.status_code == 429:
+                wait = self._wait_out(r, path)  # raises QueryBudgetExceeded when the refusal will not clear soon
+                last = f"HTTP 429: {_error_message(r)}"
+                continue
             if r.status_code in RETRY_STATUSES or _error_code(r) == "request_in_progress":
-                last, last_response = f"HTTP {r.status_code}: {_error_message(r)}", r
+                header = _retry_after(r)
+                wait = None if header is None else min(self.max_backoff, header)
+                last = f"HTTP {r.status_code}: {_error_message(r)}"
                 continue
             raise self._refused(r, path, content)
         hint = ("is `vl2v serve` running there, and are the host, port and scheme right?"
@@ -267,15 +287,30 @@ class RemoteTeacher(Teacher):
         raise RemoteTeacherError(f"embedding service {self.url}{path}: gave up after {self.retries + 1} tries; "
                                  f"last: {last}. {hint[0].upper()}{hint[1:]}")
 
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+    def _delay(self, attempt: int, wait: float | None) -> float:
+        """Retry ``attempt``'s delay: full-jitter exponential backoff, at least ``wait`` (a Retry-After)."""
         cap = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
         delay = random.uniform(0.0, cap)  # "full jitter": spreads retries of many clients apart
-        if response is not None:
-            try:
-                delay = max(delay, min(self.max_backoff, float(response.headers.get("Retry-After", 0))))
-            except ValueError:
-                pass
-        return delay
+        return delay if wait is None else max(delay, wait)
+
+    def _wait_out(self, r: httpx.Response, path: str) -> float | None:
+        """A 429's wait in seconds (the body's ``retry_after``, else the ``Retry-After`` header; None: neither);
+        :class:`QueryBudgetExceeded` for a prepaid balance exhausted or a wait longer than ``max_wait``."""
+        detail = _error_detail(r)
+        reason = str(detail.get("reason") or detail.get("code") or "too_many_requests")
+        where = f"embedding service {self.url}{path}"
+        kept = "nothing more was sent; embeddings already received are kept in the teacher store"
+        if reason == "prepaid_exhausted":
+            raise QueryBudgetExceeded(f"{where}: prepaid_exhausted: {_error_message(r)}; {kept}")
+        try:
+            wait = float(detail["retry_after"])
+        except (KeyError, TypeError, ValueError):
+            wait = _retry_after(r)
+        if wait is not None and wait > self.max_wait:
+            raise QueryBudgetExceeded(
+                f"{where}: {reason}: {_error_message(r)}; waiting {wait:.0f} s is more than max_wait="
+                f"{self.max_wait:g} s, so {kept}. Run again later, or raise --teacher-opt max_wait=SECONDS")
+        return wait
 
     def _refused(self, r: httpx.Response, path: str, content: bytes | None) -> RemoteTeacherError:
         msg = _error_message(r)
@@ -290,11 +325,25 @@ class RemoteTeacher(Teacher):
         return RemoteTeacherError(f"{where} refused the request (HTTP {r.status_code}: {msg})")
 
 
-def _error_code(r: httpx.Response) -> str:
+def _error_detail(r: httpx.Response) -> dict[str, Any]:
+    """The ``error`` object of a JSON error answer ({} if there is none)."""
     try:
-        return str(r.json()["error"]["code"])
+        detail = r.json()["error"]
     except Exception:
-        return ""
+        return {}
+    return detail if isinstance(detail, dict) else {}
+
+
+def _error_code(r: httpx.Response) -> str:
+    return str(_error_detail(r).get("code", ""))
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (delta-seconds only), None if absent or unreadable."""
+    try:
+        return max(0.0, float(r.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def _error_message(r: httpx.Response) -> str:
