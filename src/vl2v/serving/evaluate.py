@@ -253,12 +253,14 @@ def predictor_for(model: str | Path, folder: LabelledFolder, which: str, store: 
     head = (f"{folder.root} has {len(unknown)} class folder{'s' if len(unknown) > 1 else ''} the model does not "
             f"know: {few_names(unknown)} (it knows {few_names(pred.classes)}); rename such folders to the model's "
             "class names (the folder names it was trained on) or leave them out")
-    if pred.kind != "pytorch":
-        raise EvalError(head + "; for an adip or sd model, evaluate its run directory instead of the exported "
-                        "file to embed the new names with its teacher")
+    if pred.kind not in ("pytorch", "onnx"):
+        raise EvalError(head + "; for an adip or sd model, evaluate its run directory or its ONNX export (with its "
+                        "text tower) to embed the new names")
     try:
         pred = load_text_predictor(path, ClassList.of_folders(unknown), which, store, keep_run_classes=True)
-    except NoTextHeadError:
+    except NoTextHeadError as exc:
+        if pred.kind == "onnx":
+            raise EvalError(f"{head}; {exc}") from None
         raise EvalError(f"{head}; new names can be embedded only for runs of adip, sd and zeroshot "
                         f"(this run is {pred.meta.get('algorithm') or '?'})") from None
     except ConfigError as exc:

@@ -16,6 +16,9 @@ teacher text tower and prompt templates (answers cached in the teacher store), a
 replace the class text embeddings of a text-space head (``adip``, ``sd``:
 ``100 * cos(student embedding, T_c)``); a ``zeroshot`` run predicts with the teacher
 itself. Runs with a linear classifier (``erm_*``, ``lp_ft``, ``kd``, ``rise``) cannot.
+An exported ``student.onnx`` of a text-space head can too when its export folder holds
+the teacher's text tower (``text.onnx`` and its tokenizer: offline teachers), with
+onnxruntime alone (:class:`vl2v.serving.text_export.TextBundle`).
 """
 
 from __future__ import annotations
@@ -345,11 +348,14 @@ def has_text_head(algorithm: torch.nn.Module) -> bool:
 def load_text_predictor(path: str | Path, classes: ClassList, which: str = "selected",
                         store: str | Path | None = None, keep_run_classes: bool = False) -> Predictor:
     """A predictor over ``classes`` (their names embedded with the run's teacher), for a run with a text-space
-    head or a zero-shot run. ``keep_run_classes``: the run's own classes first (their trained embeddings kept),
-    then those of ``classes`` it does not know. NoTextHeadError for any other model."""
+    head or a zero-shot run, or an exported ``.onnx`` with its text tower (:func:`bundle_predictor`).
+    ``keep_run_classes``: the run's own classes first (their trained embeddings kept), then those of
+    ``classes`` it does not know. NoTextHeadError for any other model."""
     from vl2v.methods import get_algorithm
     from vl2v.serving.export import deploy_model
 
+    if Path(path).suffix == ".onnx" and Path(path).is_file():
+        return bundle_predictor(Path(path), classes, keep_run_classes)
     run_dir, which = run_location(path, which)
     name = run_algorithm(run_dir)
     if not get_algorithm(name).cls.has_student:
@@ -372,6 +378,50 @@ def load_text_predictor(path: str | Path, classes: ClassList, which: str = "sele
     meta = {"algorithm": name, "teacher_identity": loaded.teacher_identity, "head": head, "checkpoint": which,
             "embedded_classes": embedded}
     return Predictor(_torch_fn(model), labels, loaded.image_size, "pytorch", str(run_dir), meta)
+
+
+def bundle_predictor(path: Path, classes: ClassList, keep_run_classes: bool = False) -> Predictor:
+    """An exported ``student.onnx`` over ``classes``: its ``embedding`` output against the class names embedded
+    with the ``text.onnx`` and tokenizer exported beside it (``100 * cos``). NoTextHeadError, naming the run to
+    use instead, for an export without them."""
+    from vl2v.serving.export import EMBEDDING_NAME, classes_path
+    from vl2v.serving.text_export import TextBundle, TextTowerError
+
+    meta = _read_sidecar(path)
+    ov = meta.get("open_vocabulary") or {}
+    run = (meta.get("source_run") or {}).get("run_dir")
+    use_run = f"pass the run directory it was exported from ({run or '?'}) to use other class names"
+    kind = (meta.get("head") or {}).get("kind")
+    if not ov and kind in ("linear", "algorithm-logits"):
+        raise NoTextHeadError(f"{path} is an exported model of '{meta.get('algorithm') or '?'}': it predicts with a "
+                              f"classifier over its {len(meta['classes'])} training classes "
+                              f"({few_names(meta['classes'])}), so it cannot take new class names; runs of "
+                              f"{', '.join(TEXT_HEAD_ALGORITHMS)} can (they predict in the teacher's text space)")
+    if not ov:
+        raise NoTextHeadError(f"{path} is an exported model without an embedding output (exported by an older vl2v?): "
+                              f"its class embeddings are fixed in the file; {use_run}")
+    if not ov.get("text_tower"):
+        why = " ".join(str(ov.get("why_no_text_tower") or "?").split())
+        raise NoTextHeadError(f"{path} is an exported model without a text tower ({why}); {use_run}")
+    try:
+        text = TextBundle(path.parent, ov["templates"])
+        labels, names = list(classes.labels), list(classes.names)
+        t = text.classifier(names)
+        embedded = labels
+        if keep_run_classes:
+            known = json.loads(classes_path(path).read_text(encoding="utf-8"))
+            new = [i for i, c in enumerate(labels) if c not in known["classes"]]
+            embedded = [labels[i] for i in new]
+            labels = list(known["classes"]) + embedded
+            t = np.concatenate([np.asarray(known["embeddings"], np.float32), t[new]])
+    except (OSError, ValueError, KeyError) as exc:
+        raise TextTowerError(f"{path.parent}: its text tower or class file cannot be read ({exc}); export the "
+                             "run again") from None
+    sess, scale = onnx_session(path), float(ov.get("scale", 100.0))
+    fn = lambda x: scale * sess.run([EMBEDDING_NAME], {INPUT_NAME: x})[0] @ t.T  # noqa: E731
+    info = {"algorithm": meta.get("algorithm"), "teacher_identity": meta.get("teacher_identity"),
+            "head": meta.get("head"), "embedded_classes": embedded, "text_tower": ov["text_tower"]["model"]}
+    return Predictor(fn, labels, int(meta["input"]["shape"][-1]), "onnx", str(path), {**meta, **info})
 
 
 def _zeroshot_predictor(run_dir: Path, classes: ClassList, store: str | Path | None,
