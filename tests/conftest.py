@@ -163,6 +163,8 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_predict.py": SLOW_E2E,  # shares test_export's trained runs and ONNX exports
     "test_eval_command.py": SLOW_E2E,  # `vl2v eval`: shares test_export's trained runs and ONNX exports
     "test_predict_classes.py": SLOW_E2E,  # `predict --classes`: module fixture trains 5 tiny runs (~4 s)
+    # a tiny ConSE adip run exported with its text tower; the docs example in a fresh venv (pip install)
+    "test_open_vocab_export.py": SLOW_E2E,
     "test_training_e2e.py": E2E,  # whole-pipeline training and CLI runs
     "test_vendor_teachers.py::test_dry_run_predicts_a_vendor_runs_queries_exactly_and_its_cost_to_the_cent": SLOW_E2E,
     "test_dry_run.py": SLOW_E2E,  # a dry run, then the 12-run comparison it predicts (~24 s)
@@ -171,6 +173,8 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_out_dir_guard.py::test_same_settings_reuse_the_finished_runs": E2E,
     "test_out_dir_guard.py::test_overwrite_starts_over": E2E,
     "test_out_dir_guard.py::test_resume_takes_only_speed_flags": E2E,
+    "test_out_dir_guard.py::test_the_experiment_records_the_library_versions_its_numbers_depend_on": E2E,
+    "test_out_dir_guard.py::test_an_api_key_never_reaches_a_record": E2E,
     "test_training_e2e.py::test_every_algorithm_trains_and_writes_domainbed_records": SLOW,  # 21 s
     "test_training_e2e.py::test_cli_train_and_report": SLOW,  # 12 s
     "test_training_e2e.py::test_distill_starts_from_best_align_checkpoint": SLOW,  # 3.4 s
@@ -188,6 +192,7 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_conse_runtime.py::test_auto_runtime_is_onnx_on_the_cpu_and_torch_elsewhere": SLOW,  # same fixture, 3 teachers
     "test_remote.py::test_conse_round_trip": SLOW_E2E,  # ConSE served over HTTP, 8.1 s
     "test_remote.py::test_persistent_failure_gives_up_with_a_clear_error": SLOW,  # retry back-off, 3.7 s
+    "test_service_quotas.py::test_load_benchmark_quick_quota_mode": SLOW_E2E,  # service_load.py --quick, ~9 s
     "test_store.py::test_sigkill_mid_write_leaves_a_usable_store": SLOW,  # 8.3 s
     "test_precompute.py::test_precompute_then_training_queries_nothing": SLOW_E2E,  # 7.5 s
     "test_disk_faults.py::test_disk_full_mid_run_keeps_last_good_checkpoint": SLOW_E2E,  # 4.2 s
@@ -200,6 +205,7 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_precision.py": SLOW_E2E,  # short training runs; torch.compile on the CPU
     "test_selection.py::test_adip_with_final_stage_selection_selects_a_distill_checkpoint": E2E,
     "test_algorithm_contract.py::test_student_contract[vit_base_patch16_224]": SLOW,  # random ViT-B, ~4 s
+    "test_lanes.py::test_every_lane_key_names_a_collected_test": SLOW,  # collects the suite in a subprocess, 13-23 s
     "test_benchmark_pipeline.py": SLOW_E2E,  # benchmarks/pipeline.py --quick: ~20 training runs + 5 processes, ~60 s
     # two tiny kd runs (hparams seeds 0 and 1) and the report's pick, 2.6-3.9 s
     "test_hparam_search.py::test_runs_of_two_hparams_seeds_record_their_draws_and_the_report_picks_one": SLOW_E2E,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vl2v.config import Schedule
+from vl2v.errors import ConfigError
 from vl2v.methods import Batch, TaskContext, create_algorithm, list_algorithms
 from vl2v.students import create_student, list_students
 from vl2v.training.checkpoint import load_weights, save_weights
@@ -113,11 +114,33 @@ def test_capability_flags_match_the_algorithm(name):
         assert algo.student is None
     if not info.uses_registry_student:
         assert algo.student is not None  # built its own (VL2V-SD: a copy of the teacher's encoder)
+    if info.lambda_hparam:  # the report's lambda-sweep figure reads this hyperparameter (and its default)
+        assert isinstance(getattr(algo.hparams, info.lambda_hparam), float)
     if info.needs_white_box:
         blind = copy.copy(context())
         blind.teacher_encoder = None
-        with pytest.raises(Exception):
+        with pytest.raises(ConfigError, match="white-box"):
             create_algorithm(name, blind, None)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_teacher_guard_is_one_config_error(name):
+    """create_algorithm refuses a context without the teacher parts the flags declare, with one error type that
+    names the algorithm and what is missing; an algorithm that needs no teacher builds without one."""
+    info = next(a for a in list_algorithms() if a.name == name)
+    bare = copy.copy(context())
+    bare.text_classifier = bare.teacher_dim = bare.prompts = bare.teacher_encoder = None
+    student = create_student("efficientnet_lite0", pretrained=False) if (info.has_student and info.uses_registry_student) else None
+    if not (info.needs_teacher or info.uses_teacher_images or info.uses_teacher_text or info.needs_white_box):
+        create_algorithm(name, bare, student)
+        return
+    with pytest.raises(ConfigError, match=rf"^{name} needs a (white-box )?teacher .*missing: text classifier, embedding size"):
+        create_algorithm(name, bare, student)
+    if info.uses_teacher_text:
+        no_text = copy.copy(context())
+        no_text.prompts = None
+        with pytest.raises(ConfigError, match="missing: text embeddings"):
+            create_algorithm(name, no_text, student)
 
 
 @pytest.mark.parametrize("name", [s.name for s in list_students()])

@@ -84,9 +84,9 @@ def test_bad_input_is_one_line_before_any_work(image_folder, tmp_path, capsys, n
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("results.jsonl"))
 
 
-@pytest.mark.parametrize("cmd", [["teachers"], ["list"], ["--help"], ["train", "--help"]])
+@pytest.mark.parametrize("cmd", [["teacher", "list"], ["teachers"], ["list"], ["--help"], ["train", "--help"]])
 def test_output_cut_short_by_a_pipe_is_not_a_traceback(cmd):
-    """`vl2v teachers | head -1`: the reader leaves early; vl2v ends quietly."""
+    """`vl2v teacher list | head -1`: the reader leaves early; vl2v ends quietly."""
     code = ("import sys; from vl2v.cli import main; sys.exit(main(sys.argv[1:]))")
     p = subprocess.Popen([sys.executable, "-c", code, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.close()  # like `head -1` that has read its line: every later write meets a closed pipe

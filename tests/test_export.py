@@ -10,50 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_image_folder, make_image
+from conftest import make_image
+from helpers import onnx_exports, run_of, trained  # noqa: F401  (shared fixtures: trained runs, ONNX exports)
 from vl2v.cli import main
-from vl2v.config import ExperimentConfig, Schedule, TrainConfig
-from vl2v.evaluation.protocol import run_experiment
 from vl2v.serving.export import CosineHead, ExportError, LinearHead, build_head, export_run, load_student_run
 from vl2v.serving.predict import load_image
 
 OFFLINE_PACS = Path("/work/data/offline_pacs")  # the real offline benchmark, where this machine has it
 PARITY_ATOL = 1e-4
-
-
-_CACHE: dict[str, object] = {}  # shared with tests/test_predict.py, which imports these fixtures
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """Finished adip, erm_lp, kd and zeroshot runs (target art) on tiny generated data, 48 px inputs."""
-    if "trained" not in _CACHE:
-        _CACHE["trained"] = _train(tmp_path_factory)
-    return _CACHE["trained"]
-
-
-def _train(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    folder = build_image_folder(root / "tiny", per_class=5, size=40)
-    train = TrainConfig(schedule=Schedule(steps=3, frozen_steps=4, lr=1e-3, frozen_lr=1e-2), batch_size=4,
-                        eval_every=2, image_size=48, swad=True)
-    cfg = ExperimentConfig(dataset=None, data_dir=str(folder), out_dir=str(root / "runs"),
-                           algorithms=("adip", "erm_lp", "kd", "zeroshot"), targets=(0,), teacher="tiny-test",
-                           store="memory", student="efficientnet_lite0", student_pretrained=False, train=train)
-    run_experiment(cfg, log=lambda s: None)
-    return root / "runs"
-
-
-def run_of(runs: Path, algo: str) -> Path:
-    return runs / algo / "target-0-art" / "seed0"
-
-
-@pytest.fixture(scope="module")
-def onnx_exports(trained, tmp_path_factory) -> dict[str, object]:
-    if "onnx" not in _CACHE:
-        out = tmp_path_factory.mktemp("onnx")
-        _CACHE["onnx"] = {a: export_run(run_of(trained, a), "onnx", out_dir=out / a) for a in ("adip", "erm_lp")}
-    return _CACHE["onnx"]
 
 
 def real_images(size: int, tmp_path: Path) -> torch.Tensor:
@@ -120,6 +84,25 @@ def test_sidecar_describes_the_model(trained, onnx_exports):
     import hashlib
 
     assert meta["sha256"] == hashlib.sha256(res.model_path.read_bytes()).hexdigest()
+
+
+def test_text_heads_get_an_embedding_output_and_their_class_embeddings_as_data(trained, onnx_exports):
+    """adip: outputs logits and embedding, T_c written as data beside it; erm_lp: exported as before."""
+    import onnxruntime as ort
+
+    outs = {a: [o.name for o in ort.InferenceSession(str(r.model_path), providers=["CPUExecutionProvider"])
+                .get_outputs()] for a, r in onnx_exports.items()}
+    assert outs == {"adip": ["logits", "embedding"], "erm_lp": ["logits"]}
+    erm, adip = onnx_exports["erm_lp"], onnx_exports["adip"]
+    assert "open_vocabulary" not in erm.meta and not list(erm.model_path.parent.glob("*.classes.json"))
+    ov = adip.meta["open_vocabulary"]
+    assert ov["scale"] == 100.0 and ov["templates"] and ov["classes_file"] == "student.classes.json"
+    assert ov["text_tower"] is None and "tiny-test" in ov["why_no_text_tower"]  # only conse/lit export theirs
+    data = json.loads((adip.model_path.parent / "student.classes.json").read_text())
+    assert data["classes"] == ["cat", "dog", "horse"] and data["templates"] == ov["templates"]
+    text = torch.nn.functional.normalize(load_student_run(run_of(trained, "adip")).algorithm.text.float(), dim=-1)
+    assert np.array_equal(np.asarray(data["embeddings"], np.float32), text.numpy())
+    assert adip.meta["parity"]["max_abs_embedding_diff"] < 1e-5
 
 
 @pytest.mark.parametrize("algo", ["kd", "adip"])

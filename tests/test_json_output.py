@@ -1,5 +1,5 @@
 """``--json`` of `vl2v list`, `vl2v report` and `vl2v data check`: one JSON document on stdout, nothing else;
-and the listing commands end quietly when the reader of their pipe has gone (`vl2v teachers | head -1`)."""
+and the listing commands end quietly when the reader of their pipe has gone (`vl2v teacher list | head -1`)."""
 
 from __future__ import annotations
 
@@ -99,9 +99,9 @@ def test_data_check_json(image_folder, capsys):
     assert not data["ok"] and data["counts"] == {} and data["hint"]
 
 
-@pytest.mark.parametrize("argv", [["teachers"], ["list", "--json"]])
+@pytest.mark.parametrize("argv", [["teacher", "list"], ["list", "--json"]])
 def test_closed_pipe_ends_quietly(argv):
-    """`vl2v teachers | head -1`: the reader is gone before we write; no traceback, exit 0."""
+    """`vl2v teacher list | head -1`: the reader is gone before we write; no traceback, exit 0."""
     proc = subprocess.Popen([sys.executable, "-m", "vl2v", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # nobody will read: every write gets EPIPE
     err = proc.stderr.read().decode()

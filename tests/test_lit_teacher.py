@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import build_fixture_teacher, fixture_pairs, fixture_photos
 from vl2v.teachers.lit_build import (
     BenchmarkOverlapError,
     BuildConfig,
     LiTBuildError,
-    Pair,
     benchmark_hashes,
-    build_teacher,
     check_exclusion,
     check_sources,
     clean_caption,
@@ -25,74 +24,6 @@ from vl2v.teachers.lit_build import (
     render_pair,
     segment,
 )
-
-COLOURS = {"red": "#d22", "green": "#2a4", "blue": "#24d", "orange": "#e82", "purple": "#a3c", "black": "#111"}
-SHAPES = {
-    "circle": '<circle cx="8" cy="8" r="6" fill="{c}"/>',
-    "square": '<rect x="2" y="2" width="12" height="12" fill="{c}"/>',
-    "triangle": '<path d="M8 1 L15 15 L1 15 Z" fill="{c}"/>',
-    "ring": '<circle cx="8" cy="8" r="5" fill="none" stroke="{c}" stroke-width="2"/>',
-    "bar": '<rect x="2" y="6" width="12" height="4" fill="{c}"/>',
-}
-FIXTURE_CONFIG = BuildConfig(epochs=3, batch_size=16, val_fraction=0.3)
-
-
-def fixture_pairs() -> list[Pair]:
-    """30 generated (SVG icon, caption) pairs: a colour and a shape."""
-    out = []
-    for cn, c in COLOURS.items():
-        for sn, body in SHAPES.items():
-            svg = f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">{body.format(c=c)}</svg>'.encode()
-            views = ("orig",) if cn == "black" else ("orig", "line")
-            out.append(Pair(f"fx-{cn}-{sn}", "fixture", f"{cn} {sn}", svg, views, f"fixture#{cn}-{sn}"))
-    return out
-
-
-def fixture_pool():
-    return fixture_pairs(), [{"key": "fixture", "package": "generated-shapes", "version": "0", "licence": "CC0-1.0",
-                              "role": "images", "pairs": 30}]
-
-
-def fixture_photos(root: Path) -> tuple[Path, set[str]]:
-    """A photo-validation folder: noisy, shaded "photographs" and flat "drawings" of fixture concepts."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(0)
-    photos = set()
-    shapes = {"circle": lambda d, c: d.ellipse((10, 10, 86, 86), fill=c),
-              "square": lambda d, c: d.rectangle((14, 14, 82, 82), fill=c),
-              "triangle": lambda d, c: d.polygon([(48, 6), (90, 90), (6, 90)], fill=c),
-              "bar": lambda d, c: d.rectangle((4, 40, 92, 56), fill=c),
-              "ring": lambda d, c: d.ellipse((10, 10, 86, 86), outline=c, width=9),
-              "cross": lambda d, c: (d.rectangle((40, 6, 56, 90), fill=c), d.rectangle((6, 40, 90, 56), fill=c))}
-    for i, (cn, sn) in enumerate([("red", "circle"), ("blue", "square"), ("green", "triangle"), ("orange", "bar"),
-                                  ("purple", "ring"), ("black", "cross")]):
-        img = Image.new("RGBA", (96, 96), (0, 0, 0, 0))
-        rgb = tuple(int(COLOURS[cn][k:k + 1] * 2, 16) for k in (1, 2, 3))
-        shapes[sn](ImageDraw.Draw(img), rgb + (255,))
-        a = np.asarray(img).astype(np.int16)
-        a[:, (np.arange(96) // (4 + 3 * i)) % 2 == 1, :3] //= 2  # darker vertical stripes, a period per picture
-        if i % 2 == 0:  # a "photograph": shading and sensor noise
-            a[..., :3] = np.clip(a[..., :3] * np.linspace(0.6, 1.2, 96)[None, :, None] + rng.normal(0, 18, (96, 96, 3)),
-                                 0, 255)
-            photos.add(f"things/{cn}_{sn}.png")
-        folder = root / "things"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(a.astype(np.uint8), "RGBA").save(folder / f"{cn}_{sn}.png")
-    return root, photos
-
-
-def build_fixture_teacher(root: Path, benchmark: Path | None = None, name: str = "fixture",
-                          features: Path | None = None, photo_validation=None) -> Path:
-    """Build the fixture teacher into ``root/name`` (features cached in ``features``, default ``root/features``)."""
-    torch.manual_seed(123)  # must not matter
-    if photo_validation is None:
-        photo_validation = fixture_photos(root / "photos")
-    return build_teacher(name, out_dir=root / name, config=FIXTURE_CONFIG, pool=fixture_pool(),
-                         benchmark=benchmark if benchmark is not None else root / "no-benchmark",
-                         cache_dir=features or root / "features", workers=0, photo_validation=photo_validation,
-                         log=lambda s: None)
 
 
 @pytest.fixture(scope="module")
@@ -353,5 +284,8 @@ def test_cli_checks_its_options_before_building(capsys):
     assert main(["teacher", "build", "x", "--beta-far", "far"]) == 2
     assert "--beta-far takes a number" in capsys.readouterr().err
     assert main(["teacher", "build", "x", "--novelty-width", "0"]) == 2
+    capsys.readouterr()
+    assert main(["teacher", "build", "x", "--hidden", "-1"]) == 2  # BuildConfig's own range (the config layer)
+    assert "vl2v teacher build: --hidden must be >= 0, got -1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["teacher", "build", "x", "--bet", "0.5"])  # no abbreviations

@@ -15,7 +15,7 @@ import tarfile
 import pytest
 from PIL import Image, ImageDraw
 
-from test_offline_rcc import make_rcc
+from helpers import make_rcc
 from vl2v.data.offline import build as build_mod
 from vl2v.data.offline import fetch
 from vl2v.data.offline.fetch import FetchError, PackageCache, PackagePin

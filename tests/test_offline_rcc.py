@@ -3,75 +3,11 @@
 from __future__ import annotations
 
 import struct
-import zlib
 
 import pytest
 
-from vl2v.data.offline.rcc import FLAG_DIR, FLAG_ZLIB, RccError, RccReader
-
-
-def make_rcc(files: dict[str, tuple[bytes, bool]], version: int = 3) -> bytes:
-    """Write an rcc bundle: ``files`` maps 'dir/name' -> (bytes, zlib-compress?)."""
-    tree: dict = {}
-    for path, spec in files.items():
-        *dirs, leaf = path.split("/")
-        d = tree
-        for part in dirs:
-            d = d.setdefault(part, {})
-        d[leaf] = spec
-
-    names = bytearray()
-    name_off: dict[str, int] = {}
-
-    def name(n: str) -> int:
-        if n not in name_off:
-            name_off[n] = len(names)
-            enc = n.encode("utf-16-be")
-            names.extend(struct.pack(">HI", len(enc) // 2, 0xDEAD) + enc)
-        return name_off[n]
-
-    data = bytearray()
-    # Breadth-first: each directory's children get consecutive node indices.
-    nodes: list[tuple] = [("", tree)]
-    i = 0
-    layout: list[tuple] = []  # (name, flags, a, b)
-    while i < len(nodes):
-        nm, obj = nodes[i]
-        if isinstance(obj, dict):
-            first = len(nodes)
-            for child in sorted(obj):
-                nodes.append((child, obj[child]))
-            layout.append((nm, FLAG_DIR, len(obj), first))
-        else:
-            payload, compress = obj
-            if compress:
-                payload = struct.pack(">I", len(payload)) + zlib.compress(payload)
-            off = len(data)
-            data.extend(struct.pack(">I", len(payload)) + payload)
-            layout.append((nm, FLAG_ZLIB if compress else 0, 0, off))
-        i += 1
-
-    node_size = 14 if version == 1 else 22
-    tree_bytes = bytearray()
-    for nm, flags, a, b in layout:
-        if flags & FLAG_DIR:
-            rec = struct.pack(">IHII", name(nm), flags, a, b)
-        else:
-            rec = struct.pack(">IHHHI", name(nm), flags, 0, 0, b)  # territory, language, data offset
-        if version >= 2:
-            rec += struct.pack(">Q", 1234567890)  # modification time
-        assert len(rec) == node_size
-        tree_bytes.extend(rec)
-
-    header_len = 24 if version >= 3 else 20
-    data_off = header_len
-    names_off = data_off + len(data)
-    tree_off = names_off + len(names)
-    header = b"qres" + struct.pack(">IIII", version, tree_off, data_off, names_off)
-    if version >= 3:
-        header += struct.pack(">I", 1)
-    return bytes(header + data + names + tree_bytes)
-
+from helpers import make_rcc
+from vl2v.data.offline.rcc import RccError, RccReader
 
 FILES = {
     "gcompris/src/animals/README": (b"Copyright: someone\nFiles:\ncat.webp\n", False),

@@ -202,3 +202,12 @@ def test_a_sweep_refuses_to_write_an_api_key_into_job_files():
     with pytest.raises(ConfigError, match="api_key=... would be written into every job's job.json"):
         _config_json(ExperimentConfig(teacher="remote:http://127.0.0.1:1", teacher_options={"api_key": "k"}))
     assert _config_json(ExperimentConfig(teacher_options={"k": "5"}))["teacher_options"] == {"k": "5"}
+
+
+def test_the_experiment_records_the_library_versions_its_numbers_depend_on(trained):
+    import torch
+
+    env = json.loads((trained[1] / "experiment.json").read_text())["environment"]
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert {"timm", "numpy", "pillow", "onnxruntime"} <= set(env["packages"])

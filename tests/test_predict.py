@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import make_image
-from test_export import onnx_exports, run_of, trained  # noqa: F401  (shared fixtures)
+from helpers import onnx_exports, run_of, trained  # noqa: F401  (shared fixtures)
 from vl2v.cli import main
 from vl2v.serving.export import ExportError, export_run
 from vl2v.serving.predict import expand_images, load_predictor

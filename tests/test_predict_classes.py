@@ -161,7 +161,7 @@ def test_zeroshot_is_the_teacher_with_the_new_names(runs, image):
 
 
 def test_text_head_is_detected_by_behaviour(runs):
-    from test_rise_sd import ctx as rise_context
+    from helpers import rise_sd_context as rise_context
     from vl2v.methods import create_algorithm
     from vl2v.serving.export import load_student_run
     from vl2v.students import create_student

@@ -6,25 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vl2v.config import Schedule
+from helpers import RISE_SD_CLASSES as C
+from helpers import RISE_SD_DIM as D
+from helpers import rise_sd_context as ctx
 from vl2v.errors import ConfigError
-from vl2v.methods import Batch, TaskContext, create_algorithm
+from vl2v.methods import Batch, create_algorithm
 from vl2v.methods.rise import relative_distance
 from vl2v.students import create_student
-
-C, D = 3, 16
-
-
-def ctx(encoder=None, size=24):
-    text = F.normalize(torch.randn(C, D, generator=torch.Generator().manual_seed(1)), dim=-1)
-
-    def prompts(texts):
-        g = torch.Generator().manual_seed(len(texts))
-        return F.normalize(torch.randn(len(texts), D, generator=g), dim=-1)
-
-    return TaskContext(num_classes=C, class_names=["cat", "dog", "horse"], source_domains=["art_painting", "photo"],
-                       text_classifier=text, teacher_dim=D, prompts=prompts, teacher_encoder=encoder,
-                       teacher_image_size=size, schedule=Schedule(steps=3, lr=1e-2))
 
 
 def batch(size=32, n=4, seed=3):
@@ -129,8 +117,7 @@ def test_sd_on_a_random_open_clip_teacher(image_folder, tmp_path):
 
     import open_clip
 
-    from test_teachers import TINY_CLIP
-    from test_training_e2e import tiny_cfg
+    from helpers import TINY_CLIP, tiny_cfg
     from vl2v.evaluation.protocol import run_experiment
 
     cfgfile = tmp_path / "vl2v-tiny-clip-sd.json"
@@ -146,7 +133,7 @@ def test_sd_on_a_random_open_clip_teacher(image_folder, tmp_path):
 
 
 def test_white_box_algorithms_need_white_box_configuration(image_folder, tmp_path):
-    from test_training_e2e import tiny_cfg
+    from helpers import tiny_cfg
     from vl2v.evaluation.protocol import run_experiment
 
     cfg = tiny_cfg(image_folder, tmp_path / "runs", ["sd"], targets=(0,), blackbox=True)

@@ -155,7 +155,8 @@ def test_keys_file_parsing_and_add_key(tmp_path):
         add_key(f, "ci")
     with pytest.raises(KeysFileError, match="bad key name"):
         add_key(f, "no spaces")
-    for bad, msg in [("a short", "shorter"), ("a sha256:12", "64 hex"), ("a b c", "expected"),
+    for bad, msg in [("a short", "shorter"), ("a sha256:12", "64 hex"), ("a", "expected"),
+                     ("a tokentokentokentoken c", "bad limit"),
                      ("a tokentokentokentoken\na tokentokentokentoken2", "twice"),
                      ("a tokentokentokentoken\nb tokentokentokentoken", "same secret")]:
         with pytest.raises(KeysFileError, match=msg):

@@ -1,4 +1,4 @@
-"""open_clip's other architecture families through the openclip backend, local open_clip folders, `vl2v teachers`."""
+"""open_clip's other architecture families through the openclip backend, local open_clip folders, `vl2v teacher list`."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_openclip_family_shapes_normalisation_and_image_tower(tiny_models, name)
 
 def _write_local_dir(d, name: str, mean=(0.5, 0.5, 0.5)):
     """A folder as `huggingface-cli download timm/ViT-B-16-SigLIP` gives: open_clip config and an HF tokenizer."""
-    from test_hf_teachers import bert_tokenizer
+    from helpers import bert_tokenizer
 
     d.mkdir(parents=True, exist_ok=True)
     model_cfg = copy.deepcopy(TINY[name])
@@ -188,20 +188,39 @@ def test_catalogue_lists_the_whole_openclip_catalogue_and_every_family():
     assert {e.family for e in transformers_catalog()} == set(FAMILIES)
 
 
-def test_cli_teachers(capsys):
-    assert main(["teachers"]) == 0
+def test_cli_teacher_list(capsys):
+    assert main(["teacher", "list"]) == 0
     out = capsys.readouterr().out
     for word in ("teacher backends", "transformers", "openclip", "conse", "white-box", "openclip:ViT-B-16:openai",
                  "google/siglip-base-patch16-224", "Salesforce/blip-itm-base-coco", "kakaobrain/align-base"):
         assert word in out
     for fam in FAMILIES:
         assert f"\n  {fam} " in out
-    assert main(["teachers", "openclip", "--grep", "coca"]) == 0
+    assert main(["teacher", "list", "openclip", "--grep", "coca"]) == 0
     rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("  ") and "openclip:" in l]
     assert rows and all("coca" in l.lower() for l in rows)
-    assert main(["teachers", "transformers"]) == 0
+    assert main(["teacher", "list", "transformers"]) == 0
     out = capsys.readouterr().out
     assert "open_clip catalogue" not in out and "siglip2" in out
+
+
+@pytest.mark.parametrize("args", [[], ["openclip", "--grep", "coca"], ["backends"]])
+def test_cli_teachers_is_a_deprecated_alias_of_teacher_list(capsys, args):
+    """`vl2v teachers` prints what `vl2v teacher list` prints, plus one line on stderr naming the new command."""
+    assert main(["teacher", "list", *args]) == 0
+    new = capsys.readouterr()
+    assert main(["teachers", *args]) == 0
+    old = capsys.readouterr()
+    assert old.out == new.out and new.err == ""
+    assert len(old.err.splitlines()) == 1 and "deprecated" in old.err and "vl2v teacher list" in old.err
+
+
+def test_cli_teachers_alias_is_hidden(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    commands = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and not line.startswith("     ")]
+    assert "teacher" in commands and "teachers" not in commands, commands
 
 
 def test_cli_train_with_a_coca_tower_end_to_end(tiny_models, image_folder, tmp_path, capsys):

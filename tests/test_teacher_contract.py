@@ -1,6 +1,6 @@
 """The contract every registered teacher backend keeps, checked on small offline builds of each.
 
-conse (the real offline teacher), lit (the LiT teacher built from test_lit_teacher's fixture pool), openclip (a tiny random-weight architecture), transformers (a tiny
+conse (the real offline teacher), lit (the LiT teacher built from the fixture pool in tests/helpers.py), openclip (a tiny random-weight architecture), transformers (a tiny
 random CLIPModel saved to a temporary folder), remote (a client of an in-process `vl2v serve` of the
 tiny test teacher), vendor (jina-clip-v2 against test_vendor_teachers' respx mock of Jina's API) and the
 test suite's own tiny-test backend.
@@ -29,11 +29,13 @@ TEXTS = ["a photo of a dog", "a sketch of a cat", "a painting of a big elephant"
 
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory):
-    """backend -> (teacher string, options) that builds it offline; a context (server) is kept open for remote."""
+    """backend -> (teacher string, options) that builds it offline (a callable in place of the string: built on
+first use); remote and vendor are built from their service fixtures in build(). Every registered backend needs
+one: build() fails for a backend that has none."""
     root = tmp_path_factory.mktemp("contract")
     out = {"conse": ("conse", {"k": 5}), "tiny-test": ("tiny-test", {})}
 
-    from test_lit_teacher import build_fixture_teacher
+    from helpers import build_fixture_teacher
 
     # built on first use only (a fixture build takes seconds): the spec string is resolved by _text()
     out["lit"] = (lambda: f"lit:{build_fixture_teacher(root / 'lit')}", {})
@@ -44,10 +46,12 @@ def specs(tmp_path_factory):
     open_clip.add_model_config(root / "vl2v-contract-clip.json")
     out["openclip"] = ("openclip:vl2v-contract-clip:none", {})
 
-    if importlib.util.find_spec("transformers") is not None:
-        from test_hf_teachers import build_clip
+    def hf_clip() -> str:  # built on first use; without the hf extra, the transformers contract is skipped (said why)
+        from helpers import build_clip
 
-        out["transformers"] = (f"transformers:{build_clip(root / 'hf-clip')}", {})
+        return f"transformers:{build_clip(root / 'hf-clip')}"
+
+    out["transformers"] = (hf_clip, {})
     yield out
 
 
@@ -99,8 +103,9 @@ def build(name: str, specs, request) -> Teacher:
     if name == "vendor":
         text, opts = request.getfixturevalue("vendor_service")
         return create_teacher(text, **opts)  # no request until the first embed call
-    if name not in specs:
-        pytest.skip(f"no offline build of {name} here")
+    if name not in specs:  # a registered backend with no offline build here fails: never skipped unseen
+        pytest.fail(f"teacher backend {name!r} has no offline fixture: add one to specs() in tests/test_teacher_contract.py "
+                    "(a tiny or local build, or a service fixture handled in build())", pytrace=False)
     if name not in _BUILT:
         opts = specs[name][1]
         torch.manual_seed(0)
@@ -116,6 +121,12 @@ def test_every_backend_registers_typed_info():
     for info in list_teachers():
         assert isinstance(info, TeacherInfo) and callable(info.factory) and info.summary
         assert isinstance(info.white_box, bool) and isinstance(info.offline, bool)
+
+
+def test_a_backend_without_an_offline_fixture_fails(specs, request):
+    """The contract is never skipped for lack of a fixture: a new backend fails until it gets one."""
+    with pytest.raises(pytest.fail.Exception, match="has no offline fixture"):
+        build("not-a-fixture-backend", specs, request)
 
 
 def _images(n: int, size: int, seed: int) -> torch.Tensor:

@@ -6,13 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import TINY_CLIP
 from vl2v.teachers import create_teacher
 from vl2v.teachers.base import TeacherError
 from vl2v.teachers.blackbox import BlackBoxTeacher
 from vl2v.teachers.prompts import prompts_for, text_classifier, validate_templates
-
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}
 
 
 @pytest.fixture(scope="module")

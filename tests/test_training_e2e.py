@@ -5,20 +5,12 @@ import json
 import pytest
 import torch
 
+from helpers import tiny_cfg
 from vl2v.cli import main
-from vl2v.config import ExperimentConfig, Schedule, TrainConfig
 from vl2v.evaluation.protocol import run_experiment
 from vl2v.methods import list_algorithms
 
 ALL = [a.name for a in list_algorithms()]
-
-
-def tiny_cfg(folder, out, algorithms, **kw):
-    train = TrainConfig(schedule=Schedule(steps=4, frozen_steps=6, lr=1e-3, frozen_lr=1e-2), batch_size=4,
-                        eval_every=2, image_size=32, swad=kw.pop("swad", False))
-    return ExperimentConfig(dataset=None, data_dir=str(folder), out_dir=str(out), algorithms=tuple(algorithms),
-                            teacher=kw.pop("teacher", "tiny-test"), store="memory", student="efficientnet_lite0",
-                            student_pretrained=False, train=train, blackbox=kw.pop("blackbox", "sd" not in algorithms), **kw)
 
 
 def test_every_algorithm_trains_and_writes_domainbed_records(image_folder, tmp_path):

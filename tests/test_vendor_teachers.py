@@ -399,16 +399,25 @@ def test_the_store_keeps_every_batch_paid_for_when_the_budget_runs_out(router, t
 
 
 # ------------------------------------------------------------------ end to end: train twice, pay once
-def test_cli_train_then_an_identical_run_makes_zero_http_calls(image_folder, tmp_path, router, monkeypatch):
+#: (provider, model, embedding size, key variable): every vendor's fixture is run end to end
+E2E_VENDORS = [("jina", "jina-clip-v2", 1024, "JINA_API_KEY"), ("cohere", "embed-v4.0", 1536, "CO_API_KEY"),
+               ("voyage", "voyage-multimodal-3", 1024, "VOYAGE_API_KEY"),
+               ("nomic", "nomic-embed-vision-v1.5", 768, "NOMIC_API_KEY")]
+
+
+@pytest.mark.parametrize("provider,model,dim,env", E2E_VENDORS, ids=[v[0] for v in E2E_VENDORS])
+def test_cli_train_then_an_identical_run_makes_zero_http_calls(image_folder, tmp_path, router, monkeypatch,
+                                                               provider, model, dim, env):
     from vl2v.cli import main
 
-    monkeypatch.setenv("JINA_API_KEY", KEY)
-    mock = VendorMock("jina", router, 1024)
+    monkeypatch.setenv(env, KEY)
+    mock = VendorMock(provider, router, dim)
     store = tmp_path / "store.sqlite"
+    price_opts = ["price_image=0.0004", "price_text=0.00002"] if provider == "nomic" else []  # no published price
 
     def train(out):
-        return main(["train", "--data", str(image_folder), "--teacher", "vendor:jina:jina-clip-v2",
-                     "--teacher-opt", "image_size=32", "budget_usd=5", "--store", str(store), "--algorithm", "adip",
+        return main(["train", "--data", str(image_folder), "--teacher", f"vendor:{provider}:{model}",
+                     "--teacher-opt", "image_size=32", "budget_usd=5", *price_opts, "--store", str(store), "--algorithm", "adip",
                      "--target", "photo", "--no-pretrained", "--steps", "2", "--frozen-steps", "2", "--batch-size",
                      "4", "--image-size", "32", "--eval-every", "2", "--jobs", "1", "--out", str(out)])
 
@@ -422,19 +431,22 @@ def test_cli_train_then_an_identical_run_makes_zero_http_calls(image_folder, tmp
         assert KEY not in f.read_text()
 
 
+@pytest.mark.parametrize("provider,model,dim,env", E2E_VENDORS, ids=[v[0] for v in E2E_VENDORS])
 def test_dry_run_predicts_a_vendor_runs_queries_exactly_and_its_cost_to_the_cent(image_folder, tmp_path, router,
-                                                                                   monkeypatch, capsys):
+                                                                                   monkeypatch, capsys, provider,
+                                                                                   model, dim, env):
     """`vl2v train --dry-run` against the mocked Jina API: no HTTP call, then the run sends exactly the image and
     text items the dry run counted, and costs what it said, to the cent, at the price it printed."""
     import json
 
     from vl2v.cli import main
 
-    monkeypatch.setenv("JINA_API_KEY", KEY)
-    mock = VendorMock("jina", router, 1024)
+    monkeypatch.setenv(env, KEY)
+    mock = VendorMock(provider, router, dim)
     store, out = tmp_path / "store.sqlite", tmp_path / "runs"
-    argv = ["train", "--data", str(image_folder), "--teacher", "vendor:jina:jina-clip-v2", "--teacher-opt",
-            "image_size=32", "--store", str(store), "--algorithm", "zeroshot", "adip", "--target", "photo",
+    price_opts = ["price_image=0.0004", "price_text=0.00002"] if provider == "nomic" else []  # no published price
+    argv = ["train", "--data", str(image_folder), "--teacher", f"vendor:{provider}:{model}", "--teacher-opt",
+            "image_size=32", *price_opts, "--store", str(store), "--algorithm", "zeroshot", "adip", "--target", "photo",
             "--no-pretrained", "--steps", "2", "--frozen-steps", "2", "--batch-size", "4", "--image-size", "32",
             "--eval-every", "2", "--views", "2", "--jobs", "1", "--out", str(out)]
     assert main(argv + ["--dry-run", "--json"]) == 0

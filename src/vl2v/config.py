@@ -2,7 +2,9 @@
 
 Every option of a run lives in one of the dataclasses below (or, for an
 algorithm's own hyperparameters, in a dataclass next to the algorithm made with
-the same :func:`config_dataclass`). Each field declares its type and range once;
+the same :func:`config_dataclass`; so are a teacher backend's options, the LiT
+build's ``BuildConfig``, the service's ``ServiceConfig`` and the augmentation's
+``AugConfig``). Each field declares its type and range once;
 pydantic checks them when the object is built, so ``lam=1.5`` or
 ``batch_size="garbage"`` fail at once with a :class:`ConfigError` naming the
 field, instead of running with a silently coerced value.
@@ -20,66 +22,28 @@ import dataclasses
 import functools
 from dataclasses import field, replace
 from importlib import resources
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import tomllib
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
-from pydantic.dataclasses import dataclass as _pydantic_dataclass
+from pydantic import Field
 
 from vl2v.errors import ConfigError
 
-T = TypeVar("T")
+# the layer's mechanism lives in vl2v.utils.configclass (below data/, which uses it too: config.py imports
+# data/, so data/ cannot import config.py); it is the config layer's, and imported from here everywhere else
+from vl2v.utils.configclass import (  # noqa: F401  (re-exported)
+    Fraction,
+    NonNegFloat,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    config_dataclass,
+    from_dict,
+    validated,
+)
 
 #: CLIP's default prompt: "a photo of a {c}"
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {c}",)
-
-PosInt = Annotated[int, Field(ge=1)]
-NonNegInt = Annotated[int, Field(ge=0)]
-NonNegFloat = Annotated[float, Field(ge=0.0)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-def config_dataclass(cls: type[T] | None = None, *, frozen: bool = False):
-    """``@dataclass`` whose fields pydantic validates on construction (unknown fields refused)."""
-
-    def wrap(c: type[T]) -> type[T]:
-        return _pydantic_dataclass(c, frozen=frozen, config=ConfigDict(extra="forbid", arbitrary_types_allowed=True))
-
-    return wrap(cls) if cls is not None else wrap
-
-
-def _describe(err: dict[str, Any], what: str, known: list[str], noun: str, labels: dict[str, str] | None = None) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__init__") or "value"
-    loc = (labels or {}).get(loc, loc)
-    typ, given = err.get("type", ""), err.get("input")
-    ctx = err.get("ctx") or {}
-    if typ in ("unexpected_keyword_argument", "extra_forbidden"):
-        return f"{what} has no {noun} {loc!r}; known: {', '.join(known)}"
-    if typ.endswith("_parsing") or typ.endswith("_type"):
-        kind = typ.split("_")[0]
-        return f"{what}: {loc}={given!r}: expected {kind}"
-    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
-    if typ in bounds:
-        limit = next(iter(ctx.values()), "?")
-        return f"{what}: {loc} must be {bounds[typ]} {limit}, got {given!r}"
-    return f"{what}: {loc}: {err.get('msg', typ)} (got {given!r})"
-
-
-def validated(cls: type[T], data: dict[str, Any], what: str | None = None, noun: str = "option",
-              labels: dict[str, str] | None = None) -> T:
-    """``cls(**data)`` with pydantic's errors turned into one readable :class:`ConfigError`; ``labels`` name a
-    field as the user wrote it (``{"lr": "--lr"}``: "--lr must be >= 0" rather than "lr must be >= 0")."""
-    what = what or cls.__name__
-    try:
-        return TypeAdapter(cls).validate_python(dict(data))
-    except ValidationError as exc:
-        known = [f.name for f in dataclasses.fields(cls)]
-        raise ConfigError("; ".join(_describe(e, what, known, noun, labels) for e in exc.errors())) from None
-
-
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Inverse of ``dataclasses.asdict`` for these config classes (as stored in JSON files)."""
-    return validated(cls, data)
 
 
 # --------------------------------------------------------------------------- run configuration

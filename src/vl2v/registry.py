@@ -8,8 +8,8 @@ Every pluggable family (datasets, teachers, students, algorithms) has one
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Generic, Iterator, TypeVar
 
 from vl2v.errors import UserError
 
@@ -27,7 +27,6 @@ class UnknownNameError(UserError, KeyError):
 class Entry(Generic[T]):
     name: str
     obj: T
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Registry(Generic[T]):
@@ -37,13 +36,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str | None = None, **meta: Any) -> Callable[[T], T]:
+    def register(self, name: str | None = None) -> Callable[[T], T]:
         def deco(obj: T) -> T:
             key = name or getattr(obj, "__name__")
             low = key.lower()
             if low in self._entries:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
-            self._entries[low] = Entry(key, obj, dict(meta))
+            self._entries[low] = Entry(key, obj)
             return obj
 
         return deco

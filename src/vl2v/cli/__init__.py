@@ -5,13 +5,13 @@
 | data list/download/build/check | :mod:`vl2v.cli.data` | :mod:`vl2v.data` |
 | train, compare | :mod:`vl2v.cli.train` | :func:`vl2v.evaluation.protocol.run_experiment` |
 | report | :mod:`vl2v.cli.report` | :mod:`vl2v.evaluation.report`, ``html_report`` |
-| list, teachers | :mod:`vl2v.cli.listing` | the registries |
+| list | :mod:`vl2v.cli.listing` | the registries |
 | serve | :mod:`vl2v.cli.serve` | :mod:`vl2v.serving.service` |
 | sweep | :mod:`vl2v.cli.sweep` | :mod:`vl2v.evaluation.sweep` |
 | embed | :mod:`vl2v.cli.embed` | :mod:`vl2v.teachers.precompute` |
 | export, predict | :mod:`vl2v.cli.deploy` | :mod:`vl2v.serving.export`, ``predict`` |
 | eval | :mod:`vl2v.cli.evaluate` | :mod:`vl2v.serving.evaluate` |
-| teacher build | :mod:`vl2v.cli.teacher` | :mod:`vl2v.teachers.lit_build` |
+| teacher list/build (+ hidden, deprecated ``teachers``) | :mod:`vl2v.cli.teacher` | :mod:`vl2v.teachers.catalog`, ``lit_build`` |
 
 Options are never abbreviated (``allow_abbrev=False``: ``--tar`` is an error,
 not ``--target``). Every error a user can fix is a :class:`vl2v.errors.UserError`,

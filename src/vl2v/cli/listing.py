@@ -1,10 +1,10 @@
-"""``vl2v list`` and ``vl2v teachers``: what each registry holds (algorithms, students, teachers, datasets).
+"""``vl2v list``: what each registry holds (algorithms, students, teachers, datasets).
 
 One printer per registry; ``vl2v data list`` and ``vl2v list datasets`` share
-:func:`print_datasets`, ``vl2v list teachers`` is ``vl2v teachers backends``.
+:func:`print_datasets`, ``vl2v list teachers`` is ``vl2v teacher list backends`` (:mod:`vl2v.cli.teacher`).
 ``vl2v list --json`` prints the same registries as one JSON object (:func:`list_data`).
 Everything goes through ``print`` to ``sys.stdout`` and is flushed before the command
-returns, so a closed pipe (``vl2v teachers | head -1``) raises ``BrokenPipeError`` inside
+returns, so a closed pipe (``vl2v list | head -1``) raises ``BrokenPipeError`` inside
 ``main``, where it is handled, rather than at interpreter exit.
 """
 
@@ -109,26 +109,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_teachers(args: argparse.Namespace) -> int:
-    from vl2v.teachers.catalog import render
-
-    print(render(args.what, args.grep))
-    sys.stdout.flush()
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     # list
     q = sub.add_parser("list", help="list algorithms, students, teachers and datasets")
     q.add_argument("what", nargs="?", default="all", choices=["all", "algorithms", "students", "teachers", "datasets"])
     q.add_argument("--json", action="store_true", help="print the registries as one JSON object (nothing else on stdout)")
     q.set_defaults(func=_cmd_list)
-
-    # teachers
-    q = sub.add_parser("teachers", help="teacher backends, transformers families and the open_clip catalogue",
-                       description="List what --teacher accepts: the backends, the Hugging Face transformers "
-                       "families (transformers:HUB_ID or a downloaded folder) and every open_clip model:tag, "
-                       "with which are white-box (image tower available to VL2V-SD). See docs/teachers.md.")
-    q.add_argument("what", nargs="?", default="all", choices=["all", "backends", "transformers", "openclip"])
-    q.add_argument("--grep", metavar="TEXT", help="only rows containing TEXT (case-insensitive), e.g. siglip")
-    q.set_defaults(func=_cmd_teachers)

@@ -1,16 +1,52 @@
-"""``vl2v teacher build NAME``: train an offline teacher from pinned registry packages (:mod:`vl2v.teachers.lit_build`)."""
+"""``vl2v teacher``: everything about teachers under one command.
+
+* ``vl2v teacher list [all|backends|transformers|openclip] [--grep TEXT]``: what ``--teacher`` accepts
+  (:mod:`vl2v.teachers.catalog`);
+* ``vl2v teacher build NAME``: train an offline teacher from pinned registry packages
+  (:mod:`vl2v.teachers.lit_build`).
+
+``vl2v teachers`` (the former listing command) still works as a hidden, deprecated alias of
+``vl2v teacher list``: same options and output, plus a one-line note on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from vl2v.cli.common import CLIError
 
+LIST_DESCRIPTION = ("List what --teacher accepts: the backends, the Hugging Face transformers families "
+                    "(transformers:HUB_ID or a downloaded folder) and every open_clip model:tag, with which are "
+                    "white-box (image tower available to VL2V-SD). See docs/teachers.md.")
+
+
+def _add_list_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("what", nargs="?", default="all", choices=["all", "backends", "transformers", "openclip"])
+    q.add_argument("--grep", metavar="TEXT", help="only rows containing TEXT (case-insensitive), e.g. siglip")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from vl2v.teachers.catalog import render
+
+    print(render(args.what, args.grep))
+    sys.stdout.flush()
+    return 0
+
+
+def _cmd_teachers_alias(args: argparse.Namespace) -> int:
+    print("vl2v: `vl2v teachers` is deprecated: use `vl2v teacher list` (same options and output)", file=sys.stderr)
+    return _cmd_list(args)
+
+
+#: BuildConfig field -> the `vl2v teacher build` flag that sets it (error messages name the flag)
+BUILD_FLAGS = {"epochs": "--epochs", "beta": "--beta", "hidden": "--hidden", "beta_confident": "--beta-confident",
+               "novelty_width": "--novelty-width", "beta_far": "--beta-far", "views": "--views"}
+
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
+    from vl2v.config import validated
     from vl2v.teachers.lit_build import BuildConfig, build_teacher, format_metrics, format_photo
 
     if args.epochs is not None and args.epochs < 1:
@@ -21,7 +57,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
         raise CLIError("--beta-confident must be in [0, 1]")
     if args.novelty_width is not None and args.novelty_width <= 0:
         raise CLIError("--novelty-width must be > 0")
-    cfg = BuildConfig()
     over = {k: v for k, v in (("epochs", args.epochs), ("beta", args.beta), ("hidden", args.hidden),
                               ("beta_confident", args.beta_confident), ("novelty_width", args.novelty_width))
             if v is not None}
@@ -41,7 +76,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         if bad or "orig" not in args.views:
             raise CLIError(f"--views takes orig (required) and line, got {' '.join(args.views)}")
         over["views"] = tuple(args.views)
-    cfg = replace(cfg, **over)
+    cfg = validated(BuildConfig, over, what="vl2v teacher build", labels=BUILD_FLAGS)
     folder = build_teacher(args.name, out_dir=Path(args.out) if args.out else None, config=cfg, force=args.force,
                            benchmark=Path(args.benchmark) if args.benchmark else None, workers=args.workers,
                            photo_validation=not args.no_photo_validation)
@@ -59,9 +94,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("teacher", help="build offline teachers (LiT on icon captions)",
-                       description="Build an offline teacher from pinned registry packages.")
+    t = sub.add_parser("teacher", help="list teacher backends and catalogues; build offline teachers (LiT)",
+                       description="List what --teacher accepts (list), or build an offline teacher from pinned "
+                       "registry packages (build).")
     tsub = t.add_subparsers(dest="teacher_command", metavar="SUBCOMMAND", parser_class=type(t))
+    q = tsub.add_parser("list", help="teacher backends, transformers families and the open_clip catalogue",
+                        description=LIST_DESCRIPTION)
+    _add_list_args(q)
+    q.set_defaults(func=_cmd_list)
     b = tsub.add_parser("build", help="fetch the pinned icon sets and train the LiT teacher NAME",
                         description="Fetch the pinned icon packages (npm pack, sha256-checked), render (icon, caption) "
                         "pairs, check that none shows an OfflinePACS picture, train a head on the locked "
@@ -89,3 +129,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--workers", type=int, default=1, help="rendering processes beside the tower (default 1)")
     b.set_defaults(func=_cmd_build)
     t.set_defaults(func=lambda a: (t.print_help(), 2)[1])
+
+    # deprecated alias of `teacher list`: no help=, so `vl2v --help` does not list it
+    q = sub.add_parser("teachers", description=LIST_DESCRIPTION + " Deprecated: use `vl2v teacher list`.")
+    _add_list_args(q)
+    q.set_defaults(func=_cmd_teachers_alias)

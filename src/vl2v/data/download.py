@@ -400,12 +400,3 @@ def finalize(built: Path, final: Path, info: dict[str, Any]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(built, final)
     return final
-
-
-def folder_size(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-    return total

@@ -60,9 +60,6 @@ class FolderScan:
     def skipped(self) -> list[FolderIssue]:
         return [i for i in self.issues if not i.fatal]
 
-    def domain_items(self, d: int) -> list[ImageRecord]:
-        return [r for r in self.items if r.domain == d]
-
     def counts(self) -> dict[str, dict[str, int]]:
         c = Counter((r.domain, r.label) for r in self.items)
         return {

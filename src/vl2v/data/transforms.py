@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageEnhance
+from pydantic import Field
 
 from vl2v.data.splits import seed_hash
+from vl2v.utils.configclass import Fraction, NonNegFloat, PosFloat, config_dataclass
 
 
 @dataclass(frozen=True)
@@ -59,16 +62,18 @@ class AugParams:
         return cls(**d)
 
 
-@dataclass(frozen=True)
+@config_dataclass(frozen=True)
 class AugConfig:
-    scale: tuple[float, float] = (0.7, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.3
-    hue: float = 0.3
-    grayscale_p: float = 0.1
+    """The training augmentation's ranges (the VL2V authors' DomainBed settings are the defaults)."""
+
+    scale: tuple[Fraction, Fraction] = (0.7, 1.0)  # RandomResizedCrop: area fraction range
+    ratio: tuple[PosFloat, PosFloat] = (3 / 4, 4 / 3)  # RandomResizedCrop: aspect ratio range
+    flip_p: Fraction = 0.5
+    brightness: NonNegFloat = 0.3  # ColorJitter
+    contrast: NonNegFloat = 0.3
+    saturation: NonNegFloat = 0.3
+    hue: Annotated[float, Field(ge=0.0, le=0.5)] = 0.3
+    grayscale_p: Fraction = 0.1
 
 
 def sample_aug_params(gen: torch.Generator, cfg: AugConfig = AugConfig(), aspect: float = 1.0) -> AugParams:

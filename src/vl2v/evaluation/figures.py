@@ -63,14 +63,18 @@ class RunView:
 
     @property
     def lam(self) -> float | None:
-        """ADiP's lambda (image-term weight), from the run's hyperparameters."""
-        if self.algorithm != "adip":
+        """The run's lambda (image-term weight; ADiP's ``lam``): the hyperparameter its algorithm's registry info
+        names in ``lambda_hparam``, from the run's hyperparameters (its default if unrecorded); None for an
+        algorithm without one."""
+        info = algorithm_info(self.algorithm)
+        key = info.lambda_hparam if info is not None else None
+        if not key:
             return None
         hp = self.config.get("hparams") or {}
-        if "lam" in hp:
-            return float(hp["lam"])
+        if key in hp:
+            return float(hp[key])
         spec = dict(self.config.get("spec", {}).get("hparams") or [])
-        return float(spec.get("lam", 0.5))
+        return float(spec[key]) if key in spec else float(getattr(info.hparams_cls(), key))
 
     @property
     def predictions(self) -> dict[str, Any] | None:
@@ -80,6 +84,14 @@ class RunView:
             except (OSError, ValueError):
                 self._predictions = False
         return self._predictions or None
+
+
+def algorithm_info(algorithm: str) -> Any:
+    """The registry info (:class:`~vl2v.methods.registry.AlgorithmInfo`, capability flags) of ``algorithm``; None
+    for one this process has not registered (a plugin's run read without its plugin)."""
+    from vl2v.methods import ALGORITHMS
+
+    return ALGORITHMS.get(algorithm) if algorithm in ALGORITHMS else None
 
 
 def label_colors(labels: Sequence[str]) -> dict[str, str]:

@@ -55,19 +55,21 @@ def _algo(e) -> str:
 
 def _has_student(algorithm: str) -> bool:
     """The registry's capability flag; an algorithm this process has not registered counts as one with a student."""
-    from vl2v.methods import ALGORITHMS
-
-    return ALGORITHMS.get(algorithm).has_student if algorithm in ALGORITHMS else True
+    info = F.algorithm_info(algorithm)
+    return info.has_student if info is not None else True
 
 
 def headline_label(runs: Sequence[F.RunView]) -> str | None:
-    """The algorithm shown in the mistakes grid: 'adip' if present, else the best mean OOD with a student."""
+    """The algorithm shown in the mistakes grid: the run (default options) of an algorithm whose registry flag
+    ``headline`` is set (ADiP, the method this tool is about) if present, else the best mean OOD with a student."""
     with_pred = [r for r in runs if r.predictions]
     labels = F.ordered_labels(with_pred)
     if not labels:
         return None
-    if "adip" in labels:
-        return "adip"
+    for lab in labels:
+        info = F.algorithm_info(lab)
+        if info is not None and info.headline:
+            return lab
     with_pred = [r for r in with_pred if _has_student(r.algorithm)]
     means = {lab: sum(r.ood or 0 for r in with_pred if r.label == lab) / max(1, sum(r.label == lab for r in with_pred))
              for lab in F.ordered_labels(with_pred)}

@@ -34,6 +34,7 @@ from vl2v.teachers.registry import public_options
 from vl2v.training.loop import RunSpec, Trainer
 from vl2v.training.resources import SharedResources
 from vl2v.utils.device import resolve_device
+from vl2v.utils.environment import environment
 from vl2v.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -350,7 +351,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
                                                     "data_issues": [{"path": i.path, "reason": i.reason,
                                                                      "kind": "warning" if i.tolerable else "skipped"}
                                                                     for i in exp.data.scan.issues],
-                                                    "world_size": dist.world_size})
+                                                    "world_size": dist.world_size, "environment": environment()})
     for a in specs:
         if cfg.hparams_seed:
             log(f"hparams seed {cfg.hparams_seed}: {a.label}: "

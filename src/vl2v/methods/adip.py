@@ -38,13 +38,11 @@ class ADiPHParams:
 
 
 @register_algorithm("adip", ADiPHParams, "VL2V-ADiP: Align (projection) -> Distill (backbone) -> Predict (100 cos to T_c)",
-                    uses_teacher_images=True, needs_teacher=True)
+                    uses_teacher_images=True, needs_teacher=True, lambda_hparam="lam", headline=True)
 class ADiP(Algorithm):
 
     def __init__(self, ctx, student, hparams: ADiPHParams) -> None:
         super().__init__(ctx, student, hparams)
-        if ctx.text_classifier is None or ctx.teacher_dim is None:
-            raise ValueError("adip needs a teacher (text classifier and embedding size)")
         self.projection = nn.Linear(student.feature_dim, ctx.teacher_dim, bias=True)
         self.register_buffer("text", ctx.text_classifier.clone())
 

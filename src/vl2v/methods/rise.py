@@ -62,13 +62,11 @@ def relative_distance(z: torch.Tensor, t_y: torch.Tensor, anchors_y: torch.Tenso
 
 
 @register_algorithm("rise", RISEHParams, "RISE: KD + CE + absolute/relative distance to the teacher's text embeddings",
-                    uses_teacher_images=True, needs_teacher=True)
+                    uses_teacher_images=True, needs_teacher=True, uses_teacher_text=True)
 class RISE(Algorithm):
 
     def __init__(self, ctx, student, hparams: RISEHParams) -> None:
         super().__init__(ctx, student, hparams)
-        if ctx.text_classifier is None or ctx.teacher_dim is None or ctx.prompts is None:
-            raise ConfigError("rise needs a teacher (text classifier, embedding size and text embeddings)")
         self.projection = nn.Linear(student.feature_dim, ctx.teacher_dim)
         self.classifier = nn.Linear(ctx.teacher_dim, ctx.num_classes)
         with torch.no_grad():

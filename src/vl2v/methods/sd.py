@@ -49,9 +49,6 @@ def student_from_encoder(encoder: nn.Module, dim: int, image_size: int, freeze_b
 class SD(Algorithm):
 
     def __init__(self, ctx, student, hparams: SDHParams) -> None:
-        if ctx.teacher_encoder is None or ctx.text_classifier is None or ctx.teacher_dim is None:
-            raise ConfigError("sd (VL2V-SD) needs a white-box teacher: use a teacher whose weights are available "
-                              "(conse, openclip, transformers) and pass --white-box")
         teacher_size = ctx.teacher_image_size or 224
         size = hparams.image_size if hparams and hparams.image_size else teacher_size
         encoder = copy.deepcopy(ctx.teacher_encoder)

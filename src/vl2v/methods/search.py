@@ -118,8 +118,3 @@ def random_hparams(algorithm: str, hparams_seed: int, dataset: str | None = None
         rng = np.random.RandomState(seed_hash(hparams_seed, name, key))
         out[key] = dist.sample(rng, schedule) if isinstance(dist, Scaled) else dist.sample(rng)
     return out
-
-
-def describe_space(algorithm: str, dataset: str | None = None) -> str:
-    """``lam ~ Uniform(0.1, 0.9), ...`` (for listings and docs)."""
-    return ", ".join(f"{k} ~ {d}" for k, d in sorted(search_space(algorithm, dataset).items()))

@@ -1,10 +1,11 @@
 """Run folders: the one owner of their layout, records, model selection, labels and grouping.
 
 * :mod:`vl2v.runs.layout`: :class:`RunDir` (every file of a run), :class:`ExperimentDir`
-  (the ``--out`` folder), :class:`SweepDir`/:class:`JobDir` (sweeps), :func:`find_runs`;
+  (the ``--out`` folder), :class:`SweepDir`/:class:`JobDir` (sweeps), :func:`find_runs`, a run's
+  label and summary (:func:`run_label`, :func:`run_summary`);
 * :mod:`vl2v.runs.records`: the record schema and :class:`RunRecorder` (``results.jsonl``);
 * :mod:`vl2v.runs.selection`: training-domain validation and oracle selection;
-* :mod:`vl2v.runs.summary`: run labels, per-run summaries, runs grouped by dataset;
+* :mod:`vl2v.runs.summary`: runs grouped by dataset, the pick among hyperparameter draws;
 * :mod:`vl2v.runs.model`: rebuild a run's trained model (imported on demand: it needs torch and the methods).
 
 Layering: runs/ imports utils/ (and, in ``model``, methods/students/teachers), never

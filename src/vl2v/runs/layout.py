@@ -19,7 +19,9 @@ An experiment folder (``OUT``) holds ``experiment.json``, ``results.md``,
                            stage<i>_best.safetensors; removed when the run is final
 
 :class:`RunDir` names these files and reads them; writers (the training loop)
-take the paths from it, so no other module spells a file name of a run.
+take the paths from it, so no other module spells a file name of a run. A run's summary
+(:func:`run_summary`: ``final.json``, or the same computed from its records) and its row label
+(:func:`run_label`) are read here too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TypedDict
 
+from vl2v.runs.selection import select_record, summarize
 from vl2v.utils.io import read_jsonl
 
 
@@ -90,6 +93,47 @@ def spec_options(spec: dict[str, Any]) -> dict[str, Any]:
     """A run's hyperparameters that differ from the defaults, from ``config.json``'s ``spec``: the
     draw of its hparams seed (``drawn``), then its explicit ``algo:key=value`` options over it."""
     return {**dict(spec.get("drawn") or []), **dict(spec.get("hparams") or [])}
+
+
+def label(algorithm: str, hparams: Iterable[Sequence[Any]] = ()) -> str:
+    """The row label of a run in tables and figures: ``adip`` or ``adip (lam=0.25)``."""
+    hp = list(hparams or [])
+    return algorithm + (" (" + ", ".join(f"{k}={v}" for k, v in hp) + ")" if hp else "")
+
+
+def run_label(data: RunData) -> str:
+    """:func:`label` from a run's config (the algorithm from its records if the config is missing)."""
+    cfg = data.config or {}
+    hp = cfg.get("spec", {}).get("hparams") or []
+    name = cfg.get("args", {}).get("algorithm") or (data.records[0]["args"]["algorithm"] if data.records else "?")
+    return label(name, hp)
+
+
+def run_summary(run: str | Path | RunData) -> dict[str, Any] | None:
+    """``final.json`` of a run, or the same summary computed from its records (marked ``incomplete``).
+
+    Adds ``_domains`` and ``_dataset`` (and ``label`` where ``final.json`` has none); ``None`` for a run
+    without records or summary.
+    """
+    data = run if isinstance(run, RunData) else RunDir(run).load()
+    cfg = data.config or {}
+    if data.final is not None:
+        f = dict(data.final)
+        f["_domains"] = cfg.get("domains")
+        f["_dataset"] = data.records[0]["args"]["dataset"] if data.records else None
+        f.setdefault("label", run_label(data))
+        if "oracle" not in f and data.records:  # runs written before oracle selection was recorded
+            f["oracle"] = summarize(select_record(data.records, "oracle"), "oracle")
+        return f
+    recs = data.records
+    if not recs:
+        return None
+    rec = select_record(recs)
+    args = rec["args"]
+    return {"algorithm": args["algorithm"], "label": run_label(data), "target": args["test_envs"][0],
+            "trial_seed": args["trial_seed"], "selected": summarize(rec),
+            "oracle": summarize(select_record(recs, "oracle"), "oracle"), "incomplete": True,
+            "run_dir": str(data.path), "_domains": cfg.get("domains"), "_dataset": args["dataset"]}
 
 
 class RunDir:
@@ -214,9 +258,7 @@ class RunDir:
         return RunData(self.path, self.is_done(), self.records(), self.final(), self.config())
 
     def summary(self) -> dict[str, Any] | None:
-        """``final.json``, or the same summary computed from the records (see :func:`vl2v.runs.summary.run_summary`)."""
-        from vl2v.runs.summary import run_summary
-
+        """``final.json``, or the same summary computed from the records (see :func:`run_summary`)."""
         return run_summary(self.load())
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from vl2v.config import Schedule
-from vl2v.methods import Algorithm, TaskContext, get_algorithm, make_hparams
+from vl2v.methods import Algorithm, TaskContext, create_algorithm, get_algorithm
 from vl2v.runs.layout import RunDir, spec_options
 
 
@@ -67,12 +67,17 @@ def load_run_model(run_dir: str | Path, which: str = "selected", device: str = "
         encoder = teacher.image_encoder()
         student = None
     classes = list(cfg["classes"])
-    ctx = TaskContext(num_classes=len(classes), class_names=classes, source_domains=[],
+    sources: list[str] = []
+    prompts = None
+    anchor = state.get("anchor_text")
+    if anchor is not None:  # RISE: its anchor phrases' embeddings are in the checkpoint, no teacher is asked
+        sources = [f"anchor {i}" for i in range(anchor.shape[1])]
+        prompts = lambda texts: torch.zeros(len(texts), anchor.shape[-1])  # noqa: E731  (overwritten by the load)
+    ctx = TaskContext(num_classes=len(classes), class_names=classes, source_domains=sources,
                       text_classifier=text if text is not None else torch.zeros(len(classes), 1),
-                      teacher_dim=int(text.shape[1]) if text is not None else 1,
+                      teacher_dim=int(text.shape[1]) if text is not None else 1, prompts=prompts,
                       teacher_encoder=encoder, teacher_image_size=size, schedule=Schedule())
-    hp = make_hparams(info.hparams_cls, spec_options(cfg["spec"]))
-    algo = info.cls(ctx, student, hp)
+    algo = create_algorithm(name, ctx, student, spec_options(cfg["spec"]))
     algo.load_state_dict(state, strict=True)
     algo.to(device).eval()
     return LoadedRun(algo, cfg, classes, size, wfile)

@@ -14,31 +14,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from vl2v.runs.layout import RunDir
 from vl2v.utils.io import append_jsonl, atomic_write_text, read_jsonl
 
-
-class RecordArgs(TypedDict, total=False):
-    """``args`` of a record: DomainBed's keys plus vl2v's run settings."""
-
-    dataset: str
-    algorithm: str
-    test_envs: list[int]  # [target domain index]
-    trial_seed: int
-    hparams_seed: int
-    output_dir: str
-    data_dir: str
-    holdout_fraction: float
-    teacher: str
-    teacher_options: dict[str, Any]
-    teacher_identity: str | None
-    student: str
-    views: int
-    threads: int  # torch threads of the run's step (its numbers depend on them)
-
-
+# ``args`` of a record: DomainBed's keys (dataset, algorithm, test_envs = [target domain index], trial_seed,
+# hparams_seed, output_dir, data_dir, holdout_fraction) plus vl2v's run settings (teacher, teacher_options,
+# teacher_identity, student, views, threads: the torch threads of the run's step, on which its numbers depend).
 # A record also holds, per evaluated split, ``env{i}_{in,out}_{acc,loss}`` (every domain's "out",
 # the target's "in"; the sources' "in" with eval_source_in), ``val_acc``/``val_loss`` (mean over the
 # sources' "out"), ``teacher_<stat>`` query counters and ``train_<log>`` training logs.
@@ -70,12 +53,6 @@ class RunRecorder:
 
     def records(self) -> list[Record]:
         return read_jsonl(self.path) if self.path.exists() else []
-
-    def record_at(self, step: int) -> Record:
-        for r in self.records():
-            if r["step"] == step:
-                return r
-        raise KeyError(f"no record at step {step} in {self.path}")
 
     def truncate_after(self, step: int) -> None:
         """Drop records newer than ``step`` (a resumed run rewrites them)."""

@@ -1,56 +1,21 @@
-"""Run labels, one summary per run, runs grouped by dataset (for the tables, report and HTML report), and the
-choice among random hyperparameter draws (DomainBed's training-domain selection across ``hparams_seed``)."""
+"""Runs grouped by dataset (for the tables, report and HTML report), and the choice among random
+hyperparameter draws (DomainBed's training-domain selection across ``hparams_seed``). Run labels and the
+summary of one run (:func:`label`, :func:`run_label`, :func:`run_summary`) are read with the run folder in
+:mod:`vl2v.runs.layout` and re-exported here."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
-from vl2v.runs.layout import RunData, RunDir, find_runs
-from vl2v.runs.selection import select_record, summarize
+# label, run_label and run_summary live with the run folder's readers (RunDir.summary uses them); they stay
+# importable from here
+from vl2v.runs.layout import RunData, RunDir, find_runs, label, run_label, run_summary
 
-
-def label(algorithm: str, hparams: Iterable[Sequence[Any]] = ()) -> str:
-    """The row label of a run in tables and figures: ``adip`` or ``adip (lam=0.25)``."""
-    hp = list(hparams or [])
-    return algorithm + (" (" + ", ".join(f"{k}={v}" for k, v in hp) + ")" if hp else "")
-
-
-def run_label(data: RunData) -> str:
-    """:func:`label` from a run's config (the algorithm from its records if the config is missing)."""
-    cfg = data.config or {}
-    hp = cfg.get("spec", {}).get("hparams") or []
-    name = cfg.get("args", {}).get("algorithm") or (data.records[0]["args"]["algorithm"] if data.records else "?")
-    return label(name, hp)
-
-
-def run_summary(run: str | Path | RunData) -> dict[str, Any] | None:
-    """``final.json`` of a run, or the same summary computed from its records (marked ``incomplete``).
-
-    Adds ``_domains`` and ``_dataset`` (and ``label`` where ``final.json`` has none); ``None`` for a run
-    without records or summary.
-    """
-    data = run if isinstance(run, RunData) else RunDir(run).load()
-    cfg = data.config or {}
-    if data.final is not None:
-        f = dict(data.final)
-        f["_domains"] = cfg.get("domains")
-        f["_dataset"] = data.records[0]["args"]["dataset"] if data.records else None
-        f.setdefault("label", run_label(data))
-        if "oracle" not in f and data.records:  # runs written before oracle selection was recorded
-            f["oracle"] = summarize(select_record(data.records, "oracle"), "oracle")
-        return f
-    recs = data.records
-    if not recs:
-        return None
-    rec = select_record(recs)
-    args = rec["args"]
-    return {"algorithm": args["algorithm"], "label": run_label(data), "target": args["test_envs"][0],
-            "trial_seed": args["trial_seed"], "selected": summarize(rec),
-            "oracle": summarize(select_record(recs, "oracle"), "oracle"), "incomplete": True,
-            "run_dir": str(data.path), "_domains": cfg.get("domains"), "_dataset": args["dataset"]}
+__all__ = ["DatasetGroup", "HParamPick", "RunEntry", "collect_runs", "group_by_dataset", "label", "run_label",
+           "run_summary", "select_hparams"]
 
 
 @dataclass

@@ -6,10 +6,13 @@ Endpoints (all under ``/v1``; docs/serving.md has the details)::
     GET  /v1/model               name, identity, embed_dim, image_size, limits
     POST /v1/embeddings/images   {"images": [base64 PNG/JPEG, ...], "encoding": "float"|"base64"}
     POST /v1/embeddings/texts    {"texts": ["a photo of a dog", ...], "encoding": ...}
-    GET  /v1/usage               the calling key's metered usage
+    GET  /v1/usage               the calling key's metered usage, limits, and usage per quota window
 
 Every ``/v1`` route except health needs an API key (``Authorization: Bearer``
-or ``X-API-Key``). Requests pass a gate (an ASGI middleware) that checks the
+or ``X-API-Key``). A key may have quotas (image and text queries per window,
+or prepaid) and a rate limit (keys file, :mod:`vl2v.serving.keys`): a request
+that would pass one is refused whole with 429, a ``Retry-After`` header (except
+for an exhausted prepaid balance) and the reason in the JSON error body. Requests pass a gate (an ASGI middleware) that checks the
 key, the media type and the body size *before* FastAPI parses anything. A POST
 with an ``Idempotency-Key`` header is answered once and billed once: a retry
 with the same key and id gets the stored answer (``Idempotent-Replayed: true``).
@@ -25,10 +28,11 @@ temporary files or uploads anywhere.
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+import time
+from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
@@ -48,10 +52,11 @@ from starlette.datastructures import Headers  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from vl2v import __version__  # noqa: E402
+from vl2v.config import NonNegFloat, PosInt, config_dataclass  # noqa: E402
 from vl2v.serving import KEYS_FILE, confine_writes  # noqa: E402
 from vl2v.serving.images import ImageLimits, ImageRejected, b64_image, decode_batch  # noqa: E402
 from vl2v.serving.keys import KeyRing  # noqa: E402
-from vl2v.serving.meter import UsageLedger  # noqa: E402
+from vl2v.serving.meter import USAGE_DB, Admission, QuotaRefused, RateLimiter, UsageLedger  # noqa: E402
 from vl2v.teachers.base import Teacher, check_embeddings  # noqa: E402
 from vl2v.teachers.wire import (  # noqa: E402
     API_KEY_HEADER,
@@ -70,31 +75,28 @@ from vl2v.teachers.wire import (  # noqa: E402
 
 log = logging.getLogger("vl2v.serve")
 
-USAGE_DB = "usage.sqlite"
 
 
-@dataclass
+@config_dataclass
 class ServiceConfig:
+    """The embedding service's settings (``vl2v serve`` flags); construct with :func:`vl2v.config.validated` for
+    one readable error (a direct call raises pydantic's ``ValidationError``, a ``ValueError``)."""
+
     data_dir: Path
     keys_file: Path | None = None  # default: DATA_DIR/keys.txt
-    max_batch_images: int = 64
-    max_batch_texts: int = 256
-    max_text_chars: int = 2000
-    max_request_bytes: int = 32 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
-    max_request_pixels: int = 64 * 1024 * 1024
-    idempotency_ttl_s: float = 24 * 3600.0
-    body_timeout_s: float = 60.0  # a client must finish sending its body within this (slow uploads -> 408)
-    decode_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
-    inflight_wait_s: float = 600.0  # a retry waits this long for the same request still being computed
+    max_batch_images: PosInt = 64
+    max_batch_texts: PosInt = 256
+    max_text_chars: PosInt = 2000
+    max_request_bytes: PosInt = 32 * 1024 * 1024
+    max_image_pixels: PosInt = 4096 * 4096
+    max_request_pixels: PosInt = 64 * 1024 * 1024
+    idempotency_ttl_s: NonNegFloat = 24 * 3600.0
+    body_timeout_s: NonNegFloat = 60.0  # a client must finish sending its body within this (slow uploads -> 408)
+    decode_workers: PosInt = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    inflight_wait_s: NonNegFloat = 600.0  # a retry waits this long for the same request still being computed
 
     def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir)
         self.keys_file = Path(self.keys_file) if self.keys_file else self.data_dir / KEYS_FILE
-        for name in ("max_batch_images", "max_batch_texts", "max_text_chars", "max_request_bytes",
-                     "max_image_pixels", "max_request_pixels", "decode_workers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"service option {name} must be >= 1, got {getattr(self, name)}")
 
     def limits(self) -> dict[str, int]:
         return {"max_batch_images": self.max_batch_images, "max_batch_texts": self.max_batch_texts,
@@ -104,18 +106,28 @@ class ServiceConfig:
 
 # --------------------------------------------------------------------------- errors
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+        self.extra = extra or {}
 
 
-def _error_body(status: int, code: str, message: str) -> bytes:
-    return json.dumps({"error": {"status": status, "code": code, "message": message}}).encode()
+def _error_body(status: int, code: str, message: str, extra: dict[str, Any] | None = None) -> bytes:
+    return json.dumps({"error": {"status": status, "code": code, "message": message, **(extra or {})}}).encode()
 
 
-def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(_error_body(status, code, message), status_code=status, media_type="application/json",
+def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                    extra: dict[str, Any] | None = None) -> Response:
+    return Response(_error_body(status, code, message, extra), status_code=status, media_type="application/json",
                     headers=headers)
+
+
+def _refusal(r: QuotaRefused) -> ApiError:
+    """A quota or rate-limit refusal as its HTTP error: 429 (413 for a batch larger than a window's quota)."""
+    headers = {} if r.retry_after is None else {"Retry-After": str(max(1, math.ceil(r.retry_after)))}
+    status = 413 if r.reason == "batch_over_quota" else 429
+    return ApiError(status, r.reason, r.message(), headers, r.body())
 
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -127,6 +139,16 @@ class ErrorDetail(BaseModel):
     status: int
     code: str
     message: str
+    # a quota or rate-limit refusal (429; 413 batch_over_quota) says which, and when to retry
+    reason: Literal["quota_exceeded", "prepaid_exhausted", "rate_limited", "batch_over_quota"] | None = None
+    kind: Literal["image", "text", "requests"] | None = None
+    limit: float | None = Field(None, description="the quota (queries per period) or the rate (requests per period)")
+    used: int | None = Field(None, description="queries counted in the window (billed or being answered)")
+    requested: int | None = None
+    period: Literal["minute", "hour", "day", "prepaid", "second"] | None = None
+    burst: int | None = None
+    retry_after: float | None = Field(None, description="seconds until the request can fit (absent: it will not)")
+    resets_at: str | None = None
 
 
 class ErrorBody(BaseModel):
@@ -137,8 +159,68 @@ def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {401: "missing or unknown API key", 408: "request body not received in time",
             409: "Idempotency-Key reused with a different request", 413: "request, batch, text or image too large",
             415: "body is not JSON, or an image is not PNG/JPEG", 422: "malformed body or undecodable image",
+            429: "a quota or the rate limit would be passed (reason, Retry-After); nothing billed",
             500: "the teacher failed (nothing billed)"}
     return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
+
+
+# --------------------------------------------------------------------------- answers (OpenAPI models)
+class EmbeddingsResponse(BaseModel):
+    object: Literal["embeddings"]
+    model: str = Field(description="the teacher's identity string")
+    embed_dim: int
+    count: int
+    encoding: Literal["float", "base64"]
+    request_id: str | None
+    embeddings: list[list[float]] | list[str]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    identity: str
+    embed_dim: int
+    image_size: int
+    api_version: str
+    image_formats: list[str]
+    limits: dict[str, int]
+
+
+class KeyLimitsInfo(BaseModel):
+    images: str | None = Field(description="image-query quota, e.g. 1000/day or 50000/prepaid; null: none")
+    texts: str | None = Field(description="text-query quota; null: none")
+    rate: str | None = Field(description="embedding requests per second or minute, e.g. 5/s; null: none")
+    burst: int | None
+
+
+class UsagePeriod(BaseModel):
+    period: Literal["minute", "hour", "day", "total"] = Field(
+        description="a quota window (the current one), or total: all time (a prepaid quota lives here)")
+    window_start: str | None
+    resets_at: str | None
+    image_queries: int
+    text_queries: int
+    image_quota: int | None
+    image_remaining: int | None
+    text_quota: int | None
+    text_remaining: int | None
+
+
+class Usage(BaseModel):
+    key: str
+    image_queries: int
+    text_queries: int
+    requests: int
+    replays: int = Field(description="retries answered from a stored answer, not billed")
+    bytes_received: int
+    first_request_at: str | None
+    last_request_at: str | None
+    limits: KeyLimitsInfo
+    periods: list[UsagePeriod] = Field(description="queries billed, quota and remaining, per period")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    api_version: str
 
 
 # --------------------------------------------------------------------------- the gate
@@ -261,14 +343,16 @@ class _Gate:
 class EmbeddingService:
     """What the routes share: the teacher, keys, the usage ledger and in-flight idempotent requests."""
 
-    def __init__(self, teacher: Teacher, config: ServiceConfig, name: str | None = None) -> None:
+    def __init__(self, teacher: Teacher, config: ServiceConfig, name: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.teacher, self.config = teacher, config
         self.name = name or teacher.backend or type(teacher).__name__
         self.identity = teacher.identity()
         self.dim, self.size = int(teacher.embed_dim), int(teacher.image_size)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.keys = KeyRing(config.keys_file)
-        self.ledger = UsageLedger(config.data_dir / USAGE_DB, ttl_s=config.idempotency_ttl_s)
+        self.ledger = UsageLedger(config.data_dir / USAGE_DB, ttl_s=config.idempotency_ttl_s, clock=clock)
+        self.rates = RateLimiter(clock)
         self.limits = ImageLimits(config.max_image_pixels, config.max_request_pixels)
         self._teacher_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(config.decode_workers)
@@ -317,16 +401,47 @@ class EmbeddingService:
                            "count": len(rows), "encoding": encoding, "request_id": request_id,
                            "embeddings": rows}, separators=(",", ":")).encode()
 
-    # ------------------------------------------------------------------ billing + idempotency
-    def answer(self, request: Request, route: str, request_id: str | None,
-               compute: Callable[[], tuple[bytes, int, int]]) -> Response:
-        """Compute-bill-store once per (key, request id); replay the stored answer to retries."""
+    # ------------------------------------------------------------------ quotas, billing, idempotency
+    def admit(self, key: str, images: int, texts: int) -> Admission:
+        """Take one request from the key's rate limit and reserve its queries against its quotas, or raise
+        the 429 (413 for a batch over a window's quota) that says why not."""
+        limits = self.keys.limits(key)
+        try:
+            if limits.rate is not None:
+                wait = self.rates.take(key, limits.rate)
+                if wait is not None:
+                    unit = "second" if limits.rate.unit == "s" else "minute"
+                    rate = limits.rate.rate
+                    raise QuotaRefused("rate_limited", "requests", int(rate) if rate.is_integer() else rate, None, 1,
+                                       unit, wait, burst=limits.rate.burst)
+            return self.ledger.admit(key, images, texts, limits)
+        except QuotaRefused as exc:
+            raise _refusal(exc) from None
+
+    def _run(self, key: str, route: str, counts: tuple[int, int], nbytes: int, compute: Callable[[], bytes],
+             request_id: str | None = None, sha: str = "") -> bytes:
+        """Admit, compute and bill one request: refused whole, or answered and billed; a failure costs nothing."""
+        n_img, n_txt = counts
+        admission = self.admit(key, n_img, n_txt)
+        try:
+            body = compute()
+            self.ledger.bill(key, route, n_img, n_txt, nbytes, request_id, sha, body, admission=admission)
+        except BaseException:
+            self.ledger.release(admission)
+            raise
+        return body
+
+    def answer(self, request: Request, route: str, request_id: str | None, counts: tuple[int, int],
+               compute: Callable[[], bytes]) -> Response:
+        """Admit-compute-bill-store once per (key, request id); replay the stored answer to retries.
+
+        ``counts``: the request's (image, text) queries. A replay is neither billed nor checked against the
+        key's quotas and rate limit: it was paid for when first answered.
+        """
         key = request.state.api_key
         sha, nbytes = request.state.body_sha, request.state.body_bytes
         if request_id is None:
-            body, n_img, n_txt = compute()
-            self.ledger.bill(key, route, n_img, n_txt, nbytes)
-            return self._respond(body, None, replayed=False)
+            return self._respond(self._run(key, route, counts, nbytes, compute), None, replayed=False)
         slot = (key, request_id)
         while True:
             mine = waiter = None
@@ -349,8 +464,7 @@ class EmbeddingService:
                                    "processed; retry later", {"Retry-After": "5"})
                 continue
             try:
-                body, n_img, n_txt = compute()
-                self.ledger.bill(key, route, n_img, n_txt, nbytes, request_id, sha, body)
+                body = self._run(key, route, counts, nbytes, compute, request_id, sha)
             finally:
                 with self._inflight_lock:
                     del self._inflight[slot]
@@ -367,72 +481,12 @@ class EmbeddingService:
 
 
 # --------------------------------------------------------------------------- the app
-def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None) -> FastAPI:
-    """The ASGI app serving ``teacher``; ``app.state.service`` is the :class:`EmbeddingService`."""
-    service = EmbeddingService(teacher, config, name)
-    cfg = config
-
-    class ImagesRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        images: list[Annotated[str, Field(json_schema_extra={"format": "byte"})]] = Field(
-            min_length=1, json_schema_extra={"maxItems": cfg.max_batch_images},
-            description=f"1 to {cfg.max_batch_images} base64-encoded PNG or JPEG files (any size up to "
-                        f"{cfg.max_image_pixels} pixels; converted to RGB and shown to the teacher at "
-                        f"{service.size}x{service.size})")
-        encoding: Literal["float", "base64"] = Field(
-            "float", description="float: JSON numbers; base64: each embedding as base64 of little-endian float32")
-
-    class TextsRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        texts: list[str] = Field(
-            min_length=1, json_schema_extra={"maxItems": cfg.max_batch_texts},
-            description=f"1 to {cfg.max_batch_texts} texts of at most {cfg.max_text_chars} characters")
-        encoding: Literal["float", "base64"] = "float"
-
-    class EmbeddingsResponse(BaseModel):
-        object: Literal["embeddings"]
-        model: str = Field(description="the teacher's identity string")
-        embed_dim: int
-        count: int
-        encoding: Literal["float", "base64"]
-        request_id: str | None
-        embeddings: list[list[float]] | list[str]
-
-    class ModelInfo(BaseModel):
-        name: str
-        identity: str
-        embed_dim: int
-        image_size: int
-        api_version: str
-        image_formats: list[str]
-        limits: dict[str, int]
-
-    class Usage(BaseModel):
-        key: str
-        image_queries: int
-        text_queries: int
-        requests: int
-        replays: int = Field(description="retries answered from a stored answer, not billed")
-        bytes_received: int
-        first_request_at: str | None
-        last_request_at: str | None
-
-    class Health(BaseModel):
-        status: Literal["ok"]
-        api_version: str
-
-    app = FastAPI(title="vl2v embedding service", version=__version__, docs_url=None, redoc_url=None,
-                  description="A vision-language teacher's image and text embeddings, per query, behind API keys. "
-                              "See docs/serving.md.")
-    app.state.service = service
-    keyed = [Security(HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")),
-             Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the API key"))]
-    idem_header = Header(None, alias=IDEMPOTENCY_HEADER, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
-                         description="a client-chosen id; a retry with the same id gets the stored answer, billed once")
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": {"status", "code", "message", ...}}`` JSON."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
-        return _error_response(exc.status, exc.code, exc.message, exc.headers)
+        return _error_response(exc.status, exc.code, exc.message, exc.headers, exc.extra)
 
     @app.exception_handler(ImageRejected)
     async def _image_error(request: Request, exc: ImageRejected) -> Response:
@@ -458,6 +512,44 @@ def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None)
         log.exception("internal error on %s %s", request.method, request.url.path)
         return _error_response(500, "internal_error", "the service failed on this request; nothing was billed")
 
+
+def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None,
+               clock: Callable[[], float] = time.time) -> FastAPI:
+    """The ASGI app serving ``teacher``; ``app.state.service`` is the :class:`EmbeddingService`.
+
+    ``clock`` (seconds since the epoch) dates bills and drives quota windows and rate limits (tests pass a fake).
+    """
+    service = EmbeddingService(teacher, config, name, clock)
+    cfg = config
+
+    class ImagesRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        images: list[Annotated[str, Field(json_schema_extra={"format": "byte"})]] = Field(
+            min_length=1, json_schema_extra={"maxItems": cfg.max_batch_images},
+            description=f"1 to {cfg.max_batch_images} base64-encoded PNG or JPEG files (any size up to "
+                        f"{cfg.max_image_pixels} pixels; converted to RGB and shown to the teacher at "
+                        f"{service.size}x{service.size})")
+        encoding: Literal["float", "base64"] = Field(
+            "float", description="float: JSON numbers; base64: each embedding as base64 of little-endian float32")
+
+    class TextsRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        texts: list[str] = Field(
+            min_length=1, json_schema_extra={"maxItems": cfg.max_batch_texts},
+            description=f"1 to {cfg.max_batch_texts} texts of at most {cfg.max_text_chars} characters")
+        encoding: Literal["float", "base64"] = "float"
+
+    app = FastAPI(title="vl2v embedding service", version=__version__, docs_url=None, redoc_url=None,
+                  description="A vision-language teacher's image and text embeddings, per query, behind API keys. "
+                              "See docs/serving.md.")
+    app.state.service = service
+    keyed = [Security(HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")),
+             Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the API key"))]
+    idem_header = Header(None, alias=IDEMPOTENCY_HEADER, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
+                         description="a client-chosen id; a retry with the same id gets the stored answer, billed once")
+
+    _add_error_handlers(app)
+
     @app.get(HEALTH_PATH, response_model=Health, tags=["service"])
     def health() -> dict[str, str]:
         """Liveness; needs no key."""
@@ -471,7 +563,7 @@ def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None)
                 "limits": cfg.limits()}
 
     @app.post(IMAGES_PATH, response_model=EmbeddingsResponse, dependencies=keyed, tags=["embeddings"],
-              responses=_responses(401, 408, 409, 413, 415, 422, 500))
+              responses=_responses(401, 408, 409, 413, 415, 422, 429, 500))
     def embed_images(request: Request, body: ImagesRequest,
                      idempotency_key: str | None = idem_header) -> Response:
         """Embed a batch of images; billed one image query per image."""
@@ -479,14 +571,13 @@ def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None)
             raise ApiError(413, "batch_too_large", f"{len(body.images)} images in one request, the limit is "
                            f"{cfg.max_batch_images}: split the batch")
 
-        def compute() -> tuple[bytes, int, int]:
-            emb = service.embed_images(body.images)
-            return service.render(emb, body.encoding, idempotency_key), len(body.images), 0
+        def compute() -> bytes:
+            return service.render(service.embed_images(body.images), body.encoding, idempotency_key)
 
-        return service.answer(request, "images", idempotency_key, compute)
+        return service.answer(request, "images", idempotency_key, (len(body.images), 0), compute)
 
     @app.post(TEXTS_PATH, response_model=EmbeddingsResponse, dependencies=keyed, tags=["embeddings"],
-              responses=_responses(401, 408, 409, 413, 415, 422, 500))
+              responses=_responses(401, 408, 409, 413, 415, 422, 429, 500))
     def embed_texts(request: Request, body: TextsRequest,
                     idempotency_key: str | None = idem_header) -> Response:
         """Embed a batch of texts; billed one text query per text."""
@@ -501,24 +592,17 @@ def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None)
             except UnicodeEncodeError:
                 raise ApiError(422, "invalid_text", f"texts[{i}] is not valid Unicode (lone surrogate)") from None
 
-        def compute() -> tuple[bytes, int, int]:
-            emb = service.embed_texts(body.texts)
-            return service.render(emb, body.encoding, idempotency_key), 0, len(body.texts)
+        def compute() -> bytes:
+            return service.render(service.embed_texts(body.texts), body.encoding, idempotency_key)
 
-        return service.answer(request, "texts", idempotency_key, compute)
+        return service.answer(request, "texts", idempotency_key, (0, len(body.texts)), compute)
 
     @app.get(USAGE_PATH, response_model=Usage, dependencies=keyed, responses=_responses(401), tags=["service"])
     def usage(request: Request) -> dict[str, Any]:
-        """What the calling key has been billed (image and text queries) since the data directory was created."""
-        key = request.state.api_key
-        u = service.ledger.usage(key)
-
-        def iso(t: float | None) -> str | None:
-            return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat()
-
-        return {"key": key, "image_queries": u["image_queries"], "text_queries": u["text_queries"],
-                "requests": u["requests"], "replays": u["replays"], "bytes_received": u["bytes_received"],
-                "first_request_at": iso(u["first_at"]), "last_request_at": iso(u["last_at"])}
+        """What the calling key has been billed (image and text queries) since the data directory was created,
+        its quotas and rate limit, and per period (each quota's current window, and all time) the queries
+        billed, the quota and what remains."""
+        return service.ledger.summary(request.state.api_key, service.keys.limits(request.state.api_key))
 
     app.add_middleware(_Gate, service=service)
     return app

@@ -1,6 +1,6 @@
 """What teachers are available: backends, open_clip's (model, pretrained tag) catalogue, transformers families.
 
-``vl2v teachers`` prints this. White-box means the backend can hand VL2V-SD a
+``vl2v teacher list`` prints this. White-box means the backend can hand VL2V-SD a
 differentiable copy of the image tower (:meth:`Teacher.image_encoder`); every
 open_clip model and every supported transformers family can.
 """
@@ -88,7 +88,7 @@ def transformers_catalog() -> list[CatalogEntry]:
 
 
 def render(what: str = "all", grep: str | None = None) -> str:
-    """The text `vl2v teachers` prints; ``what`` is all, backends, transformers or openclip."""
+    """The text `vl2v teacher list` prints; ``what`` is all, backends, transformers or openclip."""
     from vl2v.teachers.registry import list_teachers
 
     g = (grep or "").lower()

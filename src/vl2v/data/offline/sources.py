@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vl2v.data.offline.fetch import PackagePin
 from vl2v.data.offline.iconify import IconSet
 from vl2v.data.offline.labels import CurationEntry, Decision, apply_curation, classify_file, classify_named, emoji_class
 from vl2v.data.offline.rcc import RccReader
@@ -311,7 +310,3 @@ def collect_all(roots: dict[str, Path], rules: dict[str, Any], curation: dict[st
     if "emojidata" in roots:
         out.extend(collect_emoji(roots, rules, curation))
     return out
-
-
-def pins_by_key(pins: list[PackagePin]) -> dict[str, PackagePin]:
-    return {p.key: p for p in pins}
