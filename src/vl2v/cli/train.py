@@ -291,7 +291,7 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--algorithm", nargs="+", metavar="ALGO",
                    help=f"algorithm(s), optionally with hyperparameters, e.g. adip:lam=0.25 (default: {default_algos}; see `vl2v list algorithms`)")
     g.add_argument("--teacher", help="teacher (default: the profile's, paper: openclip:ViT-B-16:openai; else conse, "
-                   "offline): conse, openclip:MODEL:TAG|PATH, ... (see `vl2v list teachers`)")
+                   "offline): conse, openclip:MODEL:TAG|PATH, ... (see `vl2v teacher list`)")
     g.add_argument("--teacher-opt", nargs="+", metavar="KEY=VALUE", help="teacher backend options, e.g. k=5")
     g.add_argument("--white-box", action="store_true", help="give algorithms the teacher object itself (default: black-box, embed functions only)")
     g.add_argument("--template", action="append", help="prompt template with {c}; repeat for an ensemble (default: 'a photo of a {c}')")

@@ -32,7 +32,7 @@ from vl2v.teachers.base import Teacher, TeacherError
 
 @dataclass(frozen=True)
 class TeacherInfo:
-    """One teacher backend: how to build it (``factory(spec, **options)``) and what `vl2v teachers` says of it."""
+    """One teacher backend: how to build it (``factory(spec, **options)``) and what `vl2v teacher list` says of it."""
 
     name: str
     factory: Callable[..., Teacher]
