@@ -95,7 +95,7 @@ def test_onnx_cache_is_reused_then_rebuilt_when_corrupted(teachers, monkeypatch)
 
 
 def test_bad_runtime_is_a_clear_error():
-    with pytest.raises(TeacherError, match="runtime must be one of auto, torch, onnx"):
+    with pytest.raises(TeacherError, match="runtime: Input should be 'auto', 'torch' or 'onnx'"):  # typed option
         create_teacher("conse", runtime="tensorrt")
 
 

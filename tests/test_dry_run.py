@@ -19,9 +19,13 @@ class PricedTinyTeacher(TinyTeacher):
         return {"image": 0.0013, "text": 0.00021, "currency": "USD", "read_on": "2026-12-05", "source": "test"}
 
 
-if "tiny-priced" not in TEACHERS:
+@pytest.fixture(autouse=True)
+def priced_teacher():
+    """The priced stand-in is registered for these tests only (the teacher contract covers real backends)."""
     register_teacher("tiny-priced", white_box=False, summary="test-only tiny teacher with a price")(
         lambda spec=None, **opts: PricedTinyTeacher(**{k: int(v) for k, v in opts.items()}))
+    yield
+    TEACHERS.unregister("tiny-priced")
 
 ARGS = ["--teacher", "tiny-priced", "--no-pretrained", "--steps", "2", "--frozen-steps", "2", "--batch-size", "4",
         "--image-size", "32", "--eval-every", "2", "--views", "2", "--threads", "1",

@@ -173,13 +173,13 @@ def _keyed_teacher(spec=None, api_key=None, **opts):
     return TinyTeacher(**{k: int(v) for k, v in opts.items()})
 
 
-def test_an_api_key_never_reaches_a_record(image_folder, tmp_path, capsys, monkeypatch):
+def test_an_api_key_never_reaches_a_record(image_folder, tmp_path, capsys, request):
     """`--teacher-opt api_key=...` is used, but experiment.json, config.json and results.jsonl hold it redacted; a
     resume gives the backend no key (it reads its environment variable), and the same command reuses the runs."""
     from vl2v.teachers.registry import TEACHERS, register_teacher
 
-    if "tiny-keyed" not in TEACHERS:
-        register_teacher("tiny-keyed", white_box=False, summary="test-only teacher taking an API key")(_keyed_teacher)
+    register_teacher("tiny-keyed", white_box=False, summary="test-only teacher taking an API key")(_keyed_teacher)
+    request.addfinalizer(lambda: TEACHERS.unregister("tiny-keyed"))
     out = tmp_path / "runs"
     argv = ["train", "--data", str(image_folder), "--algorithm", "zeroshot", "--out", str(out),
             "--teacher-opt", "api_key=sk-secret-123"] + TINY[2:] + ["--teacher", "tiny-keyed"]

@@ -47,6 +47,10 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plugin unloaded, a test's stand-in entry removed after the test); no error if absent."""
+        self._entries.pop(name.lower(), None)
+
     def entry(self, name: str) -> Entry[T]:
         try:
             return self._entries[name.lower()]

@@ -8,223 +8,33 @@ run (skipping finished ones), writes one directory per run and a summary
 
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile  # noqa: F401  (the experiment API)
-from vl2v.data.dataset import DomainData, load_domain_data
-from vl2v.data.loader import default_workers
-from vl2v.data.registry import resolve_dataset
 from vl2v.errors import ConfigError
+from vl2v.evaluation.experiment import (  # noqa: F401  (re-exported: the experiment API)
+    AlgoSpec,
+    Experiment,
+    check_experiment,
+    prepare,
+    trainer_for,
+    with_prompt_names,
+)
 from vl2v.evaluation.parallel import Job, resolve_jobs, run_parallel
 from vl2v.evaluation.tables import build_tables, selected_stages, table_sections
-from vl2v.methods import get_algorithm, make_hparams
-from vl2v.methods.search import random_hparams
 from vl2v.runs.fingerprint import config_diff, describe, run_diff
 from vl2v.runs.layout import ExperimentDir
-from vl2v.runs.summary import label as make_label
 from vl2v.teachers.registry import public_options
-from vl2v.training.loop import RunSpec, Trainer
-from vl2v.training.resources import SharedResources
 from vl2v.utils.device import resolve_device
 from vl2v.utils.environment import environment
 from vl2v.utils.io import atomic_write_json, atomic_write_text
-
-
-@dataclass(frozen=True)
-class AlgoSpec:
-    """``name`` or ``name:key=value,key=value`` (e.g. ``adip:lam=0.25``)."""
-
-    name: str
-    hparams: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> "AlgoSpec":
-        name, _, rest = text.partition(":")
-        info = get_algorithm(name.strip())
-        hp: dict[str, str] = {}
-        for part in filter(None, (p.strip() for p in rest.split(","))):
-            if "=" not in part:
-                raise ConfigError(f"bad algorithm option {part!r} in {text!r}: expected key=value")
-            k, v = part.split("=", 1)
-            hp[k.strip()] = v.strip()
-        make_hparams(info.hparams_cls, hp, info.name)  # validate now, before any work starts
-        return cls(info.name, tuple(sorted(hp.items())))
-
-    @property
-    def label(self) -> str:
-        return make_label(self.name, self.hparams)
-
-    def drawn(self, hparams_seed: int, dataset: str | None = None, schedule: Any = None) -> tuple[tuple[str, Any], ...]:
-        """The draw of ``hparams_seed`` from the algorithm's search space, less the keys given explicitly
-        (explicit options win); ``()`` for seed 0. A run's hyperparameters: defaults <- drawn <- ``hparams``."""
-        explicit = {k for k, _ in self.hparams}
-        draw = random_hparams(self.name, hparams_seed, dataset, schedule)
-        return tuple(sorted((k, v) for k, v in draw.items() if k not in explicit))
-
-    def options(self, hparams_seed: int = 0, dataset: str | None = None, schedule: Any = None) -> dict[str, Any]:
-        """The hyperparameters that differ from the defaults (validated): the draw, then the explicit options."""
-        hp = {**dict(self.drawn(hparams_seed, dataset, schedule)), **dict(self.hparams)}
-        make_hparams(get_algorithm(self.name).hparams_cls, hp, self.name)
-        return hp
-
-
-def check_experiment(cfg: ExperimentConfig) -> list[AlgoSpec]:
-    """Everything about ``cfg`` that can be checked before loading data: algorithms and their
-    hyperparameters, student and teacher names (field types and ranges were checked on construction)."""
-    specs = [AlgoSpec.parse(a) for a in cfg.algorithms]
-    if not specs:
-        raise ConfigError("no algorithms given")
-    from vl2v.students.registry import STUDENTS
-
-    if not cfg.student.startswith("timm:"):
-        STUDENTS.entry(cfg.student)
-    from vl2v.teachers.registry import TeacherSpec
-
-    TeacherSpec.parse(cfg.teacher, cfg.teacher_options)
-    cfg.train.validate()
-    if cfg.train.data_stream_kind == "fresh" and cfg.train.teacher_mode == "cached":
-        needs = [s.label for s in specs if get_algorithm(s.name).uses_teacher_images and get_algorithm(s.name).needs_training]
-        if needs:
-            raise ConfigError(f"--data-stream fresh draws a new augmentation every step, but {', '.join(needs)} "
-                              "learn(s) from the teacher's embedding of each view and --teacher-mode cached has "
-                              "only the stored views: use --teacher-mode online (the teacher sees every fresh view), "
-                              "or --data-stream stored (every algorithm replays the same K stored views)")
-    if cfg.classnames and not Path(cfg.classnames).expanduser().is_file():
-        raise ConfigError(f"--classnames file {cfg.classnames} does not exist")
-    if cfg.prompt_names == "curated" and not cfg.classnames and cfg.data_dir is None:
-        from vl2v.teachers.prompts import curated_names
-
-        try:
-            curated_names(cfg.dataset)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    return specs
-
-
-@dataclass
-class Experiment:
-    """Loaded data, teacher store and student template shared by all runs of an experiment."""
-
-    cfg: ExperimentConfig
-    data: DomainData
-    res: SharedResources
-    make_student: Callable[[], Any]
-    student_key: tuple
-    dataset_name: str
-    teacher_identity: str | None
-    teacher: Any = None  # the raw teacher (white-box algorithms copy its image encoder)
-    _by_seed: dict[int, DomainData] = field(default_factory=dict, repr=False)  # data_for's splits per trial seed
-
-    def teacher_encoder(self):
-        return self.teacher.image_encoder() if self.teacher is not None else None
-
-    def data_for(self, seed: int) -> DomainData:
-        """The images with trial ``seed``'s splits (made once per seed)."""
-        if seed not in self._by_seed:
-            self._by_seed[seed] = self.data if seed == self.data.trial_seed else self.data.with_seed(seed)
-        return self._by_seed[seed]
-
-
-def _needs_teacher(specs: list[AlgoSpec]) -> bool:
-    return any(get_algorithm(s.name).needs_teacher for s in specs)
-
-
-def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experiment:
-    specs = check_experiment(cfg)
-    spec, folder = resolve_dataset(cfg.dataset if cfg.data_dir is None else None, cfg.data_root, cfg.data_dir)
-    if not folder.is_dir():
-        how = ""
-        if spec is not None:
-            how = (f" Build it with `vl2v data build {spec.name}`" if spec.builder else
-                   f" Download it with `vl2v data download {spec.name}`") + (f" --root {cfg.data_root}" if cfg.data_root else "") + "."
-        raise FileNotFoundError(f"dataset folder {folder} does not exist.{how}")
-    name = spec.name if spec is not None else folder.name
-    from vl2v.data.folder import scan_folder
-
-    t0 = time.time()
-    scan = scan_folder(folder, verify=False)
-    workers = cfg.workers if cfg.workers is not None else default_workers(resolve_device(cfg.train.device))
-    data = load_domain_data(folder, trial_seed=cfg.seeds[0], holdout_fraction=cfg.holdout_fraction,
-                            max_side=cfg.max_side, strict=cfg.strict_data, scan=scan, mode=cfg.data_mode,
-                            workers=workers)
-    for issue in data.scan.issues:
-        log(f"  data: {issue}")
-    if data.scan.issues:
-        log(f"data: {len(data.scan.issues)} problems: {len(data.scan.skipped)} files skipped, "
-            f"{sum(i.tolerable for i in data.scan.issues)} warnings (listed above and in experiment.json; "
-            f"--strict-data fails instead)")
-    log(f"data: {name} at {folder}: {len(data.bank)} images ({'streamed from disk' if data.bank.streamed else 'in memory'}, "
-        f"{workers} loader workers), domains {data.domains}, "
-        f"{len(data.classes)} classes ({time.time() - t0:.1f}s)")
-
-    store = None
-    identity = None
-    raw_teacher = None
-    device = torch.device(resolve_device(cfg.train.device))
-    if _needs_teacher(specs):
-        from vl2v.teachers.registry import create_teacher
-        from vl2v.teachers.store import TeacherStore, default_store_path
-
-        t0 = time.time()
-        teacher = create_teacher(cfg.teacher, blackbox=cfg.blackbox, **cfg.teacher_options)
-        teacher.to(device)
-        white = [s.name for s in specs if get_algorithm(s.name).needs_white_box]
-        if white:
-            if cfg.blackbox or not teacher.white_box:
-                raise ConfigError(f"{', '.join(white)} needs a white-box teacher: pass --white-box with a teacher whose "
-                                  f"weights are available (conse, openclip, ...); {cfg.teacher!r} is "
-                                  f"{'configured black-box' if cfg.blackbox else 'black-box'}")
-            raw_teacher = teacher
-        path = None if cfg.store == "memory" else Path(cfg.store) if cfg.store else default_store_path()
-        store = TeacherStore(teacher, path, dtype=cfg.store_dtype)
-        identity = teacher.identity()
-        log(f"teacher: {identity} ({time.time() - t0:.1f}s); store: {path or 'in memory'}")
-
-    from vl2v.students.registry import create_student
-
-    template = None
-    if any(get_algorithm(s.name).has_student and get_algorithm(s.name).uses_registry_student for s in specs):
-        torch.manual_seed(0)  # random-weight students (--no-pretrained) are the same in every process
-        template = create_student(cfg.student, pretrained=cfg.student_pretrained, weights=cfg.student_weights,
-                                  freeze_bn=cfg.freeze_bn)
-        log(f"student: {cfg.student} ({template.weights}), {template.feature_dim}-d features, "
-            f"{cfg.train.image_size}px input")
-
-    def make_student():
-        s = copy.deepcopy(template)
-        s.image_size = cfg.train.image_size
-        return s
-
-    res = SharedResources(data=data, store=store, views=cfg.views, view_seed=cfg.view_seed, device=device,
-                          workers=workers)
-    key = (cfg.student, template.weights if template else None, cfg.train.image_size)
-    return Experiment(cfg, data, res, make_student, key, name, identity, raw_teacher)
-
-
-def with_prompt_names(cfg: ExperimentConfig, exp: Experiment) -> ExperimentConfig:
-    """``cfg`` with ``train.class_names`` resolved from ``prompt_names``/``classnames`` for the loaded classes
-    (left None for the folder names: the runs' prompts are then exactly those of earlier versions). ``auto``:
-    a registered dataset's curated names where it has a prompt file; a custom folder keeps its folder names."""
-    from vl2v.teachers.prompts import prompt_file, resolve_class_names
-
-    mode = cfg.prompt_names
-    if mode == "auto":
-        mode = "curated" if cfg.data_dir is None and prompt_file(exp.dataset_name) is not None else "folder"
-    if mode == "folder" and not cfg.classnames:
-        return cfg
-    try:
-        names = resolve_class_names(exp.data.classes, mode, exp.dataset_name, cfg.classnames)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return replace(cfg, train=replace(cfg.train, class_names=tuple(names)))
 
 
 def check_writable(out: Path) -> None:
@@ -473,17 +283,6 @@ def render_dry_run(plan: dict[str, Any]) -> str:
     else:
         lines.append("this teacher has no price per query (local or self-hosted): the cost is its compute time")
     return "\n".join(lines)
-
-
-def trainer_for(exp: Experiment, a: AlgoSpec, target: int, seed: int, data: DomainData, args_base: dict[str, Any],
-                draws: dict, prepaid: dict[str, float] | None = None) -> Trainer:
-    """The trainer of one run of the experiment (algorithm ``a`` on ``target``, trial ``seed``)."""
-    cfg = exp.cfg
-    rs = RunSpec(a.name, target, seed, cfg.hparams_seed, a.hparams, draws[a])
-    run_dir = ExperimentDir(Path(cfg.out_dir)).run(rs.algorithm, rs.hparams, rs.target, exp.data.domains,
-                                                  rs.trial_seed, rs.hparams_seed).path
-    return Trainer(rs, cfg.train, exp.res, exp.make_student, run_dir, args_base, exp.student_key, data=data,
-                   teacher_encoder=exp.teacher_encoder, prepaid=prepaid)
 
 
 def stream_statement(cfg: ExperimentConfig, finals: list[dict]) -> str:

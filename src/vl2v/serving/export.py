@@ -211,7 +211,7 @@ def sidecar_path(model_path: str | Path) -> Path:
 
 def check_images(run_dir: Path, size: int, n: int = 8) -> tuple[torch.Tensor, str]:
     """A parity batch: up to ``n`` of the run's target images (from predictions.json), else seeded noise."""
-    from vl2v.serving.predict import load_image
+    from vl2v.serving.images import load_image
 
     rd = RunDir(run_dir)
     if rd.predictions.exists():

@@ -116,3 +116,14 @@ def _pixels(img: Image.Image, index: int, size: int) -> torch.Tensor:
     if t.shape[1] == size and t.shape[2] == size:
         return t.float().div_(255.0)
     return center_view(t, size)
+
+
+def load_image(path, size: int) -> torch.Tensor:
+    """Decode the image file ``path`` and return the evaluation view: float [3, size, size] in [0, 1] (what
+    ``vl2v predict``, ``eval`` and export's parity check feed a student)."""
+    from vl2v.data.images import load_rgb
+    from vl2v.data.transforms import eval_view
+
+    img = load_rgb(path)
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    return eval_view(arr, size)

@@ -35,16 +35,7 @@ import torch
 from vl2v.errors import ConfigError
 from vl2v.runs.layout import RunDir
 from vl2v.serving.export import INPUT_NAME, OUTPUT_NAME, ExportError, load_student_run, onnx_session, sidecar_path
-
-
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """Decode ``path`` and return the evaluation view: float [3, size, size] in [0, 1]."""
-    from vl2v.data.images import load_rgb
-    from vl2v.data.transforms import eval_view
-
-    img = load_rgb(path)
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-    return eval_view(arr, size)
+from vl2v.serving.images import load_image  # noqa: F401  (re-exported: vl2v.serving.predict.load_image)
 
 
 def expand_images(items: Iterable[str | Path]) -> list[Path]:
