@@ -137,6 +137,44 @@ class Teacher(abc.ABC):
         return self
 
 
+class PaidTeacher(Teacher):
+    """A teacher paid per query over the network (``remote:``, ``vendor:``): one call at a time (``_lock``,
+    set by the constructor), and each call checked against the backend's budget before anything is sent.
+
+    A backend implements :meth:`_check_images` / :meth:`_check_texts` (raise :class:`QueryBudgetExceeded` when
+    the call would pass its budget) and names itself in errors with :attr:`noun`."""
+
+    #: how errors name the teacher, e.g. "remote teacher"
+    noun: str = "pay-per-query teacher"
+    _lock: Any  # a threading.Lock
+
+    def _check_images(self, n: int) -> None:
+        """Refuse (QueryBudgetExceeded) ``n`` more image queries past the budget."""
+
+    def _check_texts(self, texts: list[str]) -> None:
+        """Refuse (QueryBudgetExceeded) these text queries past the budget."""
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The base class's loop, one request per chunk, after the budget check (nothing is sent past it)."""
+        s = self.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (s, s):
+            raise TeacherError(f"{self.noun} expects images of shape [B, 3, {s}, {s}], got {tuple(images.shape)}")
+        n = int(images.shape[0])
+        if n == 0:
+            return torch.zeros((0, self.embed_dim))
+        with self._lock:
+            self._check_images(n)
+            return super().embed_images(images)
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        texts = [str(t) for t in texts]
+        if not texts:
+            return torch.zeros((0, self.embed_dim))
+        with self._lock:
+            self._check_texts(texts)
+            return super().embed_texts(texts)
+
+
 def check_embeddings(x: torch.Tensor, n: int, dim: int, what: str) -> torch.Tensor:
     if x.ndim != 2 or x.shape[0] != n or x.shape[1] != dim:
         raise TeacherError(f"teacher returned {what} embeddings of shape {tuple(x.shape)}, expected ({n}, {dim})")

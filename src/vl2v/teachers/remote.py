@@ -41,14 +41,14 @@ import random
 import threading
 import time
 import uuid
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from vl2v import __version__
-from vl2v.teachers.base import QueryBudgetExceeded, Teacher, TeacherError
+from vl2v.teachers.base import PaidTeacher, QueryBudgetExceeded, TeacherError
 from vl2v.teachers.wire import (
     IDEMPOTENCY_HEADER,
     IMAGES_PATH,
@@ -96,8 +96,9 @@ def _as_float(name: str, v: Any, minimum: float) -> float:
     return out
 
 
-class RemoteTeacher(Teacher):
+class RemoteTeacher(PaidTeacher):
     backend = "remote"
+    noun = "remote teacher"
     white_box = False
 
     def __init__(self, url: str, api_key: str | None = None, batch_size: int | str = 64,
@@ -163,25 +164,11 @@ class RemoteTeacher(Teacher):
                 f"{what}; nothing was sent. Embeddings already received are kept (in the teacher store); "
                 f"raise --teacher-opt budget=N to continue")
 
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """The base class's loop, one request per chunk, after the budget check (nothing is sent past it)."""
-        s = self.image_size
-        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (s, s):
-            raise TeacherError(f"remote teacher expects images of shape [B, 3, {s}, {s}], got {tuple(images.shape)}")
-        n = int(images.shape[0])
-        if n == 0:
-            return torch.zeros((0, self.embed_dim))
-        with self._lock:
-            self._charge(n, "images")
-            return super().embed_images(images)
+    def _check_images(self, n: int) -> None:
+        self._charge(n, "images")
 
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        texts = [str(t) for t in texts]
-        if not texts:
-            return torch.zeros((0, self.embed_dim))
-        with self._lock:
-            self._charge(len(texts), "texts")
-            return super().embed_texts(texts)
+    def _check_texts(self, texts: list[str]) -> None:
+        self._charge(len(texts), "texts")
 
     # hooks of the base class's loop: a chunk is one request
     def _image_batches(self, images: torch.Tensor) -> list[list[str]]:

@@ -44,7 +44,7 @@ import torch
 from PIL import Image
 
 from vl2v import __version__
-from vl2v.teachers.base import QueryBudgetExceeded, Teacher, TeacherError
+from vl2v.teachers.base import PaidTeacher, QueryBudgetExceeded, TeacherError
 from vl2v.utils.extras import MissingExtraError, missing_modules
 
 _MISSING = missing_modules("httpx", "tenacity")
@@ -117,10 +117,11 @@ def text_tokens(text: str, entry: dict[str, Any]) -> int:
 
 
 # ------------------------------------------------------------------ the teacher
-class VendorTeacher(Teacher):
+class VendorTeacher(PaidTeacher):
     """Base of the vendor adapters; see the module docstring. Subclasses set the ClassVars and three hooks."""
 
     backend = "vendor"
+    noun = "vendor teacher"
     white_box = False
 
     provider: ClassVar[str]
@@ -270,25 +271,11 @@ class VendorTeacher(Teacher):
                 f"(in the teacher store); raise --teacher-opt budget_usd=USD to continue")
 
     # ------------------------------------------------------------------ Teacher
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """The base class's loop, one request per chunk, after the budget check (nothing is sent past it)."""
-        s = self.image_size
-        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (s, s):
-            raise TeacherError(f"vendor teacher expects images of shape [B, 3, {s}, {s}], got {tuple(images.shape)}")
-        n = int(images.shape[0])
-        if n == 0:
-            return torch.zeros((0, self.embed_dim))
-        with self._lock:
-            self._charge(self.image_cost(n), f"{n} images")
-            return super().embed_images(images)
+    def _check_images(self, n: int) -> None:
+        self._charge(self.image_cost(n), f"{n} images")
 
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        texts = [str(t) for t in texts]
-        if not texts:
-            return torch.zeros((0, self.embed_dim))
-        with self._lock:
-            self._charge(self.text_cost(texts), f"{len(texts)} texts")
-            return super().embed_texts(texts)
+    def _check_texts(self, texts: list[str]) -> None:
+        self._charge(self.text_cost(texts), f"{len(texts)} texts")
 
     def _image_batches(self, images: torch.Tensor) -> list[list[bytes]]:  # type: ignore[override]
         return self._chunks(self._encode(images))
