@@ -84,6 +84,16 @@ def _is_part(name: str) -> bool:
     return (PKG / name).is_dir() or (PKG / f"{name}.py").is_file()
 
 
+def from_target(node: ast.ImportFrom, package: str) -> str:
+    """The module a ``from X import ...`` names, relative imports (``from .x``, ``from ..``) resolved against
+    ``package``."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imports_in(source: str, mod: str, is_pkg: bool, filename: str = "<src>") -> list[tuple[str, int]]:
     """Every vl2v module the source of module ``mod`` imports, with its line: module level and inside
     functions alike; relative imports are resolved against ``mod``'s package."""
@@ -93,12 +103,7 @@ def imports_in(source: str, mod: str, is_pkg: bool, filename: str = "<src>") -> 
         if isinstance(node, ast.Import):
             out += [(a.name, node.lineno) for a in node.names if a.name.split(".")[0] == "vl2v"]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from .x import y / from .. import z
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = from_target(node, package)
             if target.split(".")[0] != "vl2v":
                 continue
             if target == "vl2v":  # from vl2v import cli -> the part named, if it is one
@@ -153,12 +158,7 @@ def file_imports_in(source: str, mod: str, is_pkg: bool, modules: frozenset[str]
                 if a.name.split(".")[0] == "vl2v" and (m := known(a.name)):
                     out.append((m, node.lineno))
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = from_target(node, package)
             if target.split(".")[0] != "vl2v":
                 continue
             for a in node.names:
