@@ -58,7 +58,9 @@ def _domains(cfg: ExperimentConfig) -> list[str]:
         return list(spec.domains)
     if not folder.is_dir():
         raise CLIError(f"--data {cfg.data_dir}: no such folder (expected ROOT/domain/class/image files)")
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    from vl2v.data.folder import list_subdirs
+
+    return list_subdirs(folder)  # the domains scan_folder will find
 
 
 def _positive(text: str) -> int:

@@ -48,6 +48,15 @@ def check_writable(out: Path) -> None:
                           "Choose another --out, or fix its permissions or free space.") from exc
 
 
+def target_indices(cfg: ExperimentConfig, domains: list[str]) -> list[int]:
+    """The held-out target domains of ``cfg`` (every domain in turn by default), each checked against ``domains``."""
+    targets = list(cfg.targets) if cfg.targets is not None else list(range(len(domains)))
+    for t in targets:
+        if not 0 <= t < len(domains):
+            raise ConfigError(f"target {t} out of range: domains are 0..{len(domains) - 1} ({', '.join(domains)})")
+    return targets
+
+
 def _recorded(cfg: ExperimentConfig) -> dict[str, Any]:
     """``cfg`` as ``experiment.json`` records it: JSON values, secret teacher options (an API key) redacted."""
     d = json.loads(json.dumps(asdict(cfg), default=str))
@@ -132,10 +141,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     exp_dir = ExperimentDir(out)
     if dist.is_main:
         check_writable(out)
-    targets = list(cfg.targets) if cfg.targets is not None else list(range(len(exp.data.domains)))
-    for t in targets:
-        if not 0 <= t < len(exp.data.domains):
-            raise ConfigError(f"target {t} out of range: domains are 0..{len(exp.data.domains) - 1} ({', '.join(exp.data.domains)})")
+    targets = target_indices(cfg, exp.data.domains)
     args_base = {"dataset": exp.dataset_name, "data_dir": str(exp.data.scan.root), "holdout_fraction": cfg.holdout_fraction,
                  "teacher": cfg.teacher, "teacher_options": public_options(cfg.teacher_options),
                  "teacher_identity": exp.teacher_identity, "student": cfg.student,
@@ -222,7 +228,7 @@ def dry_run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict[s
     exp = prepare(cfg, log)
     exp.cfg = cfg = with_prompt_names(cfg, exp)
     store = exp.res.store
-    targets = list(cfg.targets) if cfg.targets is not None else list(range(len(exp.data.domains)))
+    targets = target_indices(cfg, exp.data.domains)
     draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
     per_algo: dict[str, dict[str, Any]] = {}
     images: set[tuple[str, str]] = set()

@@ -71,11 +71,12 @@ def job_id(cfg: ExperimentConfig) -> str:
 
 
 def _domains(dataset: str, root: str | None) -> list[str]:
+    from vl2v.data.folder import list_subdirs
     from vl2v.data.registry import resolve_dataset
 
     path = Path(dataset)
     if path.is_dir():
-        return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return list_subdirs(path)  # the domains scan_folder will find
     spec, _ = resolve_dataset(dataset, root)
     return list(spec.domains)
 
