@@ -168,6 +168,11 @@ class ExperimentConfig:
     # torch threads of each run's step; None: the cores divided among the jobs (all of torch's default with one job)
     threads: PosInt | None = None
     strict_data: bool = False
+    # a benchmark of classes never seen in training: hold `novel_classes` classes out of every training and
+    # validation split (fold `novel_fold` of a fixed rotation over the classes, vl2v.data.splits.novel_classes)
+    # and score the students with text heads on them by their names; 0: every class is trained on
+    novel_classes: NonNegInt = 0
+    novel_fold: NonNegInt = 0
     out_dir: str = "runs/experiment"
     train: TrainConfig = field(default_factory=TrainConfig)
 

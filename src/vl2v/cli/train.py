@@ -126,6 +126,7 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
         teacher_options=parse_kv(args.teacher_opt, "--teacher-opt"),
         blackbox=not args.white_box, student_pretrained=not args.no_pretrained,
         student_weights=args.student_weights, store=args.store, out_dir=args.out, strict_data=args.strict_data,
+        novel_classes=args.novel_classes, novel_fold=args.novel_fold,
         data_mode=args.data_mode, workers=args.workers, jobs=None if args.jobs == "auto" else int(args.jobs),
         threads=args.threads), what="bad option", labels=_flag_labels())
     cfg = apply_profile(cfg, args.profile)
@@ -285,6 +286,13 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--strict-data", action="store_true",
                    help="fail on any data problem (unreadable files, empty classes) instead of skipping and recording it")
     g.add_argument("--seed", type=int, nargs="+", help="explicit trial seeds (overrides --trials)")
+    g.add_argument("--novel-classes", type=int, default=0, metavar="K",
+                   help="benchmark classes never seen in training: hold K classes out of every training and "
+                   "validation split and score ADiP, SD and the teacher's zero-shot on them by their names "
+                   "(seen, novel and harmonic-mean accuracy on the target domain). Default 0: train on every class")
+    g.add_argument("--novel-fold", type=int, default=0, metavar="F",
+                   help="which K classes --novel-classes holds out: fold F of a fixed, seeded rotation over the "
+                   "classes (folds 0..ceil(classes/K)-1 hold out every class at least once; default 0)")
     g.add_argument("--hparams-seed", type=int, default=0,
                    help="DomainBed's hyperparameter seed: 0 (default) = each algorithm's defaults; N > 0 = draw N from "
                    "its search space (docs/hparams.md), explicit ALGO:key=value options winning. Recorded in every run, "

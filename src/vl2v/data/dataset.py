@@ -152,7 +152,13 @@ class ImageBank:
 
 @dataclass
 class DomainData:
-    """Images of every domain plus the in/out split of each domain for one trial seed."""
+    """Images of every domain plus the in/out split of each domain for one trial seed.
+
+    ``seen`` (class indices of the folder, sorted): the classes training may see, for a benchmark of classes
+    never seen in training (:meth:`holding_out`). Then :attr:`classes`, :attr:`labels` and :meth:`split_items`
+    speak of the seen classes only (the held-out classes' images are in no split, their label is -1), and
+    :attr:`all_classes`, :attr:`all_labels` and :meth:`all_split_items` of every class. ``None``: every class.
+    """
 
     scan: FolderScan
     bank: ImageBank
@@ -160,6 +166,7 @@ class DomainData:
     holdout_fraction: float
     domain_index: list[list[int]]  # bank indices per domain, in scan order
     splits: list[DomainSplit]
+    seen: tuple[int, ...] | None = None
 
     @property
     def domains(self) -> list[str]:
@@ -167,23 +174,63 @@ class DomainData:
 
     @property
     def classes(self) -> list[str]:
+        if self.seen is None:
+            return self.scan.classes
+        return [self.scan.classes[c] for c in self.seen]
+
+    @property
+    def all_classes(self) -> list[str]:
         return self.scan.classes
 
     @property
-    def labels(self) -> torch.Tensor:
+    def novel(self) -> list[int]:
+        """The held-out classes (indices into :attr:`all_classes`); empty when every class is seen."""
+        return [] if self.seen is None else [c for c in range(len(self.scan.classes)) if c not in self.seen]
+
+    @property
+    def all_labels(self) -> torch.Tensor:
         return torch.tensor([r.label for r in self.bank.records], dtype=torch.long)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Each image's class among :attr:`classes` (-1: a held-out class)."""
+        if self.seen is None:
+            return self.all_labels
+        pos = {c: k for k, c in enumerate(self.seen)}
+        return torch.tensor([pos.get(r.label, -1) for r in self.bank.records], dtype=torch.long)
 
     def with_seed(self, trial_seed: int) -> "DomainData":
         """The same images with the splits of another trial seed."""
         splits = [domain_split(d, len(ix), trial_seed, self.holdout_fraction) for d, ix in enumerate(self.domain_index)]
-        return DomainData(self.scan, self.bank, trial_seed, self.holdout_fraction, self.domain_index, splits)
+        return DomainData(self.scan, self.bank, trial_seed, self.holdout_fraction, self.domain_index, splits,
+                          self.seen)
 
-    def split_items(self, domain: int, which: str) -> list[int]:
-        """Bank indices of ``domain``'s ``"in"`` (80%) or ``"out"`` (20%) split."""
+    def holding_out(self, novel: list[int]) -> "DomainData":
+        """The same images and splits with the classes ``novel`` (indices into :attr:`all_classes`) held out of
+        every split: what a novel-class benchmark trains and validates on."""
+        n = len(self.scan.classes)
+        bad = [c for c in novel if not 0 <= c < n]
+        if bad:
+            raise ValueError(f"held-out classes {bad} out of range: the dataset has classes 0..{n - 1}")
+        seen = tuple(c for c in range(n) if c not in set(novel))
+        return DomainData(self.scan, self.bank, self.trial_seed, self.holdout_fraction, self.domain_index,
+                          self.splits, seen if novel else None)
+
+    def all_split_items(self, domain: int, which: str) -> list[int]:
+        """Bank indices of ``domain``'s ``"in"`` (80%) or ``"out"`` (20%) split, every class."""
         idx = self.domain_index[domain]
         sp = self.splits[domain]
         pos = sp.in_idx if which == "in" else sp.out_idx
         return [idx[i] for i in pos]
+
+    def split_items(self, domain: int, which: str) -> list[int]:
+        """Bank indices of ``domain``'s ``"in"`` (80%) or ``"out"`` (20%) split (seen classes only)."""
+        items = self.all_split_items(domain, which)
+        if self.seen is None:
+            return items
+        seen = set(self.seen)
+        recs = self.bank.records
+        return [i for i in items if recs[i].label in seen]
 
 
 def load_domain_data(

@@ -43,3 +43,32 @@ def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[list[int]
 def domain_split(domain: int, n: int, trial_seed: int, holdout_fraction: float = 0.2) -> DomainSplit:
     in_idx, out_idx = split_indices(n, holdout_fraction, seed_hash(trial_seed, domain))
     return DomainSplit(domain, tuple(in_idx), tuple(out_idx))
+
+
+#: the seed of the class order that novel-class folds rotate over (fixed: a fold names the same classes on
+#: every machine and in every trial; the held-out names are recorded in every run's config)
+NOVEL_FOLD_SEED = 0
+
+
+def novel_classes(num_classes: int, count: int, fold: int, seed: int = NOVEL_FOLD_SEED) -> list[int]:
+    """The ``count`` classes that fold ``fold`` holds out of training: a seeded shuffle of the classes, cut into
+    consecutive groups of ``count`` that wrap around, so folds ``0 .. ceil(C / count) - 1`` hold out every class
+    at least once. Sorted class indices. ValueError when fewer than 2 classes would be left to train on, or
+    ``fold`` is past the last fold."""
+    if count < 1:
+        raise ValueError(f"novel classes: need at least 1 class to hold out, got {count}")
+    if num_classes - count < 2:
+        raise ValueError(f"novel classes: holding out {count} of {num_classes} classes leaves fewer than 2 to "
+                         f"train on; hold out at most {num_classes - 2}")
+    folds = novel_fold_count(num_classes, count)
+    if not 0 <= fold < folds:
+        raise ValueError(f"novel fold {fold} out of range: holding out {count} of {num_classes} classes gives "
+                         f"folds 0..{folds - 1}")
+    order = list(range(num_classes))
+    np.random.RandomState(seed).shuffle(order)
+    return sorted(order[(fold * count + j) % num_classes] for j in range(count))
+
+
+def novel_fold_count(num_classes: int, count: int) -> int:
+    """How many folds it takes to hold out every class once (``ceil(C / count)``)."""
+    return -(-num_classes // count)

@@ -88,6 +88,12 @@ def check_experiment(cfg: ExperimentConfig) -> list[AlgoSpec]:
                               "learn(s) from the teacher's embedding of each view and --teacher-mode cached has "
                               "only the stored views: use --teacher-mode online (the teacher sees every fresh view), "
                               "or --data-stream stored (every algorithm replays the same K stored views)")
+    if cfg.novel_fold and not cfg.novel_classes:
+        raise ConfigError("--novel-fold picks which classes --novel-classes holds out: give --novel-classes K too")
+    if cfg.novel_classes and cfg.data_dir is None and cfg.dataset is not None:
+        from vl2v.data.registry import get_dataset
+
+        check_novel(cfg, get_dataset(cfg.dataset).num_classes)
     if cfg.classnames and not Path(cfg.classnames).expanduser().is_file():
         raise ConfigError(f"--classnames file {cfg.classnames} does not exist")
     if cfg.prompt_names == "curated" and not cfg.classnames and cfg.data_dir is None:
@@ -98,6 +104,19 @@ def check_experiment(cfg: ExperimentConfig) -> list[AlgoSpec]:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     return specs
+
+
+def check_novel(cfg: ExperimentConfig, num_classes: int) -> list[int]:
+    """The classes ``cfg`` holds out of training (``--novel-classes``/``--novel-fold``), checked against the
+    dataset's ``num_classes``; ``[]`` when it holds none."""
+    if not cfg.novel_classes:
+        return []
+    from vl2v.data.splits import novel_classes
+
+    try:
+        return novel_classes(num_classes, cfg.novel_classes, cfg.novel_fold)
+    except ValueError as exc:
+        raise ConfigError(f"--novel-classes {cfg.novel_classes} --novel-fold {cfg.novel_fold}: {exc}") from None
 
 
 @dataclass
@@ -142,10 +161,15 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
 
     t0 = time.time()
     scan = scan_folder(folder, verify=False)
+    novel = check_novel(cfg, len(scan.classes))  # before any image is read
     workers = cfg.workers if cfg.workers is not None else default_workers(resolve_device(cfg.train.device))
     data = load_domain_data(folder, trial_seed=cfg.seeds[0], holdout_fraction=cfg.holdout_fraction,
                             max_side=cfg.max_side, strict=cfg.strict_data, scan=scan, mode=cfg.data_mode,
                             workers=workers)
+    if novel:
+        data = data.holding_out(novel)
+        log(f"novel classes (fold {cfg.novel_fold}): {', '.join(data.scan.classes[c] for c in novel)} held out of "
+            f"every training and validation split; students train on {', '.join(data.classes)}")
     for issue in data.scan.issues:
         log(f"  data: {issue}")
     if data.scan.issues:
@@ -212,7 +236,7 @@ def with_prompt_names(cfg: ExperimentConfig, exp: Experiment) -> ExperimentConfi
     if mode == "folder" and not cfg.classnames:
         return cfg
     try:
-        names = resolve_class_names(exp.data.classes, mode, exp.dataset_name, cfg.classnames)
+        names = resolve_class_names(exp.data.all_classes, mode, exp.dataset_name, cfg.classnames)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return replace(cfg, train=replace(cfg.train, class_names=tuple(names)))

@@ -235,7 +235,7 @@ nav{font-size:.88em;margin:8px 0 4px} nav a{margin-right:14px;color:#2a5db0;text
 def _results_section(page: _Page, g: DatasetRuns, pre: str) -> None:
     """The heading, what ran, the data-stream check, the tables and the accuracy figures of one dataset."""
     from vl2v.evaluation.report import ID_TITLE, OOD_TITLE, ORACLE_TITLE
-    from vl2v.evaluation.tables import build_tables, table_sections
+    from vl2v.evaluation.tables import NOVEL_TITLES, build_novel_tables, build_tables, novel_preamble, table_sections
 
     runs = g.runs
     seeds = sorted({r.seed for r in runs})
@@ -258,6 +258,12 @@ def _results_section(page: _Page, g: DatasetRuns, pre: str) -> None:
         page.raw(_table_html(table, caption))
     if "oracle_ood" in tables:
         page.raw(_table_html(tables["oracle_ood"], ORACLE_TITLE))
+    novel = build_novel_tables(fins, g.domains)
+    if novel:
+        page.h2(f"{g.name}: classes never seen in training", pre + "novel")
+        page.p(_esc(novel_preamble(fins)).replace("**", ""), "note")
+        for name, caption in NOVEL_TITLES.items():
+            page.raw(_table_html(novel[name], caption))
     se = ("error bars: standard error over seeds, none for a mean over one seed" if len(seeds) > 1 else
           "one trial seed, so no error bars")
     page.figure(F.ood_bars(runs, g.domains), pre + "ood_bars",

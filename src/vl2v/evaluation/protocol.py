@@ -28,7 +28,7 @@ from vl2v.evaluation.experiment import (  # noqa: F401  (re-exported: the experi
     with_prompt_names,
 )
 from vl2v.evaluation.parallel import Job, resolve_jobs, run_parallel
-from vl2v.evaluation.tables import build_tables, selected_stages, table_sections
+from vl2v.evaluation.tables import build_tables, novel_markdown, selected_stages, table_sections
 from vl2v.runs.fingerprint import config_diff, describe, run_diff
 from vl2v.runs.layout import ExperimentDir
 from vl2v.teachers.registry import public_options
@@ -148,6 +148,9 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
                  "student_pretrained": cfg.student_pretrained, "student_weights": cfg.student_weights,
                  "freeze_bn": cfg.freeze_bn, "views": cfg.views, "view_seed": cfg.view_seed,
                  "store_dtype": cfg.store_dtype, "max_side": cfg.max_side}
+    if exp.data.novel:  # recorded only for a novel-class benchmark: other runs' records are as before
+        args_base["novel_classes"] = {"count": cfg.novel_classes, "fold": cfg.novel_fold,
+                                      "held_out": [exp.data.all_classes[c] for c in exp.data.novel]}
     draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
     for a in specs:
         a.options(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule)  # validate the draw before any work
@@ -163,7 +166,9 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     if dist.is_main:
         atomic_write_json(exp_dir.experiment_json, {"config": _recorded(cfg),
                                                     "dataset": exp.dataset_name, "domains": exp.data.domains,
-                                                    "classes": exp.data.classes, "teacher": exp.teacher_identity,
+                                                    "classes": exp.data.all_classes, "teacher": exp.teacher_identity,
+                                                    **({"held_out_classes": [exp.data.all_classes[c] for c in
+                                                                             exp.data.novel]} if exp.data.novel else {}),
                                                     "data_issues": [{"path": i.path, "reason": i.reason,
                                                                      "kind": "warning" if i.tolerable else "skipped"}
                                                                     for i in exp.data.scan.issues],
@@ -333,6 +338,9 @@ def render_summary(tables, exp: Experiment, cfg: ExperimentConfig, wall: float, 
     if "oracle_ood" in tables:
         lines += [tables["oracle_ood"].markdown("Out-of-domain accuracy (%), test-domain validation (oracle, "
                                                 "DomainBed's: each run's last checkpoint)"), ""]
+    novel = novel_markdown(finals or [], exp.data.domains)
+    if novel:
+        lines += [novel, ""]
     stages = selected_stages(finals or [], exp.data.domains)
     if stages:
         lines += [f"**Checkpoint chosen by training-domain validation (stage@step; selection over "

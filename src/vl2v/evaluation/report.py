@@ -16,8 +16,12 @@ from typing import Any
 
 from vl2v.evaluation.tables import (
     BILL_NOTE,
+    NOVEL_TITLES,
     OLD_BILL_NOTE,
+    build_novel_tables,
     build_tables,
+    novel_markdown,
+    novel_preamble,
     protocol_order,
     selected_stages,
     table_sections,
@@ -58,6 +62,9 @@ def build_report(paths: list[str | Path], latex: bool = False) -> str:
         if "oracle_ood" in tables:
             out.append(tables["oracle_ood"].markdown(ORACLE_TITLE))
             out.append("")
+        novel = novel_markdown(finals, g.domain_names())
+        if novel:
+            out += [novel, ""]
         stages = selected_stages(finals, g.domain_names())
         if stages:
             out += ["**Checkpoint chosen by training-domain validation (stage@step, one per trial)**", "", stages, ""]
@@ -90,6 +97,10 @@ def report_data(paths: list[str | Path]) -> dict[str, Any]:
             "trial_seeds": sorted({int(f["trial_seed"]) for f in finals}),
             "tables": {name: {"title": titles.get(id(t), ORACLE_TITLES.get(name, name)), **t.as_dict()}
                        for name, t in tables.items()},
+            **({"novel_classes": {"note": novel_preamble(finals),
+                                  "tables": {name: {"title": NOVEL_TITLES[name], **t.as_dict()}
+                                             for name, t in novel.items()}}}
+               if (novel := build_novel_tables(finals, g.domain_names())) else {}),
             "hparams": [{"algorithm": p.label, "target": p.target, "trial_seed": p.trial_seed,
                          "hparams_seed": p.hparams_seed, "candidates": p.candidates, "val_acc": p.val_acc,
                          "values": p.values} for p in g.picks],

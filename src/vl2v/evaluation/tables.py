@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from vl2v.config import DEFAULT_ALGORITHMS
+from vl2v.runs.summary import trial_key
 
 #: the order of algorithms in every table and figure: the protocol's, then VL2V-SD, then the rest as found
 ALGORITHM_ORDER: tuple[str, ...] = (*DEFAULT_ALGORITHMS, "sd")
@@ -144,7 +145,7 @@ def build_tables(finals: Iterable[dict[str, Any]], domains: list[str]) -> dict[s
     sw_ood, sw_id = ResultTable(domains), ResultTable(domains)
     o_ood, o_id = ResultTable(domains), ResultTable(domains)
     for f in finals:
-        algo, t, s = f["algorithm"], int(f["target"]), int(f["trial_seed"])
+        algo, t, s = f["algorithm"], int(f["target"]), trial_key(f)
         label = f.get("label", algo)
         if "selected" in f:
             ood.add(label, t, s, f["selected"]["ood_acc"])
@@ -167,6 +168,65 @@ def build_tables(finals: Iterable[dict[str, Any]], domains: list[str]) -> dict[s
     if has_oracle:
         out.update(oracle_ood=o_ood, oracle_id=o_id)
     return out
+
+
+#: the novel-class benchmark's tables (``final.json`` → ``novel``) and their captions
+NOVEL_TITLES = {
+    "novel_novel": "Novel classes (%): the held-out classes' target images, named among the held-out classes only "
+                   "(classes no student trained on)",
+    "novel_hm": "Seen and novel together (%): harmonic mean of the seen and the novel classes' accuracy when every "
+                "target image is named among every class (the generalised setting)",
+    "novel_seen": "Seen classes (%): the trained classes' target images, named among the trained classes (the "
+                  "protocol's out-of-domain accuracy)",
+}
+NOVEL_KEYS = {"novel_novel": "novel_acc", "novel_hm": "hm", "novel_seen": "seen_acc"}
+
+
+def build_novel_tables(finals: Iterable[dict[str, Any]], domains: list[str]) -> dict[str, ResultTable]:
+    """The novel-class benchmark's tables (mean ± SE over folds × trial seeds), from the runs that can name a
+    class they never trained on (a text-space head: ADiP, SD, the teacher's zero-shot); ``{}`` without any."""
+    tables = {name: ResultTable(domains) for name in NOVEL_TITLES}
+    for f in finals:
+        nv = f.get("novel") or {}
+        if nv.get("novel_acc") is None:
+            continue
+        for name, key in NOVEL_KEYS.items():
+            if nv.get(key) is not None:
+                tables[name].add(f.get("label", f["algorithm"]), int(f["target"]), trial_key(f), nv[key])
+    return tables if tables["novel_novel"].acc else {}
+
+
+def novel_preamble(finals: Iterable[dict[str, Any]]) -> str:
+    """Which classes each fold held out, and which rows cannot name new classes (Markdown; empty if no fold)."""
+    folds: dict[int, list[str]] = {}
+    fixed: set[str] = set()
+    for f in finals:
+        nv = f.get("novel") or {}
+        if nv.get("fold") is not None and nv.get("held_out"):
+            folds[int(nv["fold"])] = list(nv["held_out"])
+        if nv.get("text_head") is False:
+            fixed.add(f.get("label", f["algorithm"]))
+    if not folds:
+        return ""
+    text = ("**Novel classes: classes held out of every training and validation split**, named at test time "
+            "with the teacher's text embeddings (held out: " + "; ".join(
+                f"fold {k}: {', '.join(v)}" for k, v in sorted(folds.items())) + "). Mean ± SE over folds × trial "
+            "seeds; the teacher's zero-shot row scores the teacher on the same images.")
+    if fixed:
+        text += (f" Not scored on novel classes: {', '.join(protocol_order(fixed))} (a classifier over the "
+                 "training classes cannot name a class it never saw).")
+    return text
+
+
+def novel_markdown(finals: Iterable[dict[str, Any]], domains: list[str]) -> str:
+    """The novel-class benchmark's section (preamble and tables) as Markdown; empty for other experiments."""
+    finals = list(finals)
+    tables = build_novel_tables(finals, domains)
+    if not tables:
+        return ""
+    parts = [novel_preamble(finals)]
+    parts += [tables[name].markdown(title) for name, title in NOVEL_TITLES.items()]
+    return "\n\n".join(parts)
 
 
 def table_sections(tables: dict[str, ResultTable], ood_title: str, id_title: str) -> list[tuple[ResultTable, str]]:

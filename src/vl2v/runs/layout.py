@@ -130,10 +130,13 @@ def run_summary(run: str | Path | RunData) -> dict[str, Any] | None:
         return None
     rec = select_record(recs)
     args = rec["args"]
-    return {"algorithm": args["algorithm"], "label": run_label(data), "target": args["test_envs"][0],
-            "trial_seed": args["trial_seed"], "selected": summarize(rec),
-            "oracle": summarize(select_record(recs, "oracle"), "oracle"), "incomplete": True,
-            "run_dir": str(data.path), "_domains": cfg.get("domains"), "_dataset": args["dataset"]}
+    out = {"algorithm": args["algorithm"], "label": run_label(data), "target": args["test_envs"][0],
+           "trial_seed": args["trial_seed"], "selected": summarize(rec),
+           "oracle": summarize(select_record(recs, "oracle"), "oracle"), "incomplete": True,
+           "run_dir": str(data.path), "_domains": cfg.get("domains"), "_dataset": args["dataset"]}
+    if args.get("novel_classes"):  # an unfinished novel-class run: its fold (its novel scores come at the end)
+        out["novel"] = {"fold": args["novel_classes"].get("fold")}
+    return out
 
 
 class RunDir:

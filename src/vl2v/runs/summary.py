@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from vl2v.runs.layout import RunData, RunDir, find_runs, label, run_label, run_summary
 
 __all__ = ["DatasetGroup", "HParamPick", "RunEntry", "collect_runs", "group_by_dataset", "label", "run_label",
-           "run_summary", "select_hparams"]
+           "run_summary", "select_hparams", "trial_key"]
 
 
 @dataclass
@@ -36,7 +36,10 @@ class RunEntry:
 
     @property
     def dataset(self) -> str:
-        return self.summary.get("_dataset") or self.args.get("dataset") or "?"
+        """The run's dataset; a novel-class benchmark's runs are a dataset of their own (other classes trained)."""
+        name = self.summary.get("_dataset") or self.args.get("dataset") or "?"
+        novel = self.args.get("novel_classes")
+        return f"{name}, {novel['count']} classes held out (novel-class benchmark)" if novel else name
 
     @property
     def domains(self) -> list[str]:
@@ -84,6 +87,13 @@ class HParamPick:
     values: dict[str, Any]
 
 
+def trial_key(summary: dict[str, Any]) -> int | tuple[int, int]:
+    """A run's trial in the tables: its trial seed; in a novel-class benchmark ``(fold, trial seed)``, so the
+    folds are trials of their own (each holds other classes out) and a mean runs over folds and seeds."""
+    fold = (summary.get("novel") or {}).get("fold")
+    return int(summary["trial_seed"]) if fold is None else (int(fold), int(summary["trial_seed"]))
+
+
 def select_hparams(entries: Iterable[RunEntry]) -> tuple[list[RunEntry], list[HParamPick]]:
     """Per (label, target, trial seed), the run whose selected checkpoint has the best training-domain
     validation accuracy among its hparams seeds (DomainBed's ``collect_results``); ties go to the lowest seed.
@@ -95,7 +105,7 @@ def select_hparams(entries: Iterable[RunEntry]) -> tuple[list[RunEntry], list[HP
     entries = list(entries)
     groups: dict[tuple, list[RunEntry]] = {}
     for e in entries:
-        key = (e.label, int(e.summary["target"]), int(e.summary["trial_seed"]))
+        key = (e.label, int(e.summary["target"]), trial_key(e.summary))
         groups.setdefault(key, []).append(e)
     dropped: set[int] = set()
     picks: list[HParamPick] = []
@@ -105,7 +115,8 @@ def select_hparams(entries: Iterable[RunEntry]) -> tuple[list[RunEntry], list[HP
             continue
         best = max(es, key=lambda e: (e.val_acc, -e.hparams_seed))
         dropped.update(id(e) for e in es if e is not best)
-        picks.append(HParamPick(str(lab), t, s, best.hparams_seed, best.val_acc, seeds, best.drawn))
+        picks.append(HParamPick(str(lab), t, int(best.summary["trial_seed"]), best.hparams_seed, best.val_acc, seeds,
+                                best.drawn))
     return [e for e in entries if id(e) not in dropped], picks
 
 

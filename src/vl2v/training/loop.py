@@ -172,13 +172,30 @@ class Trainer:
 
     # ------------------------------------------------------------ set-up
     def _prompt_names(self) -> list[str]:
-        """Each class's name in the prompts: the resolved ``class_names`` of the config, else the folder's."""
+        """Each trained class's name in the prompts: the resolved ``class_names`` of the config, else the
+        folder's (the seen classes' only, when classes are held out)."""
+        names = self._all_prompt_names()
+        return names if self.data.seen is None else [names[c] for c in self.data.seen]
+
+    def _all_prompt_names(self) -> list[str]:
+        """Every class's prompt name, held-out classes included (``class_names`` covers every class)."""
         names = self.cfg.class_names
+        classes = self.data.all_classes
         if names is None:
-            return [class_name(c) for c in self.data.classes]
-        if len(names) != len(self.data.classes):
-            raise ConfigError(f"{len(names)} prompt class names for {len(self.data.classes)} classes")
+            return [class_name(c) for c in classes]
+        if len(names) != len(classes):
+            raise ConfigError(f"{len(names)} prompt class names for {len(classes)} classes")
         return list(names)
+
+    def _novel_classifier(self) -> torch.Tensor:
+        """The teacher's text classifier over every class, held-out ones included (novel-class benchmark)."""
+        tpl = list(self.cfg.templates)
+        emb = self.res.text_embeddings(prompts_for(self.data.all_classes, tpl, self._all_prompt_names()))
+        return text_classifier(emb, len(self.data.all_classes), len(tpl))
+
+    def _novel_target_items(self) -> list[int]:
+        """The target's "in" split, every class (the novel-class benchmark's test images)."""
+        return self.data.all_split_items(self.spec.target, "in")
 
     def _context(self) -> TaskContext:
         store = self.res.store
@@ -207,6 +224,10 @@ class Trainer:
             self.targets = self.res.teacher_targets(self.train_indices)  # every training view, paid once
         if not self.info.has_student:
             self.res.teacher_center(self._eval_indices())
+            if self.data.novel:  # the teacher's zero-shot on the held-out classes' images too
+                self.res.teacher_center(self._novel_target_items())
+        if self.data.novel and self.res.store is not None and self.info.needs_teacher:
+            self._novel_classifier()  # every class name's prompts, for the novel-class scores
 
     def pay_teacher(self) -> dict[str, float]:
         """Ask the teacher now for everything this run will ask it (prompt texts, training views, evaluation
@@ -231,12 +252,16 @@ class Trainer:
         if self.res.store is None or not self.info.needs_teacher:
             return set(), set()
         texts = set(prompts_for(self.data.classes, list(self.cfg.templates), self._prompt_names()))
+        if self.data.novel:  # the held-out classes' names are embedded for the novel-class scores
+            texts |= set(prompts_for(self.data.all_classes, list(self.cfg.templates), self._all_prompt_names()))
         keys: set[tuple[str, str]] = set()
         hashes = self.data.bank.hashes
         if self.info.uses_teacher_images and self.info.needs_training and self.cfg.teacher_mode == "cached":
             keys.update((hashes[i], view_id(p)) for i in self.train_indices for p in self.res.view_list(i))
         if not self.info.has_student:
             keys.update((hashes[i], view_id(None)) for i in self._eval_indices())
+            if self.data.novel:
+                keys.update((hashes[i], view_id(None)) for i in self._novel_target_items())
         return keys, texts
 
     def teacher_need(self) -> dict[str, int]:
@@ -503,6 +528,34 @@ class Trainer:
         return out
 
     @torch.no_grad()
+    def _novel_scores(self, algo: Algorithm, checkpoint: str) -> dict[str, Any]:
+        """The novel-class benchmark's scores of ``algo`` on the target's "in" split (every class): seen classes
+        among the seen names, held-out classes among the held-out names, and every image among every name (the
+        generalised setting). Only a model that predicts by comparing with class text embeddings (its ``text``
+        buffer: ADiP, SD, the teacher's zero-shot) can name a class it never trained on; for the others the
+        novel scores are None."""
+        from vl2v.training.novel import novel_class_scores
+
+        data = self.data
+        out: dict[str, Any] = {"fold": (self.args_record.get("novel_classes") or {}).get("fold"),
+                               "held_out": [data.all_classes[c] for c in data.novel],
+                               "seen_classes": list(data.classes), "checkpoint": checkpoint}
+        text = getattr(algo, "text", None)
+        idx = self._novel_target_items()
+        if isinstance(text, torch.Tensor):
+            algo.eval()
+            algo.text = self._novel_classifier().to(text)
+            try:
+                with torch.no_grad():
+                    logits = self._logits(algo, idx, use_feats=False)
+            finally:
+                algo.text = text
+                algo.train()
+            if logits.shape[-1] == len(data.all_classes):
+                return {**out, **novel_class_scores(logits, data.all_labels[idx], list(data.seen or ()), data.novel)}
+        return {**out, "text_head": False, "note": f"{self.info.name} predicts with a classifier over its training "
+                "classes: it cannot name a class it never saw"}
+
     def _write_predictions(self, algo: Algorithm, path: Path) -> None:
         """Per-image predictions of the selected model on the target's "in" split (confusion matrices, mistakes)."""
         algo.eval()
@@ -728,12 +781,17 @@ class Trainer:
             else:
                 final["swad"] = {"note": "SWAD found no loss valley (validation loss never converged); not averaged", **summary}
         if self.main:
+            checkpoint = "last"
             if cfg.save_checkpoints and rd.best.exists():
                 os.replace(rd.best, rd.model)
                 algo.load_state_dict(load_weights(rd.model)[0])
                 self._write_predictions(algo, rd.predictions)
+                checkpoint = "selected"
             elif not stages:
                 self._write_predictions(algo, rd.predictions)
+                checkpoint = "selected"
+            if self.data.novel:
+                final["novel"] = self._novel_scores(algo, checkpoint)
         final["queries"] = _diff(store, self.stats0)
         if store is not None:
             final["teacher_bill"] = self.teacher_bill()
