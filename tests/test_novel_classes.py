@@ -61,8 +61,8 @@ def test_scores_by_hand():
 
 
 def test_config_checks_before_work(tmp_path):
-    from vl2v.evaluation.experiment import check_experiment
     from vl2v.config import ExperimentConfig
+    from vl2v.evaluation.experiment import check_experiment
 
     with pytest.raises(ConfigError, match="--novel-fold picks"):
         check_experiment(ExperimentConfig(novel_fold=1))

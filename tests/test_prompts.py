@@ -77,7 +77,7 @@ def test_default_prompts_are_curated_for_a_registered_dataset_and_folder_names_o
 
     from vl2v.evaluation.protocol import with_prompt_names
 
-    exp = SimpleNamespace(data=SimpleNamespace(classes=["bird", "bug", "marine"]), dataset_name="OfflinePACS")
+    exp = SimpleNamespace(data=SimpleNamespace(classes=["bird", "bug", "marine"], all_classes=["bird", "bug", "marine"]), dataset_name="OfflinePACS")
     assert with_prompt_names(cfg, exp).train.class_names == ("bird", "insect", "sea creature")
     (tmp_path / "folder" / "art").mkdir(parents=True)
     custom = config_from_args(train_parser().parse_args(["--data", str(tmp_path / "folder")]))

@@ -2,7 +2,8 @@
 
 conse (the real offline teacher), lit (the LiT teacher built from the fixture pool in tests/helpers.py), openclip (a tiny random-weight architecture), transformers (a tiny
 random CLIPModel saved to a temporary folder), remote (a client of an in-process `vl2v serve` of the
-tiny test teacher), vendor (jina-clip-v2 against test_vendor_teachers' respx mock of Jina's API) and the
+tiny test teacher), vendor (jina-clip-v2 against test_vendor_teachers' respx mock of Jina's API), privileged (the
+diagnostic teacher over the tiny-test base, bound to a tiny generated dataset's splits) and the
 test suite's own tiny-test backend.
 """
 
@@ -33,7 +34,8 @@ def specs(tmp_path_factory):
 first use); remote and vendor are built from their service fixtures in build(). Every registered backend needs
 one: build() fails for a backend that has none."""
     root = tmp_path_factory.mktemp("contract")
-    out = {"conse": ("conse", {"k": 5}), "tiny-test": ("tiny-test", {})}
+    out = {"conse": ("conse", {"k": 5}), "tiny-test": ("tiny-test", {}), "_root": root,
+           "privileged": ("privileged", {"alpha": 0.5, "base": "tiny-test", "cache": False})}
 
     from helpers import build_fixture_teacher
 
@@ -107,10 +109,21 @@ def build(name: str, specs, request) -> Teacher:
         pytest.fail(f"teacher backend {name!r} has no offline fixture: add one to specs() in tests/test_teacher_contract.py "
                     "(a tiny or local build, or a service fixture handled in build())", pytrace=False)
     if name not in _BUILT:
-        opts = specs[name][1]
-        torch.manual_seed(0)
-        _BUILT[name] = create_teacher(_text(name, specs), **opts)
+        _BUILT[name] = _create(name, specs)
     return _BUILT[name]
+
+
+def _create(name: str, specs) -> Teacher:
+    torch.manual_seed(0)
+    t = create_teacher(_text(name, specs), **specs[name][1])
+    if name == "privileged":  # trained per experiment: bound here to a tiny generated dataset's splits
+        from conftest import build_image_folder
+        from vl2v.data.dataset import load_domain_data
+        from vl2v.teachers.privileged import bind_to_experiment
+
+        data = load_domain_data(build_image_folder(specs["_root"] / "privileged-data", per_class=4))
+        bind_to_experiment(t, data, 0, ["cat", "dog", "horse"], ["a photo of a {c}."], log=lambda s: None)
+    return t
 
 
 BACKENDS = [t.name for t in list_teachers()]
@@ -188,8 +201,7 @@ def test_identity_is_stable_across_builds(name, specs, request):
     """The store keys on identity(): the same build gives the same string (ConSE: see the golden check)."""
     a = build(name, specs, request)
     if name in specs:
-        torch.manual_seed(0)
-        b = create_teacher(_text(name, specs), **specs[name][1])
+        b = _create(name, specs)
     else:
         b = build(name, specs, request)
     assert a.identity() == b.identity()

@@ -69,6 +69,37 @@ def _cmd_report_json(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_curve(args: argparse.Namespace) -> int:
+    import json
+
+    from vl2v.evaluation.curve import collect_curve, curve_data, curve_figure, curve_table
+
+    points = collect_curve(args.runs, args.baseline or [])
+    if not any(p.alpha > 0 for p in points):
+        raise CLIError(f"no runs with a privileged teacher under {', '.join(args.runs)}: train them with "
+                       "`vl2v compare --teacher privileged --teacher-opt alpha=A --target T --seed S ...`")
+    text = ("Teacher-quality curve. DIAGNOSTIC: the privileged teachers (alpha > 0) saw the target domain's "
+            "validation split; alpha = 0 is their base teacher. Differences in accuracy points on the target's "
+            "test split, the same data stream, budget and selection for every algorithm; ERM-FT and ADiP(lam=0) "
+            f"from {', '.join(args.baseline or ['-'])}.\n\n" + curve_table(points))
+    print(text)
+    if args.out:
+        from vl2v.utils.io import atomic_write_json, atomic_write_text
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "curve.md", text + "\n")
+        atomic_write_json(out / "curve.json", {"points": curve_data(points)})
+        fig = curve_figure(points)
+        if fig is not None:
+            fig.savefig(out / "curve.png")
+        print(f"wrote {out / 'curve.md'}, {out / 'curve.json'}" + (f", {out / 'curve.png'}" if fig else ""),
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps({"points": curve_data(points)}))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     # report
     q = sub.add_parser("report", help="aggregate run directories into tables (mean +- SE over trials)",
@@ -85,3 +116,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "trials, in %%) and teacher bills as JSON on stdout (or in --out), nothing else there; "
                    "no HTML page unless --html")
     q.set_defaults(func=_cmd_report)
+
+    c = sub.add_parser("curve", help="the teacher-quality curve: student gain against the teacher's OOD zero-shot",
+                       description="Read runs trained with the DIAGNOSTIC privileged teacher at several alpha "
+                       "(`--teacher privileged --teacher-opt alpha=A`, one target and seed each) and baseline runs "
+                       "of their base teacher (ERM-FT, ADiP lam=0, and the base teacher's zeroshot/adip/kd as "
+                       "alpha = 0), and print per alpha the teacher's zero-shot on the target and the students' "
+                       "gains (ADiP - ERM-FT, KD - ERM-FT, ADiP - ADiP(lam=0), SD - ERM-FT).")
+    c.add_argument("runs", nargs="+", help="folders of runs with the privileged teacher")
+    c.add_argument("--baseline", nargs="+", metavar="RUNS", help="runs of the base teacher on the same data, seeds "
+                   "and budget (ERM-FT, adip:lam=0, zeroshot, adip, kd)")
+    c.add_argument("--out", metavar="DIR", help="also write curve.md, curve.json and curve.png there")
+    c.add_argument("--json", action="store_true", help="also print the points as JSON")
+    c.set_defaults(func=_cmd_curve)

@@ -77,9 +77,13 @@ def check_experiment(cfg: ExperimentConfig) -> list[AlgoSpec]:
 
     if not cfg.student.startswith("timm:"):
         STUDENTS.entry(cfg.student)
-    from vl2v.teachers.registry import TeacherSpec
+    from vl2v.teachers.registry import TeacherSpec, teacher_info
 
-    TeacherSpec.parse(cfg.teacher, cfg.teacher_options)
+    tspec = TeacherSpec.parse(cfg.teacher, cfg.teacher_options)
+    if _needs_teacher(specs) and teacher_info(tspec.backend).experiment_bound:
+        if cfg.targets is None or len(cfg.targets) != 1 or len(cfg.seeds) != 1:
+            raise ConfigError(f"teacher {tspec.backend!r} is trained on one experiment's splits (a target domain's "
+                              "validation split, one trial seed's sources): give exactly one --target and one --seed")
     cfg.train.validate()
     if cfg.train.data_stream_kind == "fresh" and cfg.train.teacher_mode == "cached":
         needs = [s.label for s in specs if get_algorithm(s.name).uses_teacher_images and get_algorithm(s.name).needs_training]
@@ -185,12 +189,15 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
     raw_teacher = None
     device = torch.device(resolve_device(cfg.train.device))
     if _needs_teacher(specs):
-        from vl2v.teachers.registry import create_teacher
+        from vl2v.teachers.registry import TeacherSpec, create_teacher, teacher_info
         from vl2v.teachers.store import TeacherStore, default_store_path
 
         t0 = time.time()
-        teacher = create_teacher(cfg.teacher, blackbox=cfg.blackbox, **cfg.teacher_options)
-        teacher.to(device)
+        if teacher_info(TeacherSpec.parse(cfg.teacher, cfg.teacher_options).backend).experiment_bound:
+            teacher = _bound_teacher(cfg, data, name, device, log)
+        else:
+            teacher = create_teacher(cfg.teacher, blackbox=cfg.blackbox, **cfg.teacher_options)
+            teacher.to(device)
         white = [s.name for s in specs if get_algorithm(s.name).needs_white_box]
         if white:
             if cfg.blackbox or not teacher.white_box:
@@ -224,22 +231,48 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
     return Experiment(cfg, data, res, make_student, key, name, identity, raw_teacher)
 
 
-def with_prompt_names(cfg: ExperimentConfig, exp: Experiment) -> ExperimentConfig:
-    """``cfg`` with ``train.class_names`` resolved from ``prompt_names``/``classnames`` for the loaded classes
-    (left None for the folder names: the runs' prompts are then exactly those of earlier versions). ``auto``:
-    a registered dataset's curated names where it has a prompt file; a custom folder keeps its folder names."""
+def _bound_teacher(cfg: ExperimentConfig, data: DomainData, dataset: str, device: torch.device, log):
+    """A teacher trained on this experiment's own splits (the privileged diagnostic), bound to its one target
+    and trial seed before it answers anything; black-box wrapped afterwards when the experiment is."""
+    from vl2v.teachers.blackbox import BlackBoxTeacher
+    from vl2v.teachers.privileged import bind_to_experiment
+    from vl2v.teachers.prompts import class_name
+    from vl2v.teachers.registry import create_teacher
+
+    raw = create_teacher(cfg.teacher, blackbox=False, **cfg.teacher_options)
+    raw.to(device)
+    names = prompt_names(cfg, data.all_classes, dataset)
+    names = names if names is not None else [class_name(c) for c in data.all_classes]
+    if data.seen is not None:
+        names = [names[c] for c in data.seen]
+    assert cfg.targets is not None
+    bind_to_experiment(raw, data, cfg.targets[0], names, cfg.train.templates, log)
+    return BlackBoxTeacher(raw) if cfg.blackbox else raw
+
+
+def prompt_names(cfg: ExperimentConfig, classes: list[str], dataset: str) -> tuple[str, ...] | None:
+    """The prompt name of each of ``classes`` under ``cfg``'s ``prompt_names``/``classnames``; None for the
+    folder names (the runs' prompts are then exactly those of earlier versions)."""
     from vl2v.teachers.prompts import prompt_file, resolve_class_names
 
     mode = cfg.prompt_names
     if mode == "auto":
-        mode = "curated" if cfg.data_dir is None and prompt_file(exp.dataset_name) is not None else "folder"
+        mode = "curated" if cfg.data_dir is None and prompt_file(dataset) is not None else "folder"
     if mode == "folder" and not cfg.classnames:
-        return cfg
+        return None
     try:
-        names = resolve_class_names(exp.data.all_classes, mode, exp.dataset_name, cfg.classnames)
+        return tuple(resolve_class_names(classes, mode, dataset, cfg.classnames))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return replace(cfg, train=replace(cfg.train, class_names=tuple(names)))
+
+
+def with_prompt_names(cfg: ExperimentConfig, exp: Experiment) -> ExperimentConfig:
+    """``cfg`` with ``train.class_names`` resolved from ``prompt_names``/``classnames`` for every class of the
+    folder (held-out classes included; left None for the folder names: the runs' prompts are then exactly those
+    of earlier versions). ``auto``: a registered dataset's curated names where it has a prompt file; a custom
+    folder keeps its folder names."""
+    names = prompt_names(cfg, exp.data.all_classes, exp.dataset_name)
+    return cfg if names is None else replace(cfg, train=replace(cfg.train, class_names=names))
 
 
 def trainer_for(exp: Experiment, a: AlgoSpec, target: int, seed: int, data: DomainData, args_base: dict[str, Any],

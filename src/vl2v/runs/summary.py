@@ -6,6 +6,7 @@ summary of one run (:func:`label`, :func:`run_label`, :func:`run_summary`) are r
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -205,5 +206,12 @@ def _split_labels_by_teacher(entries: list[RunEntry]) -> None:
             e.summary = {**e.summary, "label": f"{lab} [teacher {name}]"}
 
 
+#: a privileged diagnostic teacher's identity names its target and trial seed: the teacher of a row is its
+#: alpha and base, whichever target and seed each run was bound to
+_BOUND = re.compile(r"^(DIAGNOSTIC-privileged\(alpha=[^;]+);target=[^;]+;trial_seed=\d+;head=[^;]+;(.*)$")
+
+
 def _teacher_key(e: RunEntry) -> str:
-    return str(e.args.get("teacher_identity") or e.args.get("teacher") or "?")
+    ident = str(e.args.get("teacher_identity") or e.args.get("teacher") or "?")
+    m = _BOUND.match(ident)
+    return f"{m.group(1)};{m.group(2)}" if m else ident

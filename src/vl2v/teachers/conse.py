@@ -195,6 +195,20 @@ class ConSETeacher(Teacher):
             return self.encoder.combine(self._onnx(x).to(x.device))
         return self.encoder(x.contiguous(memory_format=torch.channels_last))
 
+    def tower_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [0,1] -> the classifier's ImageNet logits [B, 1000] (on the CPU), the way
+        :meth:`_encode_images` computes them (the privileged diagnostic teacher reads them)."""
+        x = x.to(self.device).float()
+        with torch.no_grad():
+            if self._onnx is not None:
+                return self._onnx(self.encoder.resize(x)).float().cpu()
+            return self.encoder.logits(self.encoder.resize(x).contiguous(memory_format=torch.channels_last)).float().cpu()
+
+    def embed_from_tower(self, logits: torch.Tensor) -> torch.Tensor:
+        """This teacher's (unnormalised) image embedding from :meth:`tower_features`' logits."""
+        with torch.no_grad():
+            return self.encoder.combine(logits.to(self.encoder.class_text.device)).float().cpu()
+
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         # normalised on the CPU, as always for this teacher (text_batch_size None: sentence-transformers
         # gets the whole list and batches it itself, 128 at a time, sorted by length)

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field
 
-from vl2v.config import NonNegFloat, NonNegInt, PosInt, config_dataclass, validated
+from vl2v.config import Fraction, NonNegFloat, NonNegInt, PosInt, config_dataclass, validated
 from vl2v.errors import ConfigError
 from vl2v.registry import Registry
 from vl2v.teachers.base import Teacher, TeacherError
@@ -40,6 +40,9 @@ class TeacherInfo:
     white_box: bool  # the backend can hand VL2V-SD a differentiable image tower
     offline: bool = False  # its weights ship with vl2v's dependencies (no download, no local path)
     options: type | None = None  # a config_dataclass of its --teacher-opt options (None: passed on unchecked)
+    # trained on the experiment's own splits (the privileged diagnostic): one target and one trial seed per
+    # experiment, and the experiment binds it (teachers.privileged.bind_to_experiment) before it answers
+    experiment_bound: bool = False
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """``options`` (``--teacher-opt`` text values) typed and range-checked by the backend's options class;
@@ -59,12 +62,13 @@ TEACHERS: Registry[TeacherInfo] = Registry("teacher")
 
 
 def register_teacher(name: str, *, summary: str, white_box: bool, offline: bool = False,
-                     options: type | None = None) -> Callable[[Callable[..., Teacher]], Callable[..., Teacher]]:
+                     options: type | None = None,
+                     experiment_bound: bool = False) -> Callable[[Callable[..., Teacher]], Callable[..., Teacher]]:
     """Decorator: register ``factory(spec, **options) -> Teacher`` as backend ``name``; ``options``: the
     config dataclass that types its ``--teacher-opt`` options (see :func:`vl2v.config.config_dataclass`)."""
 
     def deco(factory: Callable[..., Teacher]) -> Callable[..., Teacher]:
-        TEACHERS.register(name)(TeacherInfo(name, factory, summary, white_box, offline, options))
+        TEACHERS.register(name)(TeacherInfo(name, factory, summary, white_box, offline, options, experiment_bound))
         return factory
 
     return deco
@@ -163,6 +167,35 @@ def _remote(spec: str | None = None, **opts: Any) -> Teacher:
     from vl2v.teachers.remote import create_remote_teacher
 
     return create_remote_teacher(spec, **opts)
+
+
+@config_dataclass
+class PrivilegedOptions:
+    alpha: Fraction | None = None  # weight of the privileged head: 0 = the base teacher, 1 = the head alone
+    base: str | None = None  # the base teacher (default conse)
+    cache: bool | None = None  # share tower outputs across experiments ($VL2V_HOME/cache/privileged-tower.sqlite)
+
+
+@register_teacher("privileged", white_box=False, offline=True, options=PrivilegedOptions, experiment_bound=True,
+                  summary="DIAGNOSTIC, never a default: a head trained on the TARGET domain's validation split (and "
+                          "the sources' training splits) blended with a base teacher (conse): privileged:alpha=A; "
+                          "one --target and one --seed per experiment")
+def _privileged(spec: str | None = None, **opts: Any) -> Teacher:
+    from vl2v.teachers.privileged import create_privileged
+
+    for part in filter(None, (p.strip() for p in (spec or "").split(","))):  # privileged:alpha=0.5
+        key, eq, value = part.partition("=")
+        if not eq or key.strip() not in ("alpha", "base"):
+            raise TeacherError(f"privileged teacher: bad spec part {part!r}; write privileged:alpha=A")
+        opts.setdefault(key.strip(), value.strip())
+    try:
+        alpha = float(opts.pop("alpha", 0.5))
+    except ValueError:
+        raise TeacherError("privileged teacher: alpha must be a number in [0, 1]") from None
+    base = str(opts.pop("base", None) or "conse")
+    if base.split(":", 1)[0] == "privileged":
+        raise TeacherError("privileged teacher: its base cannot be another privileged teacher")
+    return create_privileged(create_teacher(base), alpha, **opts)
 
 
 @dataclass(frozen=True)
