@@ -25,6 +25,9 @@ class ERMHParams:
     steps: NonNegInt = 0
     lp_lr: NonNegFloat = 0.0
     lp_steps: NonNegInt = 0
+    # a control for LP-FT (and ERM-FT after a head warm-up): keep the probe's classifier frozen while the
+    # backbone fine-tunes (a fixed linear head, as ADiP keeps its text head fixed)
+    freeze_head: bool = False
 
     @classmethod
     def search_space(cls, dataset: str | None = None) -> dict[str, Distribution]:
@@ -56,7 +59,7 @@ class _ERMBase(Algorithm):
             set_trainable(self.student, False)
         else:
             set_student_trainable(self.student, self.ctx.schedule.freeze_stages)
-        set_trainable(self.classifier, True)
+        set_trainable(self.classifier, stage.backbone_frozen or not self.hparams.freeze_head)
         super().begin_stage(stage)
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
