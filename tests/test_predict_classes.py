@@ -231,3 +231,29 @@ def test_cli_run_without_text_head_gives_one_line(runs, image, capsys):
     rc = main(["predict", str(run(runs, "erm_lp")), str(image), "--classes", "kite,owl"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "runs of adip, sd, zeroshot can" in err
+
+
+def test_cli_remote_teacher_without_budget_left_gives_one_line(tmp_path, image, capsys, monkeypatch):
+    """New class names cost a remote teacher one text query per prompt: a key whose text quota is spent stops
+    `vl2v predict --classes` with one line (exit 3), not a traceback, and nothing is predicted."""
+    pytest.importorskip("fastapi")
+    from vl2v.serving.keys import add_key, parse_limits, set_limits
+    from vl2v.serving.live import LiveServer
+    from vl2v.serving.service import ServiceConfig, create_app
+
+    data = tmp_path / "serve"
+    token = add_key(data / "keys.txt", "alice", parse_limits(["texts=3/prepaid"]))
+    folder = build_image_folder(tmp_path / "tiny", per_class=2, size=32)
+    with LiveServer(create_app(TinyTeacher(), ServiceConfig(data), name="tiny-test"), log_level="critical") as srv:
+        train = TrainConfig(schedule=Schedule(steps=1, frozen_steps=1), batch_size=2, eval_every=1, image_size=32)
+        cfg = ExperimentConfig(dataset=None, data_dir=str(folder), out_dir=str(tmp_path / "runs"),
+                               algorithms=("zeroshot",), targets=(0,), teacher=f"remote:{srv.url}",
+                               teacher_options={"api_key": token}, store="memory", train=train)
+        run_experiment(cfg, log=lambda s: None)  # 3 class prompts: the whole text quota
+        capsys.readouterr()
+        set_limits(data / "keys.txt", "alice", ["texts=+0"])
+        zs = tmp_path / "runs" / "zeroshot" / "target-0-art" / "seed0"
+        monkeypatch.setenv("VL2V_API_KEY", token)  # records hold no key: the client reads it from its variable
+        rc = main(["predict", str(zs), str(image), "--classes", "kite,owl"])
+        err = capsys.readouterr()
+    assert rc == 3 and err.err.count("\n") == 1 and "budget" in err.err and err.out == ""

@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except QueryBudgetExceeded as exc:
-        print(f"vl2v: teacher query budget exhausted: {exc}\n"
-              "Everything the teacher already answered is kept in the teacher store; raise the budget and run "
-              "the same command again (finished runs are skipped, cached queries are not repeated).", file=sys.stderr)
+        print(f"vl2v: teacher query budget exhausted: {exc}; everything the teacher already answered is kept in "
+              "the teacher store: raise the budget and run the same command again (finished runs are skipped, "
+              "cached queries are not repeated)", file=sys.stderr)
         return 3
     except UserError as exc:
         print(f"vl2v: {exc.prefix}: {exc}", file=sys.stderr)
