@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,6 +55,29 @@ def target_indices(cfg: ExperimentConfig, domains: list[str]) -> list[int]:
         if not 0 <= t < len(domains):
             raise ConfigError(f"target {t} out of range: domains are 0..{len(domains) - 1} ({', '.join(domains)})")
     return targets
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An experiment resolved once, after its data is loaded: the algorithm specs, the target domains, each
+    spec's hyperparameter draw (validated), and every run in the order runs are trained and reported
+    (trial seed, then target, then algorithm). :func:`run_experiment` and :func:`dry_run` both walk it."""
+
+    specs: list[AlgoSpec]
+    targets: list[int]
+    draws: dict[AlgoSpec, tuple]
+    runs: list[tuple[int, int, AlgoSpec]]  # (trial seed, target, algorithm)
+
+
+def make_plan(cfg: ExperimentConfig, exp: "Experiment") -> Plan:
+    """The runs of ``cfg`` on the loaded experiment ``exp``; every draw checked before any work."""
+    specs = [AlgoSpec.parse(a) for a in cfg.algorithms]
+    targets = target_indices(cfg, exp.data.domains)
+    draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
+    for a in specs:
+        a.options(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule)  # validate the draw before any work
+    runs = [(seed, t, a) for seed in cfg.seeds for t in targets for a in specs]
+    return Plan(specs, targets, draws, runs)
 
 
 def _recorded(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -141,7 +164,8 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     exp_dir = ExperimentDir(out)
     if dist.is_main:
         check_writable(out)
-    targets = target_indices(cfg, exp.data.domains)
+    plan = make_plan(cfg, exp)
+    specs, draws, runs = plan.specs, plan.draws, plan.runs
     args_base = {"dataset": exp.dataset_name, "data_dir": str(exp.data.scan.root), "holdout_fraction": cfg.holdout_fraction,
                  "teacher": cfg.teacher, "teacher_options": public_options(cfg.teacher_options),
                  "teacher_identity": exp.teacher_identity, "student": cfg.student,
@@ -151,10 +175,6 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     if exp.data.novel:  # recorded only for a novel-class benchmark: other runs' records are as before
         args_base["novel_classes"] = {"count": cfg.novel_classes, "fold": cfg.novel_fold,
                                       "held_out": [exp.data.all_classes[c] for c in exp.data.novel]}
-    draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
-    for a in specs:
-        a.options(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule)  # validate the draw before any work
-    runs = [(seed, t, a) for seed in cfg.seeds for t in targets for a in specs]
     workers, threads = resolve_jobs(cfg.jobs, cfg.threads, cfg.train.device, len(runs), dist.enabled,
                                     shared_store=exp.res.store is None or exp.res.store.path is not None)
     if workers > 1 and not resume:
@@ -229,31 +249,27 @@ def dry_run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict[s
     teacher has a price (:meth:`vl2v.teachers.base.Teacher.price`). Exact for a cached teacher (the stored views
     are known ahead); an online teacher's training views are drawn fresh every step and are not counted."""
     cfg = replace(cfg, train=replace(cfg.train, device=resolve_device(cfg.train.device)))
-    specs = check_experiment(cfg)
+    check_experiment(cfg)
     exp = prepare(cfg, log)
     exp.cfg = cfg = with_prompt_names(cfg, exp)
     store = exp.res.store
-    targets = target_indices(cfg, exp.data.domains)
-    draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
+    plan = make_plan(cfg, exp)
     per_algo: dict[str, dict[str, Any]] = {}
     images: set[tuple[str, str]] = set()
     texts: set[str] = set()
-    for seed in cfg.seeds:
-        for t in targets:
-            for a in specs:
-                trainer = trainer_for(exp, a, t, seed, exp.data_for(seed), {}, draws)
-                row = per_algo.setdefault(a.label, {"runs": 0, "finished": 0, "image": 0, "text": 0,
-                                                    "train_images": 0})
-                row["runs"] += 1
-                if trainer.rd.is_done():  # a finished run is reused: it asks nothing
-                    row["finished"] += 1
-                    continue
-                keys, prompts = trainer.teacher_keys()
-                row["image"] += len(keys)
-                row["text"] += len(prompts)
-                row["train_images"] += len(trainer.train_indices)
-                images |= keys
-                texts |= prompts
+    for seed, t, a in plan.runs:
+        trainer = trainer_for(exp, a, t, seed, exp.data_for(seed), {}, plan.draws)
+        row = per_algo.setdefault(a.label, {"runs": 0, "finished": 0, "image": 0, "text": 0, "train_images": 0})
+        row["runs"] += 1
+        if trainer.rd.is_done():  # a finished run is reused: it asks nothing
+            row["finished"] += 1
+            continue
+        keys, prompts = trainer.teacher_keys()
+        row["image"] += len(keys)
+        row["text"] += len(prompts)
+        row["train_images"] += len(trainer.train_indices)
+        images |= keys
+        texts |= prompts
     out: dict[str, Any] = {"teacher": exp.teacher_identity, "algorithms": per_algo,
                            "online": cfg.train.teacher_mode == "online", "to_pay": {"image": 0, "text": 0}}
     if store is not None:
