@@ -21,13 +21,13 @@ rss     peak resident memory of a short training run (fresh process each; erm_ft
         student, no teacher) on synthetic folders of 1x, 4x, 16x size, data_mode memory vs stream.
 teacher runs ``benchmarks/teacher_speed.py`` (teacher cost) if it exists and prints its output.
 
-How training is timed: the real ``Trainer.run`` on a short schedule, through a subclass that
-(a) skips frozen-backbone stages (adip's Align: they train on cached features, not this pipeline),
-(b) answers evaluations with placeholders (so only steps cost time), and (c) times each step of the
-fine-tuning stage around ``Trainer._step_batches``: "wait" is the time blocked on the next batch
-(planning, rendering or waiting for loader workers, assembling, copying to the device), a step's
-time runs from asking for its batch to asking for the next (so it includes ``algo.update`` and the
-loop's bookkeeping). The first ``--warmup`` steps (worker start-up, torch.compile, caches being filled)
+How training is timed: the real ``Trainer.run`` on a short schedule, with ``TrainerHooks``
+(vl2v/training/hooks.py) that (a) skip frozen-backbone stages (adip's Align: they train on cached
+features, not this pipeline), (b) answer evaluations with placeholders (so only steps cost time), and
+(c) keep the times the loop reports for each step of the fine-tuning stage (``on_step``): "wait" is the
+time blocked on the next batch (planning, rendering or waiting for loader workers, assembling, copying
+to the device), a step's time runs from asking for its batch to the end of the step (so it includes
+``algo.update`` and the loop's bookkeeping). The eval section's times are the loop's ``on_eval``. The first ``--warmup`` steps (worker start-up, torch.compile, caches being filled)
 and the evaluation steps (first and last) are not counted. Variants are interleaved (order reversed
 on every other repeat) and each number is the median over ``--repeats``.
 
@@ -124,76 +124,50 @@ def register_bench_teacher() -> str:
 
 
 # --------------------------------------------------------------------------- timing harness
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _train_fields() -> set[str]:
     from vl2v.config import TrainConfig
 
     return {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def _bench_trainer_cls():
-    from vl2v.training.loop import Trainer
+def _bench_hooks(warmup: int, stub_eval: bool, stop_after: int | None):
+    """Hooks that time the real loop (see the module docstring): they skip the frozen-backbone stages, answer
+    evaluations with placeholders (``stub_eval``), and keep each fine-tuning step's times."""
+    from vl2v.training.hooks import EvalInfo, StepInfo, TrainerHooks
 
-    class BenchTrainer(Trainer):
-        """The real loop, timed: see the module docstring (skips frozen stages, placeholder evaluations)."""
+    class BenchHooks(TrainerHooks):
+        synchronize = True  # CUDA: step and evaluation times include the device's work
 
-        stub_eval = True
-        warmup = 1
-        stop_after: int | None = None  # last step to run (the stage's own last step is an evaluation step)
-
-        def __init__(self, *a, **k) -> None:
-            super().__init__(*a, **k)
+        def __init__(self) -> None:
+            self.warmup, self.stub_eval = warmup, stub_eval
+            self.stop_after = stop_after  # last step to run (the stage's own last step is an evaluation step)
             self.step_s: list[float] = []
             self.wait_s: list[float] = []
             self.eval_s: list[float] = []
             self.eval_images = 0
 
-        def _run_stage(self, algo, si, stage, *a, **k):
-            if stage.backbone_frozen:
+        def run_stage(self, stage) -> bool:
+            return not stage.backbone_frozen
+
+        def evaluation(self, sets):
+            if not self.stub_eval:
                 return None
-            return super()._run_stage(algo, si, stage, *a, **k)
+            out = {f"env{d}_{w}_{m}": 0.0 for d, w in sets for m in ("acc", "loss")}
+            return {**out, "val_acc": 0.0, "val_loss": 0.0}
 
-        def evaluate(self, algo, use_feats):
-            if self.stub_eval:
-                out = {f"env{d}_{w}_{m}": 0.0 for d, w in self._eval_sets() for m in ("acc", "loss")}
-                return {**out, "val_acc": 0.0, "val_loss": 0.0}
-            self.eval_images = sum(len(self.data.split_items(d, w)) for d, w in self._eval_sets())
-            _sync(self.device)
-            t0 = time.perf_counter()
-            out = super().evaluate(algo, use_feats)
-            _sync(self.device)
-            self.eval_s.append(time.perf_counter() - t0)
-            return out
+        def on_eval(self, info: EvalInfo) -> None:
+            if not self.stub_eval:
+                self.eval_images = info.images
+                self.eval_s.append(info.seconds)
 
-        def _step_batches(self, algo, stage, start, use_feats):
-            gen = super()._step_batches(algo, stage, start, use_feats)
-            timed = not stage.backbone_frozen
-            try:
-                while True:
-                    _sync(self.device)
-                    t0 = time.perf_counter()
-                    try:
-                        item = next(gen)
-                    except StopIteration:
-                        return
-                    t1 = time.perf_counter()
-                    yield item
-                    _sync(self.device)
-                    t2 = time.perf_counter()
-                    s = item[0]
-                    if timed and s >= self.warmup and not self._is_eval_step(s, stage):
-                        self.wait_s.append(t1 - t0)
-                        self.step_s.append(t2 - t0)
-                    if timed and self.stop_after is not None and s >= self.stop_after:
-                        return
-            finally:
-                gen.close()
+        def on_step(self, info: StepInfo) -> bool:
+            timed = not info.stage.backbone_frozen
+            if timed and info.step >= self.warmup and not info.evaluated:
+                self.wait_s.append(info.wait_s)
+                self.step_s.append(info.step_s)
+            return timed and self.stop_after is not None and info.step >= self.stop_after
 
-    return BenchTrainer
+    return BenchHooks()
 
 
 class Bench:
@@ -288,20 +262,20 @@ class Bench:
 
     def run(self, algorithm: str, train_cfg, views: int, workers: int, student: str, warmup: int, stub_eval=True,
             stop_after: int | None = None):
-        """One short run through the (timed) real loop; returns the trainer with its timings."""
-        from vl2v.training.loop import RunSpec
+        """One short run through the real loop, timed by its hooks; returns the trainer and the hooks (timings)."""
+        from vl2v.training.loop import RunSpec, Trainer
 
         res = self.res(views)
         res.workers = workers
         make, key, _ = self.student(student, train_cfg.image_size)
         self._n += 1
-        cls = _bench_trainer_cls()
-        tr = cls(RunSpec(algorithm, 0), train_cfg, res, make, self.tmp / f"run{self._n}",
-                 {"teacher_identity": self.exp.teacher_identity, "student": student}, key, data=self.data)
-        tr.warmup, tr.stub_eval, tr.stop_after = warmup, stub_eval, stop_after
+        hooks = _bench_hooks(warmup, stub_eval, stop_after)
+        tr = Trainer(RunSpec(algorithm, 0), train_cfg, res, make, self.tmp / f"run{self._n}",
+                     {"teacher_identity": self.exp.teacher_identity, "student": student}, key, data=self.data,
+                     hooks=hooks)
         tr.run(resume=False)
         shutil.rmtree(self.tmp / f"run{self._n}", ignore_errors=True)
-        return tr
+        return tr, hooks
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -364,15 +338,15 @@ def train_section(bench: Bench, args, log) -> list[str]:
                 # the stage's last step would be an evaluation step: stop one short of it
                 cfg = bench.train_cfg(profile, size, batch, warm + steps + 1, **over)
                 t0 = time.time()
-                tr = bench.run(algo, cfg, views, w, student, warm, stop_after=warm + steps - 1)
+                tr, timed = bench.run(algo, cfg, views, w, student, warm, stop_after=warm + steps - 1)
                 n_img = batch * len(tr.sources)
                 r = results.setdefault((ci, name), {"ips": [], "wait": [], "wall": []})
-                r["ips"].append(n_img * len(tr.step_s) / sum(tr.step_s))
-                r["wait"].append(sum(tr.wait_s) / sum(tr.step_s))
+                r["ips"].append(n_img * len(timed.step_s) / sum(timed.step_s))
+                r["wait"].append(sum(timed.wait_s) / sum(timed.step_s))
                 r["wall"].append(time.time() - t0)
                 log(f"  [{rep + 1}/{args.repeats}] {label} {student} {algo} views={views} {name}: "
                     f"{r['ips'][-1]:.1f} images/s, data wait {100 * r['wait'][-1]:.0f}% "
-                    f"({len(tr.step_s)} steps timed; run {time.time() - t0:.1f}s)")
+                    f"({len(timed.step_s)} steps timed; run {time.time() - t0:.1f}s)")
 
     lines = ["## Training images/s (fine-tuning stage, steps only)", "",
              f"{args.steps} timed steps per run after {args.warmup} warm-up steps (paper: {args.paper_steps} after "
@@ -413,13 +387,13 @@ def eval_section(bench: Bench, args, log) -> list[str]:
     for rep in range(args.repeats):
         for name, over in (variants if rep % 2 == 0 else variants[::-1]):
             cfg = bench.train_cfg("fast", args.fast_size, args.fast_batch, args.eval_passes, eval_every=1, **over)
-            tr = bench.run("erm_ft", cfg, 0, 0, student, warmup=0, stub_eval=False)
-            n_img = tr.eval_images
-            times = list(tr.eval_s)
+            _, timed = bench.run("erm_ft", cfg, 0, 0, student, warmup=0, stub_eval=False)
+            n_img = timed.eval_images
+            times = list(timed.eval_s)
             if name not in cold:
                 cold[name] = times.pop(0)
             warm[name] += times
-            log(f"  [{rep + 1}/{args.repeats}] eval {name}: " + ", ".join(f"{n_img / t:.1f}" for t in tr.eval_s) +
+            log(f"  [{rep + 1}/{args.repeats}] eval {name}: " + ", ".join(f"{n_img / t:.1f}" for t in timed.eval_s) +
                 " images/s per pass")
     base = n_img / _median(warm["today"])
     fills = {w: v for w, v in bench.fills.items() if w not in fills0 and "(eval" in w}

@@ -10,29 +10,35 @@ averages the last stage with SWAD, and writes ``final.json`` and ``done``.
 
 It never knows which algorithm it runs: algorithms declare their stages and
 whether they need the teacher's image embeddings; everything else is here.
+Beside it: the minibatches themselves come from :class:`~vl2v.training.stream.DataStream`
+(``stream.py``), the counters a resume checkpoint saves are a
+:class:`~vl2v.training.state.LoopState` (``state.py``), and tools watch the loop through
+:class:`~vl2v.training.hooks.TrainerHooks` (``hooks.py``).
+
+A run, in order (:meth:`Trainer.run`): build the algorithm (:meth:`Trainer._build_algorithm`), write
+``config.json``, get the teacher's answers (:meth:`Trainer._teacher_images`), restore a checkpoint
+(:meth:`Trainer._restore`), run each stage (:meth:`Trainer._run_stage`: its steps, and on evaluation steps
+:meth:`Trainer._evaluate_and_checkpoint`), then write the outcome (:meth:`Trainer._finish`).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import time
-from collections import deque
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vl2v.config import TrainConfig
 from vl2v.data.dataset import DomainData
-from vl2v.data.loader import RenderRequest, render_stream
 from vl2v.data.splits import seed_hash
-from vl2v.data.transforms import AugParams, sample_aug_params
 from vl2v.errors import ConfigError
 from vl2v.methods import Algorithm, Batch, Stage, TaskContext, create_algorithm, get_algorithm
 from vl2v.runs.layout import RunDir
@@ -42,9 +48,12 @@ from vl2v.students.registry import Student
 from vl2v.teachers.prompts import class_name, prompts_for, text_classifier
 from vl2v.teachers.store import view_id
 from vl2v.training.checkpoint import load_state, load_weights, save_state, save_weights
-from vl2v.training.distributed import all_reduce_sum, barrier, main_first, shard, wrap
+from vl2v.training.distributed import all_reduce_sum, barrier, main_first, wrap
 from vl2v.training.distributed import info as dist_info
+from vl2v.training.hooks import EvalInfo, StepInfo, TrainerHooks
 from vl2v.training.resources import SharedResources
+from vl2v.training.state import LoopState
+from vl2v.training.stream import DataStream, to_device
 from vl2v.training.swad import LossValley
 from vl2v.utils.device import resolve_device
 from vl2v.utils.io import atomic_write_json, atomic_write_text
@@ -67,63 +76,23 @@ class RunSpec:
         return {**dict(self.drawn), **dict(self.hparams)}
 
 
-class DomainSampler:
-    """Per-domain shuffled epochs, deterministic from the seed and resumable."""
-
-    def __init__(self, pools: dict[int, list[int]], batch_size: int, seed: int) -> None:
-        self.pools = pools
-        self.batch_size = batch_size
-        self.rngs = {d: np.random.RandomState(seed_hash(seed, "sampler", d)) for d in pools}
-        self.perm: dict[int, list[int]] = {d: [] for d in pools}
-        self.pos: dict[int, int] = {d: 0 for d in pools}
-
-    def next(self, d: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < self.batch_size:
-            if self.pos[d] >= len(self.perm[d]):
-                self.perm[d] = [int(i) for i in self.rngs[d].permutation(len(self.pools[d]))]
-                self.pos[d] = 0
-            take = min(self.batch_size - len(out), len(self.perm[d]) - self.pos[d])
-            out.extend(self.pools[d][j] for j in self.perm[d][self.pos[d]:self.pos[d] + take])
-            self.pos[d] += take
-        return out
-
-    def state_dict(self) -> dict:
-        return {"rng": {str(d): list(map(_np_state_to_list, [r.get_state()]))[0] for d, r in self.rngs.items()},
-                "perm": {str(d): p for d, p in self.perm.items()}, "pos": {str(d): p for d, p in self.pos.items()}}
-
-    def load_state_dict(self, s: dict) -> None:
-        for d in self.pools:
-            st = s["rng"][str(d)]
-            self.rngs[d].set_state((st[0], np.array(st[1], dtype=np.uint32), int(st[2]), int(st[3]), float(st[4])))
-            self.perm[d] = list(s["perm"][str(d)])
-            self.pos[d] = int(s["pos"][str(d)])
-
-
-def _np_state_to_list(st: tuple) -> list:
-    return [st[0], [int(x) for x in st[1]], int(st[2]), int(st[3]), float(st[4])]
-
-
-@dataclass
-class _DomainPlan:
-    """One domain's part of a training step: images, random choices, and the views to render."""
-
-    d: int
-    idx: list[int]
-    choice: list  # stored-view indices, or AugParams of fresh augmentations
-    online: bool = False
-    needs_t: bool = False
-    use_feats: bool = False
-    rows: list[int] | None = None  # rows of the training-set caches (features, teacher targets)
-    student: tuple[tuple[int, AugParams | None], ...] = ()  # views for the student, at its input size
-    teacher: tuple[tuple[int, AugParams | None], ...] = ()  # views for an online teacher, at its size
-    key: tuple = ()  # the global (unsharded) images and views of this part: what the stream digest hashes
-
-
 @dataclass
 class RunOutcome:
     run_dir: Path
     final: dict[str, Any]
+
+
+@dataclass
+class _StageRun:
+    """One stage being run: what its steps, evaluations and checkpoints share."""
+
+    index: int  # the stage's position in the algorithm's stages
+    stage: Stage
+    last: bool  # the run's last stage: SWAD may average it, and no next stage takes its best checkpoint
+    use_feats: bool  # trains (and is evaluated) on the pretrained student's cached features
+    model: nn.Module  # what the update runs (the algorithm, or its DistributedDataParallel wrapper)
+    swad: LossValley | None
+    pbar: Any  # the stage's progress bar
 
 
 def _spec_json(spec: RunSpec) -> dict[str, Any]:
@@ -135,10 +104,14 @@ def _spec_json(spec: RunSpec) -> dict[str, Any]:
 
 
 class Trainer:
+    """One run: algorithm ``spec.algorithm`` on target domain ``spec.target``, trial ``spec.trial_seed``, its
+    files in ``run_dir``. ``hooks`` (:class:`~vl2v.training.hooks.TrainerHooks`; also settable as
+    :attr:`hooks` before :meth:`run`) hear of every step and evaluation."""
+
     def __init__(self, spec: RunSpec, cfg: TrainConfig, res: SharedResources, make_student: Callable[[], Student],
                  run_dir: Path, args_record: dict[str, Any], student_key: tuple = (),
                  data: DomainData | None = None, teacher_encoder: Callable[[], Any] | None = None,
-                 prepaid: dict[str, float] | None = None) -> None:
+                 prepaid: dict[str, float] | None = None, hooks: TrainerHooks | None = None) -> None:
         cfg.validate()
         self.spec, self.cfg, self.res = spec, cfg, res
         self.run_dir = Path(run_dir)
@@ -164,11 +137,26 @@ class Trainer:
         # teacher queries another process made for this run ahead of it (pay_teacher), counted as this run's
         # instead of the store reads that fetch them here
         self.prepaid = prepaid
-        self.stream = cfg.data_stream_kind
-        if (self.stream == "fresh" and cfg.teacher_mode == "cached" and self.info.uses_teacher_images
+        self.hooks = hooks if hooks is not None else TrainerHooks()
+        kind = cfg.data_stream_kind
+        if (kind == "fresh" and cfg.teacher_mode == "cached" and self.info.uses_teacher_images
                 and self.info.needs_training):
             raise ConfigError(f"{spec.algorithm} learns from the teacher's embedding of each view: a fresh data "
                               "stream needs --teacher-mode online (or use --data-stream stored)")
+        # the training minibatches: which images and views, drawn per stage, and what they are built from
+        self.stream = DataStream(self.data, res, self.pools, self.train_indices, cfg.batch_size, kind,
+                                 spec.trial_seed, spec.target, self.device, self.seed)
+        # set by run() (and _context): the run's own
+        self.main = True  # this process writes the run's files (rank 0 of a data-parallel run)
+        self.prompt_names: list[str] = []  # the trained classes' names in the prompts
+        self.input_size = cfg.image_size  # the student's input side: the algorithm's own, else the config's
+        self._n_stages = 0  # the algorithm's stages (0: nothing to train)
+        self.t_start = 0.0  # time.time() the run's clock counts from (moved back by a resumed run's elapsed time)
+        self.stats0: dict[str, float] = {}  # the store's counters the records' `queries` count from
+        self._bill0: dict[str, float] = {}  # the store's counters the teacher bill counts from
+        self.state = LoopState()  # steps, bests, losses: what a resume checkpoint saves
+        self._prefix_n = 0  # leading student stages served from a cache in the current stage (training and eval)
+        self._stage_best_mem: dict[str, torch.Tensor] | None = None  # the current stage's best weights, in memory
 
     # ------------------------------------------------------------ set-up
     def _prompt_names(self) -> list[str]:
@@ -221,7 +209,7 @@ class Trainer:
         """The teacher embeddings this run needs, through the store (paid once): every training view when the
         algorithm learns from them with a cached teacher, the evaluation views when the teacher itself predicts."""
         if self.info.uses_teacher_images and self.info.needs_training and self.cfg.teacher_mode == "cached":
-            self.targets = self.res.teacher_targets(self.train_indices)  # every training view, paid once
+            self.stream.targets = self.res.teacher_targets(self.train_indices)  # every training view, paid once
         if not self.info.has_student:
             self.res.teacher_center(self._eval_indices())
             if self.data.novel:  # the teacher's zero-shot on the held-out classes' images too
@@ -297,11 +285,11 @@ class Trainer:
 
     def warm_student_caches(self) -> None:
         """Compute now the pretrained student's cached features and frozen-prefix activations this run's stages
-        will read (the same calls :meth:`_run_stage` and :meth:`evaluate` make), without training. A parallel
+        will read (the same calls :meth:`_begin_stage` and :meth:`evaluate` make), without training. A parallel
         comparison does this once in the parent and hands the caches to every worker
         (:meth:`SharedResources.save_features`), instead of each worker computing them again."""
         if (not (self.info.has_student and self.info.uses_registry_student) or self.rd.is_done()
-                or self.stream != "stored"):
+                or self.stream.kind != "stored"):
             return
         algo = create_algorithm(self.spec.algorithm, self._context(), self.make_student(), self.spec.options())
         algo.student.to(memory_format=torch.channels_last)
@@ -328,117 +316,262 @@ class Trainer:
             sets += [(d, "in") for d in self.sources]
         return sets
 
-    # ---------------------------------------------------------- batches
-    def _plan(self, algo: Algorithm, d: int, idx: list[int], use_feats: bool) -> _DomainPlan:
-        """This rank's part of domain ``d``'s global minibatch ``idx``: the random choices, and what to render.
+    # ------------------------------------------------------------ the run
+    def run(self, resume: bool = False) -> RunOutcome:
+        """Train the run (from its last checkpoint when ``resume`` and one exists) and write its files; a
+        finished run is read back instead."""
+        self.main = dist_info().is_main
+        if self.rd.is_done():
+            return RunOutcome(self.run_dir, self.rd.final())
+        self._check_can_run(resume)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        algo = self._build_algorithm()
+        stages = algo.stages() if algo.needs_training else []
+        self._n_stages = len(stages)
+        recorder = self._recorder(algo)
+        if self.main:
+            self._write_config(recorder, stages)
+        self._start_clocks_and_pay()
+        resume_state = self._restore(algo, recorder, resume)
+        if not stages:  # zero-shot and other training-free algorithms: one evaluation
+            ev = self._evaluation(algo, use_feats=False, stage="none", step=0)
+            recorder.write(step=0, stage="none", stage_step=0, loss=None, evals=ev,
+                           wall=time.time() - self.t_start, queries=_diff(self.res.store, self.stats0))
+        swad: LossValley | None = None
+        backbone_pristine = True  # no stage so far trained the backbone
+        for si, stage in enumerate(stages):
+            if si >= self.state.stage_index and self.hooks.run_stage(stage):
+                swad = self._run_stage(algo, si, stage, stages, backbone_pristine, recorder, resume_state)
+            backbone_pristine = backbone_pristine and stage.backbone_frozen
+        return self._finish(algo, stages, swad, recorder)
 
-        The choices depend only on the data stream (``stored``: which of the K stored views; ``fresh``: new
-        augmentation parameters), never on the algorithm: every algorithm draws the same ones (see
-        :meth:`_reset_stream`). A teacher that is queried sees the same crop as the student, at its own size.
-        Random choices are drawn for the whole global minibatch in the same order on every rank, then sliced:
-        N ranks see exactly what one process with the same global batch sees.
-        Rendering happens later, in loader workers (:meth:`_assemble` puts the batch together).
-        """
-        res = self.res
-        needs_t = algo.uses_teacher_images
-        stored = self.stream == "stored"
-        if stored:  # replay stored views
-            choice = torch.randint(0, res.n_views, (len(idx),), generator=self.gen).tolist()
-            key = (d, tuple(idx), tuple(choice))
-        else:  # a fresh augmentation per image
-            choice = [sample_aug_params(self.gen, res.aug, res.data.bank.aspect(i)) for i in idx]
-            key = (d, tuple(idx), tuple(astuple(c) for c in choice))
-        idx, choice = shard(idx), shard(choice)
-        online = needs_t and not stored  # fresh views: the teacher is queried on each (online mode, checked)
-        plan = _DomainPlan(d, idx, choice, online=online, needs_t=needs_t, use_feats=use_feats, key=key)
-        if online:
-            plan.student = tuple(zip(idx, choice))
-            plan.teacher = tuple(zip(idx, choice))
-        elif stored:
-            plan.rows = [self.train_pos[i] for i in idx]
-            if not use_feats and not self._train_hidden:
-                plan.student = tuple((i, res.view_list(i)[k]) for i, k in zip(idx, choice))
+    def _check_can_run(self, resume: bool) -> None:
+        """Refuse, before any work, a batch that does not divide over the processes, or resuming a run with
+        another teacher than the one it started with."""
+        world = dist_info().world_size
+        if self.cfg.batch_size % world:
+            raise ConfigError(f"the global batch ({self.cfg.batch_size} per domain) must divide evenly over "
+                              f"{world} processes")
+        rd = self.rd
+        if resume and rd.last_state.exists() and rd.has_config():
+            old = rd.config().get("args", {}).get("teacher_identity")
+            new = self.args_record.get("teacher_identity")
+            if old != new:
+                raise ConfigError(f"{self.run_dir} was started with teacher {old!r} but the teacher is now {new!r}; "
+                                  "resuming would mix two teachers' targets. Use the original teacher, or a new --out.")
+
+    def _build_algorithm(self) -> Algorithm:
+        """The algorithm, its student initialised from the run's seed; the teacher's prompt texts paid."""
+        cfg = self.cfg
+        torch.manual_seed(self.seed)
+        self._bill0 = self.res.store.stats.as_dict() if self.res.store is not None else {}  # the run's bill counts from here
+        with main_first():  # rank 0 pays for the text embeddings, the others read them from the store
+            ctx = self._context()
+        student = self.make_student() if (self.info.has_student and self.info.uses_registry_student) else None
+        algo = create_algorithm(self.spec.algorithm, ctx, student, self.spec.options()).to(self.device)
+        if algo.student is not None:
+            algo.student.to(memory_format=torch.channels_last)
+            if cfg.compile:
+                algo.student.compile()  # in place: state_dict keys stay as they are
+        self.input_size = self.stream.input_size = algo.image_size or cfg.image_size
+        return algo
+
+    def _recorder(self, algo: Algorithm) -> RunRecorder:
+        """The writer of ``results.jsonl`` (rank 0's; the others' write nothing), with the run's args and hparams."""
+        cfg, spec, res = self.cfg, self.spec, self.res
+        return RunRecorder(self.run_dir, args={**self.args_record, "algorithm": self.info.name,
+                                               "test_envs": [spec.target], "trial_seed": spec.trial_seed,
+                                               "hparams_seed": spec.hparams_seed, "output_dir": str(self.run_dir)},
+                           hparams={**asdict(algo.hparams), **{f"schedule_{k}": v for k, v in asdict(cfg.schedule).items()},
+                                    "batch_size": cfg.batch_size, "image_size": self.input_size,
+                                    "teacher_mode": cfg.teacher_mode, "views": res.views, "swad": cfg.swad,
+                                    "data_stream": self.stream.kind},
+                           enabled=self.main)
+
+    def _write_config(self, recorder: RunRecorder, stages: list[Stage]) -> None:
+        cfg = self.cfg
+        atomic_write_json(self.rd.config_json, {
+            "spec": _spec_json(self.spec), "train": _jsonable(asdict(cfg)), "args": recorder.args,
+            "hparams": recorder.hparams, "stages": [asdict(s) for s in stages], "domains": self.data.domains,
+            "classes": self.data.classes, "prompts": {"class_names": self.prompt_names, "templates": list(cfg.templates)},
+            "input_size": self.input_size, "world_size": dist_info().world_size,
+            "data_stream": self.stream.record(stages)})
+
+    def _start_clocks_and_pay(self) -> None:
+        """Start the run's clock and query counters, then get the teacher's answers the run needs (paid here,
+        or read from the store when another process paid them ahead: ``prepaid``)."""
+        store = self.res.store
+        self.stats0 = store.stats.as_dict() if store else {}
+        self.t_start = time.time()
+        with main_first():  # teacher queries: rank 0 asks and stores, the other ranks read
+            self._teacher_images()
+        if store is not None and self.prepaid is not None:
+            self.stats0 = {k: v - self.prepaid.get(k, 0) for k, v in store.stats.as_dict().items()}
+
+    def _restore(self, algo: Algorithm, recorder: RunRecorder, resume: bool) -> dict | None:
+        """A fresh loop state and data stream, or, when resuming from a checkpoint, the algorithm, loop state,
+        data stream and torch RNG it saved (records after it are dropped). Returns the checkpoint (None: a
+        fresh start)."""
+        rd = self.rd
+        self._prefix_n = 0
+        self.state = LoopState()
+        self.stream.start(self.seed)
+        resume_state = load_state(rd.last_state) if resume and rd.last_state.exists() else None
+        if resume_state is not None:
+            check_compatible(resume_state["algorithm"], algo, rd.last_state)
+            algo.load_state_dict(resume_state["algorithm"])
+            self.state.load_state_dict(resume_state["loop"])
+            self.stream.load_rng_state(resume_state["sampler"], resume_state["gen"])
+            torch.set_rng_state(resume_state["torch_rng"])
+            recorder.truncate_after(self.state.global_step - 1)
+            self.t_start -= self.state.elapsed
         else:
-            plan.student = tuple(zip(idx, choice))
-        return plan
+            recorder.truncate_after(-1)  # a fresh start drops records of an interrupted attempt
+        self._stage_best_mem = None
+        return resume_state
 
-    @staticmethod
-    def _stream_role(stage: Stage) -> str:
-        """Stages that see the same data stream in every algorithm: head/projection warm-ups on a frozen
-        backbone (LP-FT's probe, ADiP's Align) and fine-tuning stages (ERM-FT, KD, RISE, ADiP's Distill)."""
-        return "frozen" if stage.backbone_frozen else "tune"
+    # ------------------------------------------------------------ stages and steps
+    def _run_stage(self, algo: Algorithm, si: int, stage: Stage, stages: list[Stage], backbone_pristine: bool,
+                   recorder: RunRecorder, resume_state: dict | None) -> LossValley | None:
+        """Stage ``si`` from its next step (0, or where the checkpoint of a resumed run stopped) to its end; the
+        next stage then starts from this stage's best checkpoint. Returns the stage's SWAD averager, if any."""
+        state = self.state
+        resuming = resume_state is not None and si == state.stage_index and state.stage_step > 0
+        st = self._begin_stage(algo, si, stage, si == len(stages) - 1, backbone_pristine,
+                               resume_state if resuming else None)
+        t_stage = time.time()
+        self._train_steps(algo, st, recorder)
+        st.pbar.close()
+        state.add_stage_seconds(stage.name, time.time() - t_stage)
+        if not st.last:  # the next stage starts from this stage's best checkpoint
+            self._load_stage_best(algo, si)
+            state.hand_over(stage.name)  # which checkpoint the next stage started from, for final.json
+        state.end_stage(si)
+        self._stage_best_mem = None
+        return st.swad
 
-    def _stream_record(self, stages: list[Stage]) -> dict[str, Any]:
-        """What this run trains on, for ``config.json``: a reader checks that a comparison's runs match."""
-        res = self.res
-        return {"kind": self.stream, "views": res.views if self.stream == "stored" else None,
-                "view_seed": res.view_seed if self.stream == "stored" else None, "augmentation": asdict(res.aug),
-                "teacher_view": "the student's view (same crop and colour changes), at the teacher's input size",
-                "stages": {st.name: {"role": self._stream_role(st), "seed": self._stream_seed(st)} for st in stages}}
+    def _begin_stage(self, algo: Algorithm, si: int, stage: Stage, last: bool, backbone_pristine: bool,
+                     resume_state: dict | None) -> _StageRun:
+        """Set the stage up: the algorithm's stage and optimizer, the data stream (a new one, or the resumed
+        stage's, ``resume_state``), the caches its steps read, SWAD and the progress bar."""
+        cfg, res, state = self.cfg, self.res, self.state
+        algo.begin_stage(stage)
+        if resume_state is not None and algo.optimizer is not None and resume_state.get("optimizer"):
+            algo.optimizer.load_state_dict(resume_state["optimizer"])
+        model = wrap(algo, self.device)  # DistributedDataParallel when data-parallel
+        if resume_state is None:  # a resumed stage continues the stream it saved
+            state.start_stream(stage.name, self.stream.reset(stage))
+        stored = self.stream.kind == "stored"
+        use_feats = stage.backbone_frozen and backbone_pristine and stored
+        feats = res.frozen_features(algo.student, self.train_indices, "train", self.student_key) if use_feats else None
+        self._prefix_n = self._cacheable_prefix(algo, stage, backbone_pristine)
+        hidden = None
+        if self._prefix_n and stored:  # stored views (replayed, not freshly augmented) start from cached activations too
+            hidden = res.frozen_features(algo.student, self.train_indices, "train", self.student_key,
+                                         prefix=self._prefix_n)
+        self.stream.use_caches(feats, hidden, self._prefix_n)
+        swad = LossValley(algo, cfg.swad_cfg) if (cfg.swad and last and not stage.backbone_frozen) else None
+        if swad is not None and resume_state is not None and resume_state.get("swad"):
+            swad.load_state_dict(resume_state["swad"])
+        pbar = bar(stage.steps, desc=f"{self.spec.algorithm}/{self.data.domains[self.spec.target]}/{stage.name}",
+                   unit="step", disable=not self.main)
+        pbar.update(state.stage_step)
+        algo.train()
+        return _StageRun(index=si, stage=stage, last=last, use_feats=use_feats, model=model, swad=swad, pbar=pbar)
 
-    def _stream_seed(self, stage: Stage) -> int:
-        return seed_hash(self.spec.trial_seed, "data-stream", self.spec.target, self._stream_role(stage))
+    def _train_steps(self, algo: Algorithm, st: _StageRun, recorder: RunRecorder) -> None:
+        """The stage's remaining steps: update, SWAD's running average, and on evaluation steps an evaluation
+        and checkpoint; the hooks hear of each step."""
+        state, stage = self.state, st.stage
+        batches = self.stream.batches(algo, stage, state.stage_step, state.stream[stage.name],
+                                      snapshot_at=lambda s: self._is_eval_step(s, stage))
+        try:
+            while True:
+                t0 = self._clock()
+                item = next(batches, None)
+                if item is None:
+                    return
+                s, mbs, rng = item
+                t1 = time.perf_counter()
+                global_step = state.global_step
+                logs = algo.update(mbs, st.model, autocast=self._autocast())
+                state.loss_sum += logs.get("loss", 0.0)
+                state.loss_n += 1
+                if st.swad is not None:
+                    st.swad.observe(algo, state.global_step)
+                st.pbar.update(1)
+                evaluated = self._is_eval_step(s, stage)
+                if evaluated:
+                    self._evaluate_and_checkpoint(algo, st, s, logs, rng, recorder)
+                else:
+                    state.global_step += 1
+                    state.stage_step = s + 1
+                info = StepInfo(stage=stage, step=s, global_step=global_step, wait_s=t1 - t0,
+                                step_s=self._clock() - t0, evaluated=evaluated, loss=logs.get("loss"))
+                if self.hooks.on_step(info):
+                    return
+        finally:
+            batches.close()
 
-    def _reset_stream(self, stage: Stage) -> None:
-        """Start ``stage``'s data stream: the sampler and the view generator seeded by (trial seed, target,
-        stage role) only, so every algorithm's stage of that role gets the same minibatches and views."""
-        seed = self._stream_seed(stage)
-        self.sampler = DomainSampler(self.pools, self.cfg.batch_size, seed)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.state.setdefault("stream", {})[stage.name] = {"role": self._stream_role(stage), "seed": seed,
-                                                           "digest": "", "steps": 0}
+    def _load_stage_best(self, algo: Algorithm, si: int) -> None:
+        """Load stage ``si``'s best checkpoint into the algorithm (kept in memory, else its file), if it has one."""
+        best = self._stage_best_mem
+        path = self.rd.stage_best(si)
+        if best is None and path.exists():
+            best = load_weights(path)[0]
+        if best is not None:
+            algo.load_state_dict(best)
 
-    def _requests(self, plans: list[_DomainPlan]) -> RenderRequest:
-        tsize = self.res.store.teacher.image_size if self.res.store is not None else 0
-        groups = []
-        for p in plans:
-            groups.append(("student", self.input_size, p.student))
-            groups.append(("teacher", tsize, p.teacher))
-        return RenderRequest(tuple(groups))
+    def _evaluate_and_checkpoint(self, algo: Algorithm, st: _StageRun, s: int, logs: dict, rng: dict,
+                                 recorder: RunRecorder) -> None:
+        """Evaluation step ``s``: evaluate, record, update SWAD and the best checkpoints, save the resume state."""
+        state, stage = self.state, st.stage
+        step = state.global_step
+        ev = self._evaluation(algo, st.use_feats, stage=stage.name, step=step)
+        loss = self._mean_train_loss()
+        recorder.write(step=step, stage=stage.name, stage_step=s, loss=loss, evals=ev, wall=time.time() - self.t_start,
+                       queries=_diff(self.res.store, self.stats0), extra=logs)
+        st.pbar.set_postfix(loss=f"{loss:.3f}", val=f"{ev['val_acc']:.3f}", tgt=f"{ev[f'env{self.spec.target}_in_acc']:.3f}")
+        if st.swad is not None:
+            st.swad.close_segment(ev["val_loss"], step)
+        save = self.cfg.save_checkpoints and self.main
+        self._keep_bests(algo, st, s, step, ev["val_acc"], save)
+        state.global_step = step + 1
+        state.stage_step = s + 1
+        state.elapsed = time.time() - self.t_start
+        if save:
+            save_state(self.rd.last_state, {
+                "algorithm": algo.state_dict(), "loop": state.state_dict(),
+                "optimizer": algo.optimizer.state_dict() if algo.optimizer else {},
+                "sampler": rng["sampler"], "gen": rng["gen"], "torch_rng": torch.get_rng_state(),
+                "swad": st.swad.state_dict() if st.swad is not None else None})
 
-    def _assemble(self, p: _DomainPlan, x: torch.Tensor | None, tx: torch.Tensor | None) -> Batch:
-        b = Batch(y=self.labels[p.idx], domain=p.d)
-        if x is not None:
-            b.x = x.float().div_(255.0)
-        if p.online:
-            b.t_img = self.res.online_targets(tx.float().div_(255.0))
-        elif p.rows is not None:
-            if p.use_feats:
-                b.feats = self.train_feats[p.rows, p.choice]  # [N_train, V, d] -> [B, d]
-            elif self._train_hidden:
-                b.hidden, b.hidden_stage = self.train_hidden[p.rows, p.choice], self._prefix_n
-            if p.needs_t:
-                b.t_img = self.targets[p.rows, p.choice]
-        return b
+    def _mean_train_loss(self) -> float:
+        """The mean training loss since the last evaluation, over all ranks' shards; the sums start again."""
+        state = self.state
+        loss_sum = float(all_reduce_sum(torch.tensor([state.loss_sum], dtype=torch.float64))) / dist_info().world_size
+        loss = loss_sum / max(1, state.loss_n)
+        state.loss_sum, state.loss_n = 0.0, 0
+        return loss
 
-    def _rng_state(self) -> dict:
-        """What the data order depends on (the sampler and the augmentation generator), for checkpoints."""
-        return {"sampler": copy.deepcopy(self.sampler.state_dict()), "gen": self.gen.get_state()}
-
-    def _step_batches(self, algo: Algorithm, stage: Stage, start: int, use_feats: bool):
-        """``(step, minibatches, rng state after drawing them)`` for steps ``start..stage.steps-1``.
-
-        Plans are drawn here, in order; loader workers render them ahead of the step that uses them,
-        so the sampler runs ahead too: the state a checkpoint must save (the state right after drawing
-        that step's batch) travels with each step instead of being read from the sampler.
-        """
-        pending: deque = deque()
-
-        def requests():
-            for s in range(start, stage.steps):
-                plans = [self._plan(algo, d, self.sampler.next(d), use_feats) for d in self.sources]
-                pending.append((s, plans, self._rng_state() if self._is_eval_step(s, stage) else None))
-                yield self._requests(plans)
-
-        # cached features, or stored views served from the cached frozen prefix: nothing to render
-        workers = 0 if (use_feats or self._train_hidden) else self.res.workers
-        for rendered in render_stream(self.data.bank, requests(), workers, pin_memory=self.device.type == "cuda"):
-            s, plans, rng = pending.popleft()
-            rec = self.state["stream"][stage.name]  # a running digest of what this stage trained on
-            rec["digest"] = hashlib.sha256((rec["digest"] + repr([p.key for p in plans])).encode()).hexdigest()
-            rec["steps"] += 1
-            mbs = [self._to_device(self._assemble(p, rendered[2 * k], rendered[2 * k + 1])) for k, p in enumerate(plans)]
-            yield s, mbs, rng
+    def _keep_bests(self, algo: Algorithm, st: _StageRun, s: int, step: int, val_acc: float, save: bool) -> None:
+        """Keep the evaluated weights as the stage's best (handed to the next stage) and the run's best (its
+        model) where they beat the best so far, and may compete."""
+        cfg, state, rd, stage = self.cfg, self.state, self.rd, st.stage
+        # a non-final stage's checkpoints compete for its best only from stage step `stage_select_min_step` on
+        # (the authors' --model_save); its last evaluation always does, so a shorter stage still has a best
+        eligible = st.last or s >= cfg.stage_select_min_step or s == stage.steps - 1
+        if eligible and (state.stage_best is None or val_acc > state.stage_best["val_acc"]):
+            state.stage_best = {"step": step, "stage_step": s, "val_acc": val_acc}
+            self._stage_best_mem = copy.deepcopy(algo.state_dict())
+            if save:
+                save_weights(rd.stage_best(st.index), algo.state_dict(), {"step": step, "stage": stage.name})
+        candidate = cfg.select_stage == "all" or st.index == self._n_stages - 1
+        if candidate and (state.best is None or val_acc > state.best["val_acc"]):
+            state.best = {"step": step, "val_acc": val_acc}
+            if save:
+                save_weights(rd.best, algo.state_dict(), {"step": step, "stage": stage.name, "val_acc": val_acc})
 
     def _cacheable_prefix(self, algo: Algorithm, stage: Stage, backbone_pristine: bool) -> int:
         """How many leading student stages this (fine-tuning) stage can take from a cache: they are frozen,
@@ -462,18 +595,11 @@ class Trainer:
     def _is_eval_step(self, s: int, stage: Stage) -> bool:
         return s % self.cfg.eval_every == 0 or s == stage.steps - 1
 
-    def _to_device(self, b: Batch) -> Batch:
-        dev = self.device
-        if b.x is not None:
-            b.x = b.x.to(dev).contiguous(memory_format=torch.channels_last)
-        if b.hidden is not None:
-            b.hidden = b.hidden.to(dev).contiguous(memory_format=torch.channels_last)
-        if b.feats is not None:
-            b.feats = b.feats.to(dev)
-        if b.t_img is not None:
-            b.t_img = b.t_img.to(dev)
-        b.y = b.y.to(dev)
-        return b
+    def _clock(self) -> float:
+        """``time.perf_counter()``, after the device's queued work when the hooks ask (``synchronize``, CUDA)."""
+        if self.hooks.synchronize and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     # ------------------------------------------------------------ eval
     @torch.no_grad()
@@ -493,13 +619,25 @@ class Trainer:
             else:
                 continue  # rendered below, in parallel
             with self._autocast():
-                logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
+                logits.append(algo.predict_batch(to_device(b, self.device)).float().cpu())
         if algo.has_student and not use_feats and not self._prefix_n:
             for s, x in zip(range(0, len(idx), bs), self.res.eval_batches(idx, self.input_size, bs)):
                 b = Batch(y=self.labels[idx[s:s + bs]], x=x.float().div_(255.0))
                 with self._autocast():
-                    logits.append(algo.predict_batch(self._to_device(b)).float().cpu())
+                    logits.append(algo.predict_batch(to_device(b, self.device)).float().cpu())
         return torch.cat(logits) if logits else torch.empty(0, len(self.data.classes))
+
+    def _evaluation(self, algo: Algorithm, use_feats: bool, stage: str, step: int) -> dict[str, float]:
+        """An evaluation the run records: :meth:`evaluate` (or the hooks' placeholders), timed for the hooks."""
+        sets = self._eval_sets()
+        t0 = self._clock()
+        ev = self.hooks.evaluation(sets)
+        if ev is None:
+            ev = self.evaluate(algo, use_feats)
+        seconds = self._clock() - t0
+        images = sum(len(self.data.split_items(d, w)) for d, w in sets)
+        self.hooks.on_eval(EvalInfo(stage=stage, step=step, seconds=seconds, images=images, metrics=ev))
+        return ev
 
     @torch.no_grad()
     def evaluate(self, algo: Algorithm, use_feats: bool) -> dict[str, float]:
@@ -572,249 +710,93 @@ class Trainer:
         atomic_write_json(path, {"domain": self.data.domains[self.spec.target], "split": "in",
                                  "classes": self.data.classes, "root": str(self.data.scan.root), "items": items})
 
-    def run(self, resume: bool = False) -> RunOutcome:
-        cfg, spec, res = self.cfg, self.spec, self.res
-        run_dir, rd = self.run_dir, self.rd
-        self.main = dist_info().is_main
-        if rd.is_done():
-            return RunOutcome(run_dir, rd.final())
-        if cfg.batch_size % dist_info().world_size:
-            raise ConfigError(f"the global batch ({cfg.batch_size} per domain) must divide evenly over "
-                              f"{dist_info().world_size} processes")
-        if resume and rd.last_state.exists() and rd.has_config():
-            old = rd.config().get("args", {}).get("teacher_identity")
-            new = self.args_record.get("teacher_identity")
-            if old != new:
-                raise ConfigError(f"{run_dir} was started with teacher {old!r} but the teacher is now {new!r}; "
-                                  "resuming would mix two teachers' targets. Use the original teacher, or a new --out.")
-        if self.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(self.seed)
-        self.gen = torch.Generator().manual_seed(self.seed)
-        self._bill0 = res.store.stats.as_dict() if res.store is not None else {}  # the run's bill counts from here
-        with main_first():  # rank 0 pays for the text embeddings, the others read them from the store
-            ctx = self._context()
-        student = self.make_student() if (self.info.has_student and self.info.uses_registry_student) else None
-        algo = create_algorithm(spec.algorithm, ctx, student, spec.options()).to(self.device)
-        if algo.student is not None:
-            algo.student.to(memory_format=torch.channels_last)
-            if cfg.compile:
-                algo.student.compile()  # in place: state_dict keys stay as they are
-        self.input_size = algo.image_size or cfg.image_size
-        stages = algo.stages() if algo.needs_training else []
-        self._n_stages = len(stages)
-        recorder = RunRecorder(run_dir, args={**self.args_record, "algorithm": self.info.name,
-                                              "test_envs": [spec.target], "trial_seed": spec.trial_seed,
-                                              "hparams_seed": spec.hparams_seed, "output_dir": str(run_dir)},
-                               hparams={**asdict(algo.hparams), **{f"schedule_{k}": v for k, v in asdict(cfg.schedule).items()},
-                                        "batch_size": cfg.batch_size, "image_size": self.input_size,
-                                        "teacher_mode": cfg.teacher_mode, "views": res.views, "swad": cfg.swad,
-                                        "data_stream": self.stream},
-                               enabled=self.main)
-        if self.main:
-            atomic_write_json(rd.config_json, {
-                "spec": _spec_json(spec), "train": _jsonable(asdict(cfg)), "args": recorder.args, "hparams": recorder.hparams,
-                "stages": [asdict(s) for s in stages], "domains": self.data.domains, "classes": self.data.classes,
-                "prompts": {"class_names": self.prompt_names, "templates": list(cfg.templates)},
-                "input_size": self.input_size, "world_size": dist_info().world_size,
-                "data_stream": self._stream_record(stages)})
-
-        store = res.store
-        self.stats0 = store.stats.as_dict() if store else {}
-        self.t_start = time.time()
-        self.train_pos = {i: r for r, i in enumerate(self.train_indices)}
-        with main_first():  # teacher queries: rank 0 asks and stores, the other ranks read
-            self._teacher_images()
-        if store is not None and self.prepaid is not None:
-            self.stats0 = {k: v - self.prepaid.get(k, 0) for k, v in store.stats.as_dict().items()}
-        self._prefix_n = 0  # leading student stages served from a cache in the current stage
-        self._train_hidden = False  # training steps of the current stage start from those cached activations
-        self.state = {"global_step": 0, "stage_index": 0, "stage_step": 0, "best": None, "stage_best": None,
-                      "loss_sum": 0.0, "loss_n": 0, "elapsed": 0.0}
-        self.sampler = DomainSampler(self.pools, cfg.batch_size, self.seed)
-        resume_state = load_state(rd.last_state) if resume and rd.last_state.exists() else None
-        if resume_state is not None:
-            check_compatible(resume_state["algorithm"], algo, rd.last_state)
-            algo.load_state_dict(resume_state["algorithm"])
-            self.state.update(resume_state["loop"])
-            self.sampler.load_state_dict(resume_state["sampler"])
-            self.gen.set_state(resume_state["gen"])
-            torch.set_rng_state(resume_state["torch_rng"])
-            recorder.truncate_after(self.state["global_step"] - 1)
-            self.t_start -= self.state["elapsed"]
-        else:
-            recorder.truncate_after(-1)  # a fresh start drops records of an interrupted attempt
-        self._stage_best_mem = None
-
-        if not stages:  # zero-shot and other training-free algorithms: one evaluation
-            recorder.write(step=0, stage="none", stage_step=0, loss=None, evals=self.evaluate(algo, use_feats=False),
-                           wall=time.time() - self.t_start, queries=_diff(store, self.stats0))
-        swad: LossValley | None = None
-        backbone_pristine = True
-        for si, stage in enumerate(stages):
-            if si >= self.state["stage_index"]:
-                swad = self._run_stage(algo, si, stage, stages, backbone_pristine, recorder, resume_state)
-            backbone_pristine = backbone_pristine and stage.backbone_frozen
-        return self._finish(algo, stages, swad, recorder)
-
-    def _run_stage(self, algo: Algorithm, si: int, stage: Stage, stages: list[Stage], backbone_pristine: bool,
-                   recorder: RunRecorder, resume_state: dict | None) -> LossValley | None:
-        cfg, state = self.cfg, self.state
-        resuming = resume_state is not None and si == state["stage_index"] and state["stage_step"] > 0
-        algo.begin_stage(stage)
-        if resuming and algo.optimizer is not None and resume_state.get("optimizer"):
-            algo.optimizer.load_state_dict(resume_state["optimizer"])
-        model = wrap(algo, self.device)  # DistributedDataParallel when data-parallel
-        if not resuming:  # a resumed stage continues the stream it saved
-            self._reset_stream(stage)
-        use_feats = stage.backbone_frozen and backbone_pristine and self.stream == "stored"
-        if use_feats:
-            self.train_feats = self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key)
-        self._prefix_n = self._cacheable_prefix(algo, stage, backbone_pristine)
-        # stored views (replayed, not freshly augmented) can start from cached activations too
-        self._train_hidden = bool(self._prefix_n and self.stream == "stored")
-        if self._train_hidden:
-            self.train_hidden = self.res.frozen_features(algo.student, self.train_indices, "train", self.student_key,
-                                                         prefix=self._prefix_n)
-        last_stage = si == len(stages) - 1
-        swad = LossValley(algo, cfg.swad_cfg) if (cfg.swad and last_stage and not stage.backbone_frozen) else None
-        if swad is not None and resuming and resume_state.get("swad"):
-            swad.load_state_dict(resume_state["swad"])
-        pbar = bar(stage.steps, desc=f"{self.spec.algorithm}/{self.data.domains[self.spec.target]}/{stage.name}",
-                   unit="step", disable=not self.main)
-        pbar.update(state["stage_step"])
-        algo.train()
-        t_stage = time.time()
-        for s, mbs, rng in self._step_batches(algo, stage, state["stage_step"], use_feats):
-            logs = algo.update(mbs, model, autocast=self._autocast())
-            state["loss_sum"] += logs.get("loss", 0.0)
-            state["loss_n"] += 1
-            if swad is not None:
-                swad.observe(algo, state["global_step"])
-            pbar.update(1)
-            if self._is_eval_step(s, stage):
-                self._evaluate_and_checkpoint(algo, si, stage, s, use_feats, swad, recorder, logs, pbar, rng,
-                                              last_stage)
-            else:
-                state["global_step"] += 1
-                state["stage_step"] = s + 1
-        pbar.close()
-        state.setdefault("stage_seconds", {})
-        state["stage_seconds"][stage.name] = state["stage_seconds"].get(stage.name, 0.0) + time.time() - t_stage
-        if not last_stage:  # the next stage starts from this stage's best checkpoint
-            best = self._stage_best_mem
-            path = self.rd.stage_best(si)
-            if best is None and path.exists():
-                best = load_weights(path)[0]
-            if best is not None:
-                algo.load_state_dict(best)
-            if state["stage_best"] is not None:  # which checkpoint the next stage started from, for final.json
-                state.setdefault("stage_selected", {})[stage.name] = dict(state["stage_best"])
-        state.update(stage_index=si + 1, stage_step=0, stage_best=None)
-        self._stage_best_mem = None
-        return swad
-
-    def _evaluate_and_checkpoint(self, algo: Algorithm, si: int, stage: Stage, s: int, use_feats: bool,
-                                 swad: LossValley | None, recorder: RunRecorder, logs: dict, pbar, rng: dict,
-                                 last_stage: bool = True) -> None:
-        cfg, state, rd = self.cfg, self.state, self.rd
-        ev = self.evaluate(algo, use_feats)
-        # mean training loss since the last evaluation, over all ranks' shards
-        loss_sum = float(all_reduce_sum(torch.tensor([state["loss_sum"]], dtype=torch.float64))) / dist_info().world_size
-        loss = loss_sum / max(1, state["loss_n"])
-        state["loss_sum"], state["loss_n"] = 0.0, 0
-        step = state["global_step"]
-        recorder.write(step=step, stage=stage.name, stage_step=s, loss=loss, evals=ev, wall=time.time() - self.t_start,
-                       queries=_diff(self.res.store, self.stats0), extra=logs)
-        pbar.set_postfix(loss=f"{loss:.3f}", val=f"{ev['val_acc']:.3f}", tgt=f"{ev[f'env{self.spec.target}_in_acc']:.3f}")
-        if swad is not None:
-            swad.close_segment(ev["val_loss"], step)
-        save = cfg.save_checkpoints and self.main
-        # a non-final stage's checkpoints compete for its best only from stage step `stage_select_min_step` on
-        # (the authors' --model_save); its last evaluation always does, so a shorter stage still has a best
-        eligible = last_stage or s >= cfg.stage_select_min_step or s == stage.steps - 1
-        if eligible and (state["stage_best"] is None or ev["val_acc"] > state["stage_best"]["val_acc"]):
-            state["stage_best"] = {"step": step, "stage_step": s, "val_acc": ev["val_acc"]}
-            self._stage_best_mem = copy.deepcopy(algo.state_dict())
-            if save:
-                save_weights(rd.stage_best(si), algo.state_dict(), {"step": step, "stage": stage.name})
-        candidate = self.cfg.select_stage == "all" or si == self._n_stages - 1
-        if candidate and (state["best"] is None or ev["val_acc"] > state["best"]["val_acc"]):
-            state["best"] = {"step": step, "val_acc": ev["val_acc"]}
-            if save:
-                save_weights(rd.best, algo.state_dict(),
-                             {"step": step, "stage": stage.name, "val_acc": ev["val_acc"]})
-        state["global_step"] = step + 1
-        state["stage_step"] = s + 1
-        state["elapsed"] = time.time() - self.t_start
-        if save:
-            save_state(rd.last_state, {
-                "algorithm": algo.state_dict(), "loop": _plain(state),
-                "optimizer": algo.optimizer.state_dict() if algo.optimizer else {},
-                "sampler": rng["sampler"], "gen": rng["gen"], "torch_rng": torch.get_rng_state(),
-                "swad": swad.state_dict() if swad is not None else None})
-
+    # ------------------------------------------------------------ the outcome
     def _finish(self, algo: Algorithm, stages: list[Stage], swad: LossValley | None, recorder: RunRecorder) -> RunOutcome:
-        cfg, spec, run_dir, rd = self.cfg, self.spec, self.run_dir, self.rd
-        ckpt = rd.checkpoints
-        store = self.res.store
-        save = cfg.save_checkpoints and self.main
-        final: dict[str, Any] = {"run_dir": str(run_dir), "algorithm": self.info.name, "target": spec.target,
+        """Select the run's model, average it with SWAD, write its predictions and ``final.json``, and mark the
+        run done (its resume state and per-stage checkpoints removed)."""
+        spec = self.spec
+        final: dict[str, Any] = {"run_dir": str(self.run_dir), "algorithm": self.info.name, "target": spec.target,
                                  "target_name": self.data.domains[spec.target], "trial_seed": spec.trial_seed}
         barrier()  # rank 0 has written every record
+        self._select(final, recorder)
+        if self.cfg.save_checkpoints and self.main and stages:
+            save_weights(self.rd.last_weights, algo.state_dict(), {"step": self.state.global_step - 1})
+        if swad is not None:
+            final["swad"] = self._apply_swad(algo, swad, recorder)
+        if self.main:
+            checkpoint = self._final_model(algo, stages)
+            if self.data.novel:
+                final["novel"] = self._novel_scores(algo, checkpoint)
+        self._accounts(final, stages)
+        if self.main:
+            self._write_final(final)
+        barrier()
+        return RunOutcome(self.run_dir, final)
+
+    def _select(self, final: dict[str, Any], recorder: RunRecorder) -> None:
+        """The records' training-domain selection (and the oracle's), into ``final``."""
         records = recorder.records()
-        chosen = select_record(records, stages=cfg.select_stage)
+        chosen = select_record(records, stages=self.cfg.select_stage)
         if chosen is not None:
             final["selected"] = summarize(chosen)
             final["oracle"] = summarize(select_record(records, "oracle"), "oracle")
-            final["selection"] = {"method": "training_domain", "stages": cfg.select_stage}
-        if save and stages:
-            save_weights(rd.last_weights, algo.state_dict(), {"step": self.state["global_step"] - 1})
-        if swad is not None:
-            summary = swad.summary()
-            if swad.apply_to(algo):
-                ev = self.evaluate(algo, use_feats=False)
-                final["swad"] = {**summarize({**ev, "args": recorder.args, "step": self.state["global_step"], "stage": "swad"}),
-                                 **summary}
-                if save:
-                    save_weights(rd.swad, algo.state_dict(), {"swad": summary})
-            else:
-                final["swad"] = {"note": "SWAD found no loss valley (validation loss never converged); not averaged", **summary}
-        if self.main:
-            checkpoint = "last"
-            if cfg.save_checkpoints and rd.best.exists():
-                os.replace(rd.best, rd.model)
-                algo.load_state_dict(load_weights(rd.model)[0])
-                self._write_predictions(algo, rd.predictions)
-                checkpoint = "selected"
-            elif not stages:
-                self._write_predictions(algo, rd.predictions)
-                checkpoint = "selected"
-            if self.data.novel:
-                final["novel"] = self._novel_scores(algo, checkpoint)
+            final["selection"] = {"method": "training_domain", "stages": self.cfg.select_stage}
+
+    def _apply_swad(self, algo: Algorithm, swad: LossValley, recorder: RunRecorder) -> dict[str, Any]:
+        """Average the loss valley SWAD found into the algorithm and evaluate it: ``final.json``'s ``swad``."""
+        summary = swad.summary()
+        if not swad.apply_to(algo):
+            return {"note": "SWAD found no loss valley (validation loss never converged); not averaged", **summary}
+        step = self.state.global_step
+        ev = self._evaluation(algo, use_feats=False, stage="swad", step=step)
+        out = {**summarize({**ev, "args": recorder.args, "step": step, "stage": "swad"}), **summary}
+        if self.cfg.save_checkpoints and self.main:
+            save_weights(self.rd.swad, algo.state_dict(), {"swad": summary})
+        return out
+
+    def _final_model(self, algo: Algorithm, stages: list[Stage]) -> str:
+        """Make the selected checkpoint the run's model and write its predictions; returns which checkpoint the
+        algorithm holds now ("selected", or "last" when no checkpoint was kept)."""
+        rd = self.rd
+        if self.cfg.save_checkpoints and rd.best.exists():
+            os.replace(rd.best, rd.model)
+            algo.load_state_dict(load_weights(rd.model)[0])
+            self._write_predictions(algo, rd.predictions)
+            return "selected"
+        if not stages:
+            self._write_predictions(algo, rd.predictions)
+            return "selected"
+        return "last"
+
+    def _accounts(self, final: dict[str, Any], stages: list[Stage]) -> None:
+        """What the run cost and trained on, into ``final``: queries, teacher bill, data stream, times."""
+        store, state = self.res.store, self.state
         final["queries"] = _diff(store, self.stats0)
         if store is not None:
             final["teacher_bill"] = self.teacher_bill()
         if stages:  # per stage: the stream's seed and a digest of every (image, view) it trained on, in order
-            final["data_stream"] = {"kind": self.stream, "views": self.res.views if self.stream == "stored" else None,
-                                    "stages": self.state.get("stream", {})}
-        final["stage_seconds"] = {k: round(v, 2) for k, v in self.state.get("stage_seconds", {}).items()}
-        if self.state.get("stage_selected"):  # the checkpoint each non-final stage handed to the next
-            final["stage_selected"] = self.state["stage_selected"]
+            stored = self.stream.kind == "stored"
+            final["data_stream"] = {"kind": self.stream.kind, "views": self.res.views if stored else None,
+                                    "stages": state.stream or {}}
+        final["stage_seconds"] = {k: round(v, 2) for k, v in (state.stage_seconds or {}).items()}
+        if state.stage_selected:  # the checkpoint each non-final stage handed to the next
+            final["stage_selected"] = state.stage_selected
         final["n_train_images"] = len(self.train_indices)
         final["wall_time"] = time.time() - self.t_start
-        if self.main:
-            atomic_write_json(rd.final_json, final)
-            # the run is final: drop resume state, per-stage bests and temp files of interrupted writes
-            if ckpt.is_dir():
-                for p in [rd.last_state, *rd.stage_bests(), *rd.temp_files()]:
-                    if p.exists():
-                        p.unlink()
-                if not any(ckpt.iterdir()):
-                    ckpt.rmdir()
-            atomic_write_text(rd.done, "done")
-        barrier()
-        return RunOutcome(run_dir, final)
+
+    def _write_final(self, final: dict[str, Any]) -> None:
+        """Write ``final.json``, drop what only an unfinished run needs, and mark the run done."""
+        rd = self.rd
+        ckpt = rd.checkpoints
+        atomic_write_json(rd.final_json, final)
+        # the run is final: drop resume state, per-stage bests and temp files of interrupted writes
+        if ckpt.is_dir():
+            for p in [rd.last_state, *rd.stage_bests(), *rd.temp_files()]:
+                if p.exists():
+                    p.unlink()
+            if not any(ckpt.iterdir()):
+                ckpt.rmdir()
+        atomic_write_text(rd.done, "done")
 
 
 def check_compatible(state: dict[str, torch.Tensor], algo: Algorithm, source: Path) -> None:
@@ -834,10 +816,6 @@ def _diff(store, stats0: dict) -> dict[str, float]:
         return {}
     now = store.stats.as_dict()
     return {k: now[k] - stats0.get(k, 0) for k in now}
-
-
-def _plain(state: dict) -> dict:
-    return json.loads(json.dumps(state))
 
 
 def _jsonable(x: Any) -> Any:
