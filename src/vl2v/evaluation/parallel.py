@@ -38,7 +38,7 @@ from vl2v.utils.progress import bar
 
 
 @dataclass(frozen=True)
-class Job:
+class WorkerJob:
     """One run of the comparison: what a worker needs besides the experiment itself."""
 
     index: int  # position in the usual order (results are reported in it)
@@ -146,7 +146,7 @@ def _init_worker(cfg: Any, threads: int, plugins: list[str], features: str | Non
     _WORKER.update(exp=exp)
 
 
-def _run_job(job: Job, args_base: dict[str, Any], draws: dict) -> tuple[int, dict[str, Any]]:
+def _run_job(job: WorkerJob, args_base: dict[str, Any], draws: dict) -> tuple[int, dict[str, Any]]:
     from vl2v.evaluation.experiment import trainer_for
 
     exp = _WORKER["exp"]
@@ -156,8 +156,8 @@ def _run_job(job: Job, args_base: dict[str, Any], draws: dict) -> tuple[int, dic
 
 
 # --------------------------------------------------------------------------- parent side
-def run_parallel(cfg: Any, jobs: list[Job], args_base: dict[str, Any], draws: dict, workers: int, threads: int,
-                 on_done: Callable[[Job, dict[str, Any]], None], features: Path | None = None) -> list[dict[str, Any]]:
+def run_parallel(cfg: Any, jobs: list[WorkerJob], args_base: dict[str, Any], draws: dict, workers: int, threads: int,
+                 on_done: Callable[[WorkerJob, dict[str, Any]], None], features: Path | None = None) -> list[dict[str, Any]]:
     """Train ``jobs`` on ``workers`` processes with ``threads`` torch threads each; finals in the jobs' order.
     ``features``: a file of cached student features (SharedResources.save_features) every worker loads."""
     ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools have started is unsafe

@@ -27,7 +27,7 @@ from vl2v.evaluation.experiment import (  # noqa: F401  (re-exported: the experi
     trainer_for,
     with_prompt_names,
 )
-from vl2v.evaluation.parallel import Job, resolve_jobs, run_parallel
+from vl2v.evaluation.parallel import WorkerJob, resolve_jobs, run_parallel
 from vl2v.evaluation.tables import build_tables, novel_markdown, selected_stages, table_sections
 from vl2v.runs.fingerprint import config_diff, describe, run_diff
 from vl2v.runs.layout import ExperimentDir
@@ -175,9 +175,9 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     if exp.data.novel:  # recorded only for a novel-class benchmark: other runs' records are as before
         args_base["novel_classes"] = {"count": cfg.novel_classes, "fold": cfg.novel_fold,
                                       "held_out": [exp.data.all_classes[c] for c in exp.data.novel]}
-    workers, threads = resolve_jobs(cfg.jobs, cfg.threads, cfg.train.device, len(runs), dist.enabled,
+    procs, threads = resolve_jobs(cfg.jobs, cfg.threads, cfg.train.device, len(runs), dist.enabled,
                                     shared_store=exp.res.store is None or exp.res.store.path is not None)
-    if workers > 1 and not resume:
+    if procs > 1 and not resume:
         raise ConfigError("--jobs > 1 resumes finished runs; a fresh start of every run needs --jobs 1")
     args_base["threads"] = threads  # a run's numbers depend on its step's thread count (float summation order)
     if dist.is_main and overwrite:
@@ -205,7 +205,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
             f"ID {100 * sel.get('id_acc', float('nan')):5.1f}  ({f.get('wall_time', 0):.0f}s)")
 
     t0 = time.time()
-    if workers == 1:
+    if procs == 1:
         finals = []
         for seed, t, a in runs:
             f = dict(trainer_for(exp, a, t, seed, exp.data_for(seed), args_base, draws).run(resume=resume).final)
@@ -213,7 +213,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
             finals.append(f)
             report(a.label, t, seed, f)
     else:
-        log(f"training {len(runs)} runs in {workers} processes x {threads} thread(s); first, in this process and "
+        log(f"training {len(runs)} runs in {procs} processes x {threads} thread(s); first, in this process and "
             "in the runs' order, the teacher is asked and the pretrained student's cached features are computed")
         # On the runs' own thread count and in their order, as one process would: the teacher's embeddings and
         # the student's pooled features can change in their last bits with the thread count (both seen here),
@@ -221,17 +221,17 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
         jobs = []
         for k, (seed, t, a) in enumerate(runs):
             trainer = trainer_for(exp, a, t, seed, exp.data_for(seed), args_base, draws)
-            jobs.append(Job(k, a, t, seed, trainer.pay_teacher()))
+            jobs.append(WorkerJob(k, a, t, seed, trainer.pay_teacher()))
             trainer.warm_student_caches()
         cache = out / ".student-features.safetensors"
         exp.res.save_features(cache)
 
-        def done(job: Job, f: dict[str, Any]) -> None:
+        def done(job: WorkerJob, f: dict[str, Any]) -> None:
             f["label"] = job.algorithm.label
             report(job.algorithm.label, job.target, job.seed, f)
 
         try:
-            finals = run_parallel(cfg, jobs, args_base, draws, workers, threads, done, features=cache)
+            finals = run_parallel(cfg, jobs, args_base, draws, procs, threads, done, features=cache)
         finally:
             cache.unlink(missing_ok=True)
     tables = build_tables(finals, exp.data.domains)

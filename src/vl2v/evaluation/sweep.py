@@ -148,7 +148,9 @@ def expand(datasets: list[str], algorithms: list[str], seeds: list[int], targets
     return jobs
 
 
-def default_workers(threads_per_job: int = 1) -> int:
+def sweep_processes(threads_per_job: int = 1) -> int:
+    """Jobs a local sweep runs at once: one per GPU, else the cores divided by each job's threads (not to be
+    confused with :func:`vl2v.data.loader.default_workers`, the loader processes of one run)."""
     try:
         import torch
 
@@ -209,8 +211,8 @@ def run_sweep(jobs: list[Job], sweep_dir: str | Path, launcher: str = "local", w
     log(f"sweep {sweep_dir}: {len(jobs)} jobs, {skipped} already finished, {len(pending)} to run ({launcher})")
     failed: list[str] = []
     if launcher == "local":
-        n = workers or default_workers(threads_per_job)
-        gpus = default_workers() if _cuda() else 0
+        n = workers or sweep_processes(threads_per_job)
+        gpus = sweep_processes() if _cuda() else 0
         from vl2v.utils.progress import bar
 
         pbar = bar(len(pending), desc="sweep", unit="job")
