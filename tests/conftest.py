@@ -216,6 +216,8 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_lit_teacher.py::test_built_teacher_loads_with_weights_sha_in_identity": SLOW,  # same fixture + a load
     "test_lit_teacher.py::test_build_is_deterministic": SLOW,  # a second build
     "test_lit_teacher.py::test_build_aborts_on_benchmark_overlap": SLOW,  # a build up to the check
+    "test_lit_clean.py::test_no_benchmark_check_flag_builds_and_says_so": SLOW,  # a fixture build, ~20 s
+    "test_lit_clean.py::test_near_duplicates_of_training_icons_are_dropped_and_listed": SLOW,  # cached features, ~6 s
     "test_teacher_contract.py::test_teacher_contract[lit]": SLOW,  # builds the fixture LiT teacher
     "test_teacher_contract.py::test_identity_is_stable_across_builds[lit]": SLOW,  # loads it again
     # a mocked vendor API (respx): two tiny CLI adip runs, the second served wholly by the store (~8 s)

@@ -191,9 +191,43 @@ def fixture_pairs() -> list:
     return out
 
 
-def fixture_pool():
-    return fixture_pairs(), [{"key": "fixture", "package": "generated-shapes", "version": "0", "licence": "CC0-1.0",
-                              "role": "images", "pairs": 30}]
+def fixture_pool(family: str = "fixture-shapes", package: str = "generated-shapes"):
+    """The fixture pairs and their one source record (``family``: its artwork family, for the family check)."""
+    return fixture_pairs(), [{"key": "fixture", "package": package, "version": "0", "licence": "CC0-1.0",
+                              "family": family, "role": "images", "pairs": 30}]
+
+
+def write_benchmark(root: Path, images: dict) -> Path:
+    """A built-OfflinePACS-like folder: ``images`` (relative path -> PIL image or PNG bytes) and its manifest."""
+    import io
+    import json
+
+    for rel, img in images.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(img, bytes):
+            (root / rel).write_bytes(img)
+        else:
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            (root / rel).write_bytes(buf.getvalue())
+    with open(root / "manifest.jsonl", "w") as fh:
+        for rel in images:
+            fh.write(json.dumps({"path": rel}) + "\n")
+    return root
+
+
+def fixture_benchmark(root: Path, extra: dict | None = None) -> Path:
+    """A fixture benchmark of pictures unlike every fixture icon and photo (noise, diagonal stripes: tower cosine
+    <= 0.5 and >= 23 dhash bits from each), plus ``extra`` pictures (relative path -> PIL image)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    stripes = Image.new("RGB", (224, 224), "white")
+    draw = ImageDraw.Draw(stripes)
+    for k in range(0, 224 + 112, 16):
+        draw.line((k, 0, k - 112, 224), fill=(40, 90, 200), width=5)
+    return write_benchmark(root, {"photo/noise/a.png": noise, "clipart/stripes/b.png": stripes, **(extra or {})})
 
 
 def fixture_photos(root: Path) -> tuple[Path, set[str]]:
@@ -227,17 +261,21 @@ def fixture_photos(root: Path) -> tuple[Path, set[str]]:
 
 
 def build_fixture_teacher(root: Path, benchmark: Path | None = None, name: str = "fixture",
-                          features: Path | None = None, photo_validation=None) -> Path:
-    """Build the fixture teacher into ``root/name`` (features cached in ``features``, default ``root/features``)."""
+                          features: Path | None = None, photo_validation=None, benchmark_check: bool = True,
+                          pool=None, log=None) -> Path:
+    """Build the fixture teacher into ``root/name`` (features cached in ``features``, default ``root/features``),
+    checked against ``benchmark`` (default: :func:`fixture_benchmark` in ``root/bench``; with
+    ``benchmark_check=False``: nothing, and ``root/no-benchmark`` is passed)."""
     from vl2v.teachers.lit_build import build_teacher
 
     torch.manual_seed(123)  # must not matter
     if photo_validation is None:
         photo_validation = fixture_photos(root / "photos")
-    return build_teacher(name, out_dir=root / name, config=lit_fixture_config(), pool=fixture_pool(),
-                         benchmark=benchmark if benchmark is not None else root / "no-benchmark",
-                         cache_dir=features or root / "features", workers=0, photo_validation=photo_validation,
-                         log=lambda s: None)
+    if benchmark is None:
+        benchmark = fixture_benchmark(root / "bench") if benchmark_check else root / "no-benchmark"
+    return build_teacher(name, out_dir=root / name, config=lit_fixture_config(), pool=pool or fixture_pool(),
+                         benchmark=benchmark, benchmark_check=benchmark_check, cache_dir=features or root / "features",
+                         workers=0, photo_validation=photo_validation, log=log or (lambda s: None))
 
 
 # --------------------------------------------------------------------------- tiny transformers models (test_hf_teachers)

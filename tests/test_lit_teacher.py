@@ -1,16 +1,16 @@
 """The offline LiT teacher: `vl2v teacher build` on an injected fixture pool (no network), its determinism,
-the benchmark-overlap check, and loading the built teacher (the teacher contract runs it too)."""
+the benchmark-overlap check, and loading the built teacher (the teacher contract runs it too). The design-family
+check, the near-duplicate drop and the refusal without a benchmark: tests/test_lit_clean.py."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import build_fixture_teacher, fixture_pairs, fixture_photos
+from helpers import build_fixture_teacher, fixture_pairs, fixture_photos, write_benchmark
 from vl2v.teachers.lit_build import (
     BenchmarkOverlapError,
     BuildConfig,
@@ -40,7 +40,12 @@ def test_build_writes_weights_and_manifest(built):
     assert man["counts"]["pairs"] == 30 and man["counts"]["render_failures"] == 0
     assert man["counts"]["heldout_concepts"] > 0 and man["counts"]["train_views"] > man["counts"]["train_pairs"]
     assert man["sources"][0]["licence"] == "CC0-1.0"
-    assert man["exclusion_check"]["skipped"] == "benchmark not built"
+    # checked against the fixture benchmark (two unrelated pictures): no overlap, nothing dropped
+    assert man["benchmark_check"] == "done" and man["exclusion_check"]["overlaps"] == 0
+    assert man["exclusion_check"]["benchmark_images"] == 2 and man["exclusion_check"]["pictures_checked"] == 30
+    nd = man["near_duplicate_check"]
+    assert nd["dropped_icons"] == 0 and nd["matches"] == [] and nd["views_checked"] == man["counts"]["final_views"]
+    assert man["counts"]["near_duplicates_dropped"] == 0 and man["sources"][0]["family"] == "fixture-shapes"
     assert set(man["validation"]["lit"]) >= {"all", "colour", "line", "mono"}
     assert man["training"]["epochs"] == 3 and man["head"]["beta"] == 0.25
     # the novelty gate: its threshold measured on the held-out icons, its bank shipped in the weights file
@@ -60,7 +65,7 @@ def test_build_writes_weights_and_manifest(built):
         for kind in ("lit", "no_novelty", "head_only", "conse_only"):
             assert set(pv[which][kind]) == {"photo", "drawn"} and pv[which][kind]["photo"]["n"] == 3
     assert set(pv["validation_head"]["far"]) == {"0.5", "0.75", "1"}
-    assert pv["near_duplicate_check"]["skipped"].startswith("benchmark not built")
+    assert pv["near_duplicate_check"]["dropped"] == [] and pv["near_duplicate_check"]["cosine_at_least"] == 0.85
 
 
 def test_build_is_deterministic(built, tmp_path):
@@ -186,8 +191,7 @@ def test_photo_validation_drops_near_duplicates_of_the_benchmark(tmp_path):
         for m in range(0, 224, 56):
             if (k + m) // 56 % 2:
                 other.paste((20, 20, 20), (k, m, k + 56, m + 56))
-    bench = _write_benchmark(tmp_path / "bench", {"clipart/x/b.png": _png(ImageOps.mirror(imgs[i])),
-                                                  "photo/y/g.png": _png(other)})
+    bench = write_benchmark(tmp_path / "bench", {"clipart/x/b.png": ImageOps.mirror(imgs[i]), "photo/y/g.png": other})
     tower, tag = load_tower()
     ps = pv.prepare_photos(root, photos, tower, tag, bench, tmp_path / "cache", 224)
     assert [d["file"] for d in ps.dropped] == ["things/blue_square.png"]
@@ -206,30 +210,13 @@ def test_unbuilt_teacher_is_a_clear_error(tmp_path, monkeypatch):
         create_teacher("lit:mine")
 
 
-def _write_benchmark(root: Path, images: dict[str, bytes]) -> Path:
-    for rel, png in images.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(png)
-    with open(root / "manifest.jsonl", "w") as fh:
-        for rel in images:
-            fh.write(json.dumps({"path": rel}) + "\n")
-    return root
-
-
-def _png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_exclusion_check_finds_a_benchmark_picture(tmp_path):
     from PIL import Image
 
     pairs = fixture_pairs()
     _, views, h = render_pair((pairs[3], 224))
     other = Image.linear_gradient("L").convert("RGB").resize((224, 224))
-    bench = _write_benchmark(tmp_path / "bench", {"emoji/x/a.png": _png(Image.fromarray(views["orig"])),
-                                                  "photo/y/b.png": _png(other)})
+    bench = write_benchmark(tmp_path / "bench", {"emoji/x/a.png": Image.fromarray(views["orig"]), "photo/y/b.png": other})
     bh = benchmark_hashes(bench)
     assert len(bh) == 2 and h in bh
     check_exclusion({"fx-other": pixel_hash(Image.new("RGB", (224, 224), (9, 9, 9)))}, bh)  # others pass
@@ -241,21 +228,22 @@ def test_build_aborts_on_benchmark_overlap(built, tmp_path):
     from PIL import Image
 
     _, views, _ = render_pair((fixture_pairs()[7], 224))
-    bench = _write_benchmark(tmp_path / "bench", {"clipart/z/c.png": _png(Image.fromarray(views["orig"]))})
+    bench = write_benchmark(tmp_path / "bench", {"clipart/z/c.png": Image.fromarray(views["orig"])})
     with pytest.raises(BenchmarkOverlapError, match="same pixels as OfflinePACS"):  # (features from the cache)
         build_fixture_teacher(tmp_path, benchmark=bench, features=built.parent / "features")
     assert not (tmp_path / "fixture" / "manifest.json").exists()
 
 
 def test_excluded_sources_are_refused():
-    from vl2v.teachers.lit_build import source_pins
+    """Sources of a benchmark family are refused whatever their package name (tests/test_lit_clean.py has more)."""
+    from vl2v.teachers.lit_sources import Source, lit_sources
 
-    check_sources(source_pins())  # the shipped pins pass
-    for bad in ("@iconify-json/twemoji", "@iconify-json/noto-v1", "openmoji", "@iconify-json/emojione-v1",
-                "@lobehub/fluent-emoji-3d", "emoji-datasource-google"):
-        pin = type("P", (), {"key": "x", "name": bad})()
+    check_sources(lit_sources())  # the shipped sources pass
+    for name, family in (("@iconify-json/twemoji", "twemoji"), ("@iconify-json/noto-v1", "noto"),
+                         ("openmoji", "openmoji"), ("@iconify-json/emojione-v1", "emojione"),
+                         ("@iconify-json/fluent-emoji-flat", "fluent"), ("some-renamed-pack", "openclipart")):
         with pytest.raises(LiTBuildError, match="OfflinePACS"):
-            check_sources([pin])
+            check_sources([Source("x", name, family)])
 
 
 def test_captions_and_line_view():

@@ -79,10 +79,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
     cfg = validated(BuildConfig, over, what="vl2v teacher build", labels=BUILD_FLAGS)
     folder = build_teacher(args.name, out_dir=Path(args.out) if args.out else None, config=cfg, force=args.force,
                            benchmark=Path(args.benchmark) if args.benchmark else None, workers=args.workers,
-                           photo_validation=not args.no_photo_validation)
+                           benchmark_check=not args.no_benchmark_check, photo_validation=not args.no_photo_validation)
     import json
 
     man = json.loads((folder / "manifest.json").read_text("utf-8"))
+    near = man.get("near_duplicate_check") or {}
+    if "dropped_icons" in near:
+        print(f"benchmark check: {near['dropped_icons']} training icons dropped as near-duplicates of OfflinePACS "
+              f"images (listed in {folder / 'manifest.json'}, near_duplicate_check)")
+    else:
+        print("benchmark check skipped by flag (--no-benchmark-check): the training icons were not compared with "
+              "OfflinePACS")
     if man.get("validation"):
         print(f"held-out concepts ({man['validation']['candidates']} candidate captions):")
         print(format_metrics(man["validation"]))
@@ -104,13 +111,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_cmd_list)
     b = tsub.add_parser("build", help="fetch the pinned icon sets and train the LiT teacher NAME",
                         description="Fetch the pinned icon packages (npm pack, sha256-checked), render (icon, caption) "
-                        "pairs, check that none shows an OfflinePACS picture, train a head on the locked "
-                        "EfficientNet-Lite2 tower against locked MiniLM caption embeddings and write "
+                        "pairs, check them against a built OfflinePACS (same pixels abort; near-duplicates are dropped), "
+                        "train a head on the locked EfficientNet-Lite2 tower against locked MiniLM caption embeddings and write "
                         "~/.cache/vl2v/teachers/NAME (manifest.json + head.safetensors). Then: --teacher lit:NAME.")
     b.add_argument("name", help="teacher name (letters, digits, '-', '_'); 'lit' is what --teacher lit loads")
     b.add_argument("--force", action="store_true", help="rebuild even if NAME is already built")
     b.add_argument("--out", help="write the teacher into this folder instead (load it with --teacher lit:/that/folder)")
-    b.add_argument("--benchmark", help="OfflinePACS folder for the pixel-overlap check (default: the built one)")
+    b.add_argument("--benchmark", help="built OfflinePACS folder that every training icon is checked against "
+                   "(exact pixels, near-duplicates; default: the one `vl2v data build OfflinePACS` writes)")
+    b.add_argument("--no-benchmark-check", action="store_true",
+                   help="build without a built OfflinePACS: skip the benchmark overlap and near-duplicate checks "
+                   "(the manifest records \"benchmark_check\": \"skipped by flag\")")
     b.add_argument("--epochs", type=int, help="head training epochs (default 30)")
     b.add_argument("--beta", type=float, help="weight of the ConSE embedding in the mix, 0..1 (default 0.25)")
     b.add_argument("--beta-confident", type=float,

@@ -1,7 +1,8 @@
-"""What the LiT teacher's build (:mod:`vl2v.teachers.lit_build`) and its photo validation
-(:mod:`vl2v.teachers.lit_photoval`) share: the pinned sources file, the benchmark's image list, the locked
-tower's feature pass, and the retrieval readings every validation reports. Both import it; it imports
-neither, so the two never import each other's internals."""
+"""What the LiT teacher's build (:mod:`vl2v.teachers.lit_build` and the modules it orchestrates:
+``lit_sources``, ``lit_pairs``, ``lit_render``, ``lit_overlap``, ``lit_train``, ``lit_report``) and its photo
+validation (:mod:`vl2v.teachers.lit_photoval`) share: the build's errors, the pinned sources file, the
+benchmark's image list, the locked tower's feature pass, and the retrieval readings every validation reports.
+All of them import it; it imports none of them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vl2v.errors import UserError
 from vl2v.teachers.lit import LITE_MEAN, LITE_STD, Novelty, gated_weight, mix, mix_weight
+
+
+class LiTBuildError(UserError):
+    """The LiT teacher cannot be built as asked (an excluded source, benchmark overlap, bad settings)."""
+
+
+class BenchmarkOverlapError(LiTBuildError):
+    """A training pair shows a picture of the benchmark (same pixels)."""
 
 
 # --------------------------------------------------------------------------- sources
@@ -24,10 +34,14 @@ def sources_file() -> dict[str, Any]:
 
 
 def make_pin(entry: dict[str, Any]) -> Any:
-    """A ``lit_sources.json`` package entry -> :class:`~vl2v.data.offline.fetch.PackagePin`."""
+    """A ``lit_sources.json`` package entry -> :class:`~vl2v.data.offline.fetch.PackagePin` (keys the pin does
+    not know are left out)."""
+    from dataclasses import fields
+
     from vl2v.data.offline.fetch import PackagePin
 
-    e = dict(entry)
+    known = {f.name for f in fields(PackagePin)}
+    e = {k: v for k, v in entry.items() if k in known}
     e["extract"] = tuple(e.get("extract", ()))
     e["skip_ext"] = tuple(e.get("skip_ext", ()))
     return PackagePin(**e)
@@ -84,7 +98,7 @@ def readings(h: torch.Tensor, conse: tuple[torch.Tensor, torch.Tensor], y: torch
              groups: dict[str, torch.Tensor], cfg: Any, novelty: tuple[Novelty, torch.Tensor] | None = None
              ) -> dict[str, dict[str, dict[str, float]]]:
     """What every validation reports (see :func:`validate`): the shipped mix (``lit``), the same without the
-    novelty gate, the head alone and ConSE alone (``cfg``: a :class:`~vl2v.teachers.lit_build.BuildConfig`,
+    novelty gate, the head alone and ConSE alone (``cfg``: a :class:`~vl2v.teachers.lit_train.BuildConfig`,
     for its ``beta`` and ``beta_confident``)."""
     return {"lit": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident, novelty),
             "no_novelty": validate(h, conse, y, text, groups, cfg.beta, cfg.beta_confident),
@@ -97,5 +111,5 @@ def score_quantiles(score: torch.Tensor, qs: tuple[float, ...] = (0.1, 0.25, 0.5
     return {f"{q:g}": round(float(torch.quantile(score, q)), 4) for q in qs}
 
 
-__all__ = ["benchmark_paths", "make_pin", "readings", "retrieval", "score_quantiles", "sources_file", "tower_pass",
+__all__ = ["BenchmarkOverlapError", "LiTBuildError", "benchmark_paths", "make_pin", "readings", "retrieval", "score_quantiles", "sources_file", "tower_pass",
            "validate"]

@@ -8,7 +8,8 @@ the rest cartoons; which ones are photographs was judged by eye once and is list
 
 qABCs reuses some OpenClipart and GCompris drawings that OfflinePACS also uses, so before use every
 picture within a near-duplicate distance of a benchmark image (tower-feature cosine >= ``COSINE``
-or a difference hash within ``DHASH_BITS`` bits) is dropped and listed in the manifest.
+or a difference hash within ``DHASH_BITS`` bits) is dropped and listed in the manifest: the same check, with
+the same thresholds, that the build runs over every training view (:mod:`vl2v.teachers.lit_overlap`).
 
 Each kept picture is ranked against the captions of all kept pictures (``"a photo of a {name}"``):
 image -> caption recall@1 / recall@5, for the ``photo`` and ``drawn`` groups.
@@ -16,29 +17,15 @@ image -> caption recall@1 / recall@5, for the ``photo`` and ``drawn`` groups.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from vl2v.teachers.lit import novelty_score
-from vl2v.teachers.lit_common import (
-    benchmark_paths,
-    make_pin,
-    readings,
-    score_quantiles,
-    sources_file,
-    tower_pass,
-    validate,
-)
-
-COSINE = 0.85  # tower-feature cosine at or above which a picture counts as a benchmark image's near-duplicate
-DHASH_BITS = 4  # difference-hash distance (of 64 bits) at or below which it does too
-VERSION = 1  # bump when the preprocessing or the feature pass changes (invalidates cached benchmark features)
+from vl2v.teachers.lit_common import make_pin, readings, score_quantiles, sources_file, validate
+from vl2v.teachers.lit_overlap import COSINE, DHASH_BITS, benchmark_features, near_duplicates, tower_features
 
 
 @dataclass
@@ -94,65 +81,6 @@ def load_pictures(root: Path, size: int) -> tuple[list[str], list[Any]]:
     return files, imgs
 
 
-def tower_features(imgs: list[Any], tower: torch.nn.Module, batch: int = 32) -> torch.Tensor:
-    """The locked tower's pooled features of prepared pictures, in batches (the build's own view and rounding)."""
-    out = [tower_pass([np.asarray(a.convert("RGB")) for a in imgs[i:i + batch]], tower)
-           for i in range(0, len(imgs), batch)]
-    return torch.cat(out) if out else torch.zeros(0, 1280, dtype=torch.float16)
-
-
-def benchmark_features(bench: Path, tower: torch.nn.Module, tower_tag: str, cache_dir: Path | None
-                       ) -> tuple[list[str], torch.Tensor, list[int]]:
-    """(paths, tower features, difference hashes) of every image of a built OfflinePACS folder; cached by the
-    benchmark manifest's content."""
-    from PIL import Image
-    from safetensors.torch import load_file, save_file
-
-    from vl2v.data.offline import imaging as im
-    from vl2v.utils.io import atomic_path, atomic_write_json
-
-    paths = benchmark_paths(bench)
-    man = bench / "manifest.jsonl"
-    content = man.read_bytes() if man.is_file() else "\n".join(paths).encode()
-    key = hashlib.sha256(json.dumps([VERSION, tower_tag]).encode() + content).hexdigest()[:24]
-    if cache_dir is not None:
-        ff, fm = cache_dir / f"bench-{key}.safetensors", cache_dir / f"bench-{key}.json"
-        if ff.is_file() and fm.is_file():
-            meta = json.loads(fm.read_text("utf-8"))
-            return meta["paths"], load_file(str(ff))["feats"], [int(h) for h in meta["dhash"]]
-    imgs = []
-    for rel in paths:
-        with Image.open(bench / rel) as b:
-            imgs.append(b.convert("RGB"))
-    feats = tower_features(imgs, tower)
-    dh = [im.dhash(b) for b in imgs]
-    if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(ff) as tmp:
-            save_file({"feats": feats.contiguous()}, str(tmp))
-        atomic_write_json(fm, {"paths": paths, "dhash": [str(h) for h in dh]})
-    return paths, feats, dh
-
-
-def near_duplicates(feats: torch.Tensor, dh: list[int], bench_feats: torch.Tensor, bench_dh: list[int],
-                    bench_paths: list[str]) -> dict[int, dict[str, Any]]:
-    """Index -> (the benchmark image it resembles, cosine, dhash distance) for every near-duplicate picture."""
-    import torch.nn.functional as F
-
-    if not len(bench_paths) or not len(dh):
-        return {}
-    sim = F.normalize(feats.float(), dim=-1) @ F.normalize(bench_feats.float(), dim=-1).T
-    best, arg = sim.max(dim=1)
-    out = {}
-    for i, h in enumerate(dh):
-        dists = [bin(h ^ b).count("1") for b in bench_dh]
-        j = int(np.argmin(dists))
-        if float(best[i]) >= COSINE or dists[j] <= DHASH_BITS:
-            k = int(arg[i]) if float(best[i]) >= COSINE else j
-            out[i] = {"benchmark": bench_paths[k], "cosine": round(float(sim[i, k]), 4), "dhash_bits": dists[k]}
-    return out
-
-
 def prepare_photos(root: Path, photos: set[str], tower: torch.nn.Module, tower_tag: str, bench: Path | None,
                    cache_dir: Path | None, size: int, source: dict[str, Any] | None = None) -> PhotoSet:
     """Load, filter (near-duplicates of the benchmark out) and embed the validation pictures."""
@@ -202,4 +130,5 @@ def evaluate(ps: PhotoSet, head: torch.nn.Module, bank: torch.Tensor, novelty: A
     return out
 
 
-__all__ = ["PhotoSet", "caption_of", "caption_targets", "evaluate", "fetch_root", "near_duplicates", "prepare_photos", "spec"]
+__all__ = ["COSINE", "DHASH_BITS", "PhotoSet", "benchmark_features", "caption_of", "caption_targets", "evaluate",
+           "fetch_root", "load_pictures", "near_duplicates", "prepare_photos", "spec", "tower_features"]

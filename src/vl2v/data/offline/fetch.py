@@ -56,6 +56,7 @@ class PackagePin:
     sha256: str | None = None
     extract: tuple[str, ...] = ()  # path prefixes inside the archive ('/'-terminated = folder)
     skip_ext: tuple[str, ...] = ()
+    family: str = ""  # the artwork's family (designer / design system); the LiT build refuses a benchmark family
 
     @property
     def label(self) -> str:
