@@ -142,14 +142,37 @@ def check_runs_match(exp: "Experiment", runs: list, args_base: dict[str, Any]) -
                               f"{cfg.out_dir} and start over")
 
 
-def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, resume: bool = True,
-                   overwrite: bool = False) -> dict[str, Any]:
-    """Train every run of ``cfg`` (finished runs with the same settings are reused; runs made with other
-    settings are refused unless ``overwrite``, which removes them first) and summarise them."""
+def _args_base(cfg: ExperimentConfig, exp: "Experiment") -> dict[str, Any]:
+    """What every run of the experiment records in its ``args`` (the run-level settings; ``threads`` added once
+    the job layout is known)."""
+    args = {"dataset": exp.dataset_name, "data_dir": str(exp.data.scan.root), "holdout_fraction": cfg.holdout_fraction,
+            "teacher": cfg.teacher, "teacher_options": public_options(cfg.teacher_options),
+            "teacher_identity": exp.teacher_identity, "student": cfg.student,
+            "student_pretrained": cfg.student_pretrained, "student_weights": cfg.student_weights,
+            "freeze_bn": cfg.freeze_bn, "views": cfg.views, "view_seed": cfg.view_seed,
+            "store_dtype": cfg.store_dtype, "max_side": cfg.max_side}
+    if exp.data.novel:  # recorded only for a novel-class benchmark: other runs' records are as before
+        args["novel_classes"] = {"count": cfg.novel_classes, "fold": cfg.novel_fold,
+                                 "held_out": [exp.data.all_classes[c] for c in exp.data.novel]}
+    return args
+
+
+def _experiment_record(cfg: ExperimentConfig, exp: "Experiment", world_size: int) -> dict[str, Any]:
+    """``experiment.json``: the config (secrets redacted), the data it found and the environment."""
+    data = exp.data
+    return {"config": _recorded(cfg), "dataset": exp.dataset_name, "domains": data.domains,
+            "classes": data.all_classes, "teacher": exp.teacher_identity,
+            **({"held_out_classes": [data.all_classes[c] for c in data.novel]} if data.novel else {}),
+            "data_issues": [{"path": i.path, "reason": i.reason, "kind": "warning" if i.tolerable else "skipped"}
+                            for i in data.scan.issues],
+            "world_size": world_size, "environment": environment()}
+
+
+def _start(cfg: ExperimentConfig, overwrite: bool, log: Callable[[str], None]):
+    """Checks before any work, the device settings and the distributed set-up; the loaded experiment."""
     from vl2v.training.distributed import init_distributed
 
-    cfg = replace(cfg, train=replace(cfg.train, device=resolve_device(cfg.train.device)))  # --device auto
-    specs = check_experiment(cfg)
+    check_experiment(cfg)
     check_out_dir(cfg, overwrite)
     if cfg.train.device.startswith("cuda"):  # TF32 matmuls/convolutions: the usual speed/precision trade on GPUs
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -158,88 +181,101 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, re
     if not dist.is_main:  # one voice and one writer in data-parallel runs
         log = lambda *_: None  # noqa: E731
     exp = prepare(cfg, log)
-    cfg = with_prompt_names(cfg, exp)
-    exp.cfg = cfg
+    exp.cfg = with_prompt_names(cfg, exp)
+    if dist.is_main:
+        check_writable(Path(cfg.out_dir))
+    return exp, dist, log
+
+
+def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] = print, resume: bool = True,
+                   overwrite: bool = False) -> dict[str, Any]:
+    """Train every run of ``cfg`` (finished runs with the same settings are reused; runs made with other
+    settings are refused unless ``overwrite``, which removes them first) and summarise them."""
+    cfg = replace(cfg, train=replace(cfg.train, device=resolve_device(cfg.train.device)))  # --device auto
+    exp, dist, log = _start(cfg, overwrite, log)
+    cfg = exp.cfg
     out = Path(cfg.out_dir)
     exp_dir = ExperimentDir(out)
-    if dist.is_main:
-        check_writable(out)
     plan = make_plan(cfg, exp)
-    specs, draws, runs = plan.specs, plan.draws, plan.runs
-    args_base = {"dataset": exp.dataset_name, "data_dir": str(exp.data.scan.root), "holdout_fraction": cfg.holdout_fraction,
-                 "teacher": cfg.teacher, "teacher_options": public_options(cfg.teacher_options),
-                 "teacher_identity": exp.teacher_identity, "student": cfg.student,
-                 "student_pretrained": cfg.student_pretrained, "student_weights": cfg.student_weights,
-                 "freeze_bn": cfg.freeze_bn, "views": cfg.views, "view_seed": cfg.view_seed,
-                 "store_dtype": cfg.store_dtype, "max_side": cfg.max_side}
-    if exp.data.novel:  # recorded only for a novel-class benchmark: other runs' records are as before
-        args_base["novel_classes"] = {"count": cfg.novel_classes, "fold": cfg.novel_fold,
-                                      "held_out": [exp.data.all_classes[c] for c in exp.data.novel]}
-    procs, threads = resolve_jobs(cfg.jobs, cfg.threads, cfg.train.device, len(runs), dist.enabled,
-                                    shared_store=exp.res.store is None or exp.res.store.path is not None)
+    args_base = _args_base(cfg, exp)
+    procs, threads = resolve_jobs(cfg.jobs, cfg.threads, cfg.train.device, len(plan.runs), dist.enabled,
+                                  shared_store=exp.res.store is None or exp.res.store.path is not None)
     if procs > 1 and not resume:
         raise ConfigError("--jobs > 1 resumes finished runs; a fresh start of every run needs --jobs 1")
     args_base["threads"] = threads  # a run's numbers depend on its step's thread count (float summation order)
     if dist.is_main and overwrite:
         clear_out_dir(out, log)
-    check_runs_match(exp, runs, args_base)
+    check_runs_match(exp, plan.runs, args_base)
     if dist.is_main:
-        atomic_write_json(exp_dir.experiment_json, {"config": _recorded(cfg),
-                                                    "dataset": exp.dataset_name, "domains": exp.data.domains,
-                                                    "classes": exp.data.all_classes, "teacher": exp.teacher_identity,
-                                                    **({"held_out_classes": [exp.data.all_classes[c] for c in
-                                                                             exp.data.novel]} if exp.data.novel else {}),
-                                                    "data_issues": [{"path": i.path, "reason": i.reason,
-                                                                     "kind": "warning" if i.tolerable else "skipped"}
-                                                                    for i in exp.data.scan.issues],
-                                                    "world_size": dist.world_size, "environment": environment()})
-    for a in specs:
+        atomic_write_json(exp_dir.experiment_json, _experiment_record(cfg, exp, dist.world_size))
+    for a in plan.specs:
         if cfg.hparams_seed:
             log(f"hparams seed {cfg.hparams_seed}: {a.label}: "
-                + (", ".join(f"{k}={v}" for k, v in draws[a]) or "nothing to draw (defaults)"))
+                + (", ".join(f"{k}={v}" for k, v in plan.draws[a]) or "nothing to draw (defaults)"))
     torch.set_num_threads(threads)
-
-    def report(label: str, t: int, seed: int, f: dict[str, Any]) -> None:
-        sel = f.get("selected", {})
-        log(f"  {label:<24} target {exp.data.domains[t]:<10} seed {seed}: OOD {100 * sel.get('ood_acc', float('nan')):5.1f}  "
-            f"ID {100 * sel.get('id_acc', float('nan')):5.1f}  ({f.get('wall_time', 0):.0f}s)")
-
     t0 = time.time()
     if procs == 1:
-        finals = []
-        for seed, t, a in runs:
-            f = dict(trainer_for(exp, a, t, seed, exp.data_for(seed), args_base, draws).run(resume=resume).final)
-            f["label"] = a.label
-            finals.append(f)
-            report(a.label, t, seed, f)
+        finals = _train_here(exp, plan, args_base, resume, log)
     else:
-        log(f"training {len(runs)} runs in {procs} processes x {threads} thread(s); first, in this process and "
-            "in the runs' order, the teacher is asked and the pretrained student's cached features are computed")
-        # On the runs' own thread count and in their order, as one process would: the teacher's embeddings and
-        # the student's pooled features can change in their last bits with the thread count (both seen here),
-        # so `--jobs 2 --threads 1` gives the numbers of `--jobs 1 --threads 1`.
-        jobs = []
-        for k, (seed, t, a) in enumerate(runs):
-            trainer = trainer_for(exp, a, t, seed, exp.data_for(seed), args_base, draws)
-            jobs.append(WorkerJob(k, a, t, seed, trainer.pay_teacher()))
-            trainer.warm_student_caches()
-        cache = out / ".student-features.safetensors"
-        exp.res.save_features(cache)
-
-        def done(job: WorkerJob, f: dict[str, Any]) -> None:
-            f["label"] = job.algorithm.label
-            report(job.algorithm.label, job.target, job.seed, f)
-
-        try:
-            finals = run_parallel(cfg, jobs, args_base, draws, procs, threads, done, features=cache)
-        finally:
-            cache.unlink(missing_ok=True)
+        finals = _train_in_workers(exp, plan, args_base, procs, threads, log)
     tables = build_tables(finals, exp.data.domains)
     text = render_summary(tables, exp, cfg, time.time() - t0, finals)
     if dist.is_main:
         atomic_write_text(exp_dir.results_md, text)
         atomic_write_json(exp_dir.summary_json, {"finals": finals, "wall_time": time.time() - t0})
     return {"finals": finals, "tables": tables, "text": text, "out_dir": str(out)}
+
+
+def _reporter(exp: "Experiment", log: Callable[[str], None]) -> Callable[[str, int, int, dict[str, Any]], None]:
+    """The one line each finished run prints."""
+
+    def report(label: str, t: int, seed: int, f: dict[str, Any]) -> None:
+        sel = f.get("selected", {})
+        log(f"  {label:<24} target {exp.data.domains[t]:<10} seed {seed}: OOD {100 * sel.get('ood_acc', float('nan')):5.1f}  "
+            f"ID {100 * sel.get('id_acc', float('nan')):5.1f}  ({f.get('wall_time', 0):.0f}s)")
+
+    return report
+
+
+def _train_here(exp: "Experiment", plan: Plan, args_base: dict[str, Any], resume: bool,
+                log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every run of ``plan``, one after the other in this process."""
+    report = _reporter(exp, log)
+    finals = []
+    for seed, t, a in plan.runs:
+        f = dict(trainer_for(exp, a, t, seed, exp.data_for(seed), args_base, plan.draws).run(resume=resume).final)
+        f["label"] = a.label
+        finals.append(f)
+        report(a.label, t, seed, f)
+    return finals
+
+
+def _train_in_workers(exp: "Experiment", plan: Plan, args_base: dict[str, Any], procs: int, threads: int,
+                      log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every run of ``plan`` in ``procs`` worker processes; the teacher is paid and the student's caches are
+    filled here first."""
+    report = _reporter(exp, log)
+    log(f"training {len(plan.runs)} runs in {procs} processes x {threads} thread(s); first, in this process and "
+        "in the runs' order, the teacher is asked and the pretrained student's cached features are computed")
+    # On the runs' own thread count and in their order, as one process would: the teacher's embeddings and
+    # the student's pooled features can change in their last bits with the thread count (both seen here),
+    # so `--jobs 2 --threads 1` gives the numbers of `--jobs 1 --threads 1`.
+    jobs = []
+    for k, (seed, t, a) in enumerate(plan.runs):
+        trainer = trainer_for(exp, a, t, seed, exp.data_for(seed), args_base, plan.draws)
+        jobs.append(WorkerJob(k, a, t, seed, trainer.pay_teacher()))
+        trainer.warm_student_caches()
+    cache = Path(exp.cfg.out_dir) / ".student-features.safetensors"
+    exp.res.save_features(cache)
+
+    def done(job: WorkerJob, f: dict[str, Any]) -> None:
+        f["label"] = job.algorithm.label
+        report(job.algorithm.label, job.target, job.seed, f)
+
+    try:
+        return run_parallel(exp.cfg, jobs, args_base, plan.draws, procs, threads, done, features=cache)
+    finally:
+        cache.unlink(missing_ok=True)
 
 
 def dry_run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
