@@ -174,6 +174,23 @@ def scan_folder(
     if not domains:
         raise FolderError(f"dataset folder {root} has no domain sub-folders (expected ROOT/domain/class/image)")
 
+    per_domain_classes, unreadable = _list_classes(root, domains, issues)
+    all_classes = sorted(set().union(*per_domain_classes.values()))
+    _check_class_sets(domains, per_domain_classes, unreadable, all_classes, issues)
+    items = _read_images(root, domains, per_domain_classes, all_classes, issues, verify, progress)
+    _check_counts(domains, per_domain_classes, all_classes, items, issues)
+
+    scan = FolderScan(root=root, domains=domains, classes=all_classes, items=items, issues=issues)
+    if strict and issues:
+        lines = "\n  ".join(str(i) for i in issues)
+        raise FolderError(f"strict mode: dataset folder {root} has problems:\n  {lines}")
+    return scan
+
+
+def _list_classes(root: Path, domains: list[str],
+                  issues: list[FolderIssue]) -> tuple[dict[str, list[str]], set[str]]:
+    """Each domain's class folders (sorted), and the domains whose folder cannot be listed; an unreadable
+    domain folder and images lying outside a class folder are added to ``issues``."""
     per_domain_classes: dict[str, list[str]] = {}
     unreadable: set[str] = set()
     for d in domains:
@@ -186,7 +203,12 @@ def scan_folder(
         for name in _stray_images(root / d):
             issues.append(FolderIssue(f"{d}/{name}", "image outside a class folder (expected "
                                       "domain/class/image); ignored"))
-    all_classes = sorted(set().union(*per_domain_classes.values()))
+    return per_domain_classes, unreadable
+
+
+def _check_class_sets(domains: list[str], per_domain_classes: dict[str, list[str]], unreadable: set[str],
+                      all_classes: list[str], issues: list[FolderIssue]) -> None:
+    """Report domains without class folders, and classes missing from some domains."""
     for d in domains:
         if d in unreadable:
             continue
@@ -198,7 +220,12 @@ def scan_folder(
             issues.append(FolderIssue(f"{d}/{c}", f"class {c!r} is missing in domain {d!r} (present in other domains)", fatal=True,
                                       tolerable=True))
 
-    # Gather candidate files
+
+def _read_images(root: Path, domains: list[str], per_domain_classes: dict[str, list[str]], all_classes: list[str],
+                 issues: list[FolderIssue], verify: bool,
+                 progress: Callable[[Iterable], Iterable] | None) -> list[ImageRecord]:
+    """The image files of every class folder, in DomainBed's order; with ``verify`` each is decoded and an
+    undecodable one is reported in ``issues`` instead."""
     files: list[tuple[int, int, Path]] = []
     for di, d in enumerate(domains):
         for c in per_domain_classes[d]:
@@ -218,7 +245,12 @@ def scan_folder(
                 issues.append(FolderIssue(_rel(p, root), exc.reason))
                 continue
         items.append(ImageRecord(_rel(p, root), di, ci))
+    return items
 
+
+def _check_counts(domains: list[str], per_domain_classes: dict[str, list[str]], all_classes: list[str],
+                  items: list[ImageRecord], issues: list[FolderIssue]) -> None:
+    """Report domains and class folders without a readable image, and a dataset of fewer than two classes."""
     counts = Counter((r.domain, r.label) for r in items)
     for di, d in enumerate(domains):
         if not per_domain_classes[d]:
@@ -234,9 +266,3 @@ def scan_folder(
                                           tolerable=True))
     if len(all_classes) < 2:
         issues.append(FolderIssue(".", f"need at least 2 classes, found {len(all_classes)}", fatal=True))
-
-    scan = FolderScan(root=root, domains=domains, classes=all_classes, items=items, issues=issues)
-    if strict and issues:
-        lines = "\n  ".join(str(i) for i in issues)
-        raise FolderError(f"strict mode: dataset folder {root} has problems:\n  {lines}")
-    return scan

@@ -520,7 +520,25 @@ def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None,
     ``clock`` (seconds since the epoch) dates bills and drives quota windows and rate limits (tests pass a fake).
     """
     service = EmbeddingService(teacher, config, name, clock)
-    cfg = config
+    app = FastAPI(title="vl2v embedding service", version=__version__, docs_url=None, redoc_url=None,
+                  description="A vision-language teacher's image and text embeddings, per query, behind API keys. "
+                              "See docs/serving.md.")
+    app.state.service = service
+    keyed = [Security(HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")),
+             Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the API key"))]
+    _add_error_handlers(app)
+    # the routes in this order (it is the OpenAPI document's): health, model, images, texts, usage
+    _add_info_routes(app, service, keyed)
+    _add_embedding_routes(app, service, keyed)
+    _add_usage_route(app, service, keyed)
+    app.add_middleware(_Gate, service=service)
+    return app
+
+
+def _request_models(service: EmbeddingService) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The bodies of the two embedding routes, ``ImagesRequest`` and ``TextsRequest``, with the service's limits
+    in their schemas."""
+    cfg = service.config
 
     class ImagesRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -539,16 +557,12 @@ def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None,
             description=f"1 to {cfg.max_batch_texts} texts of at most {cfg.max_text_chars} characters")
         encoding: Literal["float", "base64"] = "float"
 
-    app = FastAPI(title="vl2v embedding service", version=__version__, docs_url=None, redoc_url=None,
-                  description="A vision-language teacher's image and text embeddings, per query, behind API keys. "
-                              "See docs/serving.md.")
-    app.state.service = service
-    keyed = [Security(HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")),
-             Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the API key"))]
-    idem_header = Header(None, alias=IDEMPOTENCY_HEADER, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
-                         description="a client-chosen id; a retry with the same id gets the stored answer, billed once")
+    return ImagesRequest, TextsRequest
 
-    _add_error_handlers(app)
+
+def _add_info_routes(app: FastAPI, service: EmbeddingService, keyed: list[Any]) -> None:
+    """``GET /v1/health`` (no key) and ``GET /v1/model``."""
+    cfg = service.config
 
     @app.get(HEALTH_PATH, response_model=Health, tags=["service"])
     def health() -> dict[str, str]:
@@ -561,6 +575,14 @@ def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None,
         return {"name": service.name, "identity": service.identity, "embed_dim": service.dim,
                 "image_size": service.size, "api_version": API_VERSION, "image_formats": list(IMAGE_FORMATS),
                 "limits": cfg.limits()}
+
+
+def _add_embedding_routes(app: FastAPI, service: EmbeddingService, keyed: list[Any]) -> None:
+    """``POST /v1/embeddings/images`` and ``POST /v1/embeddings/texts``: billed per image and per text."""
+    cfg = service.config
+    ImagesRequest, TextsRequest = _request_models(service)
+    idem_header = Header(None, alias=IDEMPOTENCY_HEADER, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
+                         description="a client-chosen id; a retry with the same id gets the stored answer, billed once")
 
     @app.post(IMAGES_PATH, response_model=EmbeddingsResponse, dependencies=keyed, tags=["embeddings"],
               responses=_responses(401, 408, 409, 413, 415, 422, 429, 500))
@@ -581,21 +603,30 @@ def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None,
     def embed_texts(request: Request, body: TextsRequest,
                     idempotency_key: str | None = idem_header) -> Response:
         """Embed a batch of texts; billed one text query per text."""
-        if len(body.texts) > cfg.max_batch_texts:
-            raise ApiError(413, "batch_too_large", f"{len(body.texts)} texts in one request, the limit is "
-                           f"{cfg.max_batch_texts}: split the batch")
-        for i, t in enumerate(body.texts):
-            if len(t) > cfg.max_text_chars:
-                raise ApiError(413, "text_too_long", f"texts[{i}] has {len(t)} characters, the limit is {cfg.max_text_chars}")
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError(422, "invalid_text", f"texts[{i}] is not valid Unicode (lone surrogate)") from None
+        _check_texts(cfg, body.texts)
 
         def compute() -> bytes:
             return service.render(service.embed_texts(body.texts), body.encoding, idempotency_key)
 
         return service.answer(request, "texts", idempotency_key, (0, len(body.texts)), compute)
+
+
+def _check_texts(cfg: ServiceConfig, texts: list[str]) -> None:
+    """ApiError (413, 422) for a batch of texts beyond the service's limits, or not valid Unicode."""
+    if len(texts) > cfg.max_batch_texts:
+        raise ApiError(413, "batch_too_large", f"{len(texts)} texts in one request, the limit is "
+                       f"{cfg.max_batch_texts}: split the batch")
+    for i, t in enumerate(texts):
+        if len(t) > cfg.max_text_chars:
+            raise ApiError(413, "text_too_long", f"texts[{i}] has {len(t)} characters, the limit is {cfg.max_text_chars}")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(422, "invalid_text", f"texts[{i}] is not valid Unicode (lone surrogate)") from None
+
+
+def _add_usage_route(app: FastAPI, service: EmbeddingService, keyed: list[Any]) -> None:
+    """``GET /v1/usage``: the calling key's bill, quotas and rate limit."""
 
     @app.get(USAGE_PATH, response_model=Usage, dependencies=keyed, responses=_responses(401), tags=["service"])
     def usage(request: Request) -> dict[str, Any]:
@@ -603,9 +634,6 @@ def create_app(teacher: Teacher, config: ServiceConfig, name: str | None = None,
         its quotas and rate limit, and per period (each quota's current window, and all time) the queries
         billed, the quota and what remains."""
         return service.ledger.summary(request.state.api_key, service.keys.limits(request.state.api_key))
-
-    app.add_middleware(_Gate, service=service)
-    return app
 
 
 # --------------------------------------------------------------------------- running it

@@ -62,56 +62,8 @@ class OpenCLIPTeacher(Teacher):
         self.model_name = model
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
-        weights: str
-        tag_preprocess = None
-        if schema == "local-dir":
-            folder = Path(model.split(":", 1)[1]).expanduser().resolve()
-            if not (folder / "open_clip_config.json").is_file():
-                raise TeacherError(f"{folder} is not an open_clip model folder (no open_clip_config.json)")
-            if not any(folder.glob(g) for g in ("*.safetensors", "*.bin", "*.pth")):
-                raise TeacherError(f"{folder} has no weights file (*.safetensors, *.bin or *.pth)")
-            from vl2v.teachers.hf import _dir_digest
-
-            model = f"local-dir:{folder}"
-            self.model_name = model
-            try:
-                clip = open_clip.create_model(model)
-            except Exception as exc:
-                raise TeacherError(f"cannot load the open_clip model in {folder}: {exc}") from exc
-            weights = f"dir:sha256:{_dir_digest(folder)[:16]}"
-        elif schema == "hf-hub":
-            try:
-                clip = open_clip.create_model(model, cache_dir=cache_dir)
-            except Exception as exc:
-                raise TeacherWeightsError(f"cannot fetch {model} (no network? download it and use openclip:local-dir:DIR): {exc}") from exc
-            weights = model
-        elif pretrained in (None, "", "none", "random"):
-            clip = open_clip.create_model(model, pretrained=None)
-            weights = "random"
-        elif Path(pretrained).expanduser().exists():
-            path = Path(pretrained).expanduser()
-            clip = open_clip.create_model(model, pretrained=None)
-            try:
-                open_clip.load_checkpoint(clip, str(path), strict=True, weights_only=True)
-            except Exception as exc:
-                raise TeacherError(f"cannot load open_clip checkpoint {path} into {model}: {exc}") from exc
-            weights = f"{path.name}:{cached_file_digest(path)[:12]}"
-            tag_preprocess = _tag_preprocess(open_clip, model, preprocess)
-        else:
-            tags = [t for m, t in open_clip.list_pretrained() if m == model]
-            if pretrained not in tags:
-                raise TeacherError(
-                    f"{pretrained!r} is neither a local file nor a pretrained tag of {model} "
-                    f"(tags: {', '.join(tags) or 'none'})")
-            try:
-                clip = open_clip.create_model(model, pretrained=pretrained, cache_dir=cache_dir)
-            except Exception as exc:  # no network and not in the cache: say what to pass instead
-                raise TeacherWeightsError(
-                    f"cannot fetch open_clip's {model} weights {pretrained!r} ({type(exc).__name__}: {exc}). "
-                    f"Offline? Pass a local checkpoint as openclip:{model}:/path/to/ckpt (open_clip or OpenAI .pt "
-                    f"file), a model folder as openclip:local-dir:DIR, or an offline teacher (--teacher conse)."
-                ) from exc
-            weights = f"{pretrained}"
+        clip, model, weights, tag_preprocess = _load_model(open_clip, model, schema, pretrained, cache_dir, preprocess)
+        self.model_name = model
         clip.eval()
         self.clip = clip.to(self.device)
         try:
@@ -120,13 +72,7 @@ class OpenCLIPTeacher(Teacher):
             raise TeacherError(
                 f"cannot build the tokenizer of open_clip {model} ({type(exc).__name__}: {exc}); SigLIP-style models "
                 "fetch theirs from the Hugging Face Hub: download the model folder and use openclip:local-dir:DIR") from exc
-        cfg = dict(getattr(clip.visual, "preprocess_cfg", {}) or {})
-        if tag_preprocess:
-            cfg.update(tag_preprocess)
-        size = cfg.get("size", getattr(clip.visual, "image_size", 224))
-        size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
-        std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+        size, mean, std, interp = _preprocessing(open_clip, clip, tag_preprocess)
         self.image_size = size
         self.encoder = OpenCLIPImageEncoder(clip.visual, mean, std, size).to(self.device).eval()
         for p in self.clip.parameters():
@@ -137,7 +83,6 @@ class OpenCLIPTeacher(Teacher):
         if dim != img_dim:
             raise TeacherError(f"open_clip {model}: image ({img_dim}) and text ({dim}) embedding sizes differ")
         self.embed_dim = dim
-        interp = cfg.get("interpolation", "bicubic")
         self._identity = (f"openclip({model};weights={weights};input={size}px-{interp}-shortest-centercrop;"
                           f"mean={tuple(round(m, 6) for m in mean)};std={tuple(round(s, 6) for s in std)})")
 
@@ -155,6 +100,82 @@ class OpenCLIPTeacher(Teacher):
         self.clip.to(self.device)
         self.encoder.to(self.device)
         return self
+
+
+def _load_model(open_clip, model: str, schema: str | None, pretrained: str | None, cache_dir: str | None,
+                preprocess: str | None) -> tuple[nn.Module, str, str, dict | None]:
+    """The open_clip model of ``model`` (``local-dir:DIR``, ``hf-hub:REPO`` or an architecture name) with the
+    ``pretrained`` weights: returns it, the model's name (a local folder resolved), the weights' part of the
+    identity, and the preprocessing of a local checkpoint file's tags (None: the model's own)."""
+    if schema == "local-dir":
+        return (*_load_local_dir(open_clip, model), None)
+    if schema == "hf-hub":
+        try:
+            clip = open_clip.create_model(model, cache_dir=cache_dir)
+        except Exception as exc:
+            raise TeacherWeightsError(f"cannot fetch {model} (no network? download it and use openclip:local-dir:DIR): {exc}") from exc
+        return clip, model, model, None
+    if pretrained in (None, "", "none", "random"):
+        return open_clip.create_model(model, pretrained=None), model, "random", None
+    if Path(pretrained).expanduser().exists():
+        path = Path(pretrained).expanduser()
+        clip = open_clip.create_model(model, pretrained=None)
+        try:
+            open_clip.load_checkpoint(clip, str(path), strict=True, weights_only=True)
+        except Exception as exc:
+            raise TeacherError(f"cannot load open_clip checkpoint {path} into {model}: {exc}") from exc
+        weights = f"{path.name}:{cached_file_digest(path)[:12]}"
+        return clip, model, weights, _tag_preprocess(open_clip, model, preprocess)
+    return _load_pretrained_tag(open_clip, model, pretrained, cache_dir), model, f"{pretrained}", None
+
+
+def _load_local_dir(open_clip, model: str) -> tuple[nn.Module, str, str]:
+    """A downloaded open_clip Hub folder (``local-dir:DIR``): the model, ``local-dir:<resolved DIR>`` and
+    ``dir:sha256:<digest of the folder>``."""
+    folder = Path(model.split(":", 1)[1]).expanduser().resolve()
+    if not (folder / "open_clip_config.json").is_file():
+        raise TeacherError(f"{folder} is not an open_clip model folder (no open_clip_config.json)")
+    if not any(folder.glob(g) for g in ("*.safetensors", "*.bin", "*.pth")):
+        raise TeacherError(f"{folder} has no weights file (*.safetensors, *.bin or *.pth)")
+    from vl2v.teachers.hf import _dir_digest
+
+    model = f"local-dir:{folder}"
+    try:
+        clip = open_clip.create_model(model)
+    except Exception as exc:
+        raise TeacherError(f"cannot load the open_clip model in {folder}: {exc}") from exc
+    return clip, model, f"dir:sha256:{_dir_digest(folder)[:16]}"
+
+
+def _load_pretrained_tag(open_clip, model: str, pretrained: str, cache_dir: str | None) -> nn.Module:
+    """``model`` with open_clip's pretrained weights ``pretrained`` (a tag of the model; fetched once, then
+    from open_clip's cache)."""
+    tags = [t for m, t in open_clip.list_pretrained() if m == model]
+    if pretrained not in tags:
+        raise TeacherError(
+            f"{pretrained!r} is neither a local file nor a pretrained tag of {model} "
+            f"(tags: {', '.join(tags) or 'none'})")
+    try:
+        return open_clip.create_model(model, pretrained=pretrained, cache_dir=cache_dir)
+    except Exception as exc:  # no network and not in the cache: say what to pass instead
+        raise TeacherWeightsError(
+            f"cannot fetch open_clip's {model} weights {pretrained!r} ({type(exc).__name__}: {exc}). "
+            f"Offline? Pass a local checkpoint as openclip:{model}:/path/to/ckpt (open_clip or OpenAI .pt "
+            f"file), a model folder as openclip:local-dir:DIR, or an offline teacher (--teacher conse)."
+        ) from exc
+
+
+def _preprocessing(open_clip, clip: nn.Module, tag_preprocess: dict | None) -> tuple[int, tuple, tuple, str]:
+    """The model's input size, mean, std and interpolation: its own preprocessing, updated by
+    ``tag_preprocess`` (a local checkpoint file's tags)."""
+    cfg = dict(getattr(clip.visual, "preprocess_cfg", {}) or {})
+    if tag_preprocess:
+        cfg.update(tag_preprocess)
+    size = cfg.get("size", getattr(clip.visual, "image_size", 224))
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+    return size, mean, std, cfg.get("interpolation", "bicubic")
 
 
 def _tag_preprocess(open_clip, model: str, tag: str | None) -> dict | None:

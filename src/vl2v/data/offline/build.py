@@ -221,7 +221,7 @@ def build_offline_pacs(dest: Path, *, cache_dir: Path | None = None, image_size:
                        pins: list | None = None, rules: dict | None = None, curation: dict | None = None,
                        workers: int | None = None, contact_sheets: bool = True) -> dict[str, Any]:
     """Build the OfflinePACS benchmark into ``dest``; return a summary (``text`` for people)."""
-    from vl2v.data.offline import fetch, labels, sources
+    from vl2v.data.offline import fetch, labels
 
     t0 = time.monotonic()
     dest = Path(dest).expanduser()
@@ -231,18 +231,64 @@ def build_offline_pacs(dest: Path, *, cache_dir: Path | None = None, image_size:
     classes = list(rules["classes"])
     fp = fingerprint(pins, rules, curation, image_size)
     if not force and is_complete(dest, fp):
-        meta = json.loads((dest / "build_info.json").read_text("utf-8"))
-        counts = {tuple(k.split("/", 1)): n for k, n in meta["counts"].items()}
-        text = (f"OfflinePACS is already built in {dest} ({meta['images']} images, same pins, rules and size);"
-                f" use --force to rebuild.\n\n" + counts_table(counts, classes))
-        return {"text": text, "dest": str(dest), "images": meta["images"], "skipped_build": True}
+        return _already_built(dest, classes)
 
     cache = fetch.PackageCache(Path(cache_dir) if cache_dir else vl2v_home() / "packages")
     archives = fetch.fetch_packages(pins, cache, progress=lambda it: _progress(it, desc="fetching", unit="pkg"))
     t_fetch = time.monotonic() - t0
     roots = {p.key: fetch.extract_package(p, archives[p.key], cache)
              for p in _progress(pins, desc="unpacking", unit="pkg")}
-    pin_of = {p.key: p for p in pins}
+    unique, skipped, unused_curation = _select_candidates(roots, rules, curation)
+    n_workers = workers if workers is not None else max(1, min(4, os.cpu_count() or 1))
+    rendered = render_all(unique, image_size, n_workers, cache.root / "rendered")
+
+    tmp = dest.parent / f".{dest.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        rows, hashes = _write_images(tmp, unique, rendered, {p.key: p for p in pins}, skipped)
+        _check_and_make_cells(tmp, rows, classes)
+        manifest = _write_manifest(tmp, rows, pins, {c.id: c for c in unique})
+        counts = Counter((r["domain"], r["class"]) for r in rows)
+        near = _near_duplicates(hashes)
+        seconds = {"fetch": round(t_fetch, 1), "total": round(time.monotonic() - t0, 1)}
+        atomic_write_json(tmp / "build_info.json", _build_info(fp, image_size, rows, manifest, counts, classes, pins,
+                                                               cache, skipped, near, unused_curation, seconds))
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    sheets_dir = dest.parent / f"{dest.name}_contact_sheets"
+    if contact_sheets:
+        write_contact_sheets(dest, rows, sheets_dir, classes)
+        atomic_write_text(sheets_dir / "near_duplicates.txt", "\n".join(near) + "\n")
+    t_total = time.monotonic() - t0
+    text = _summary_text(dest, len(rows), image_size, classes, counts, skipped, unused_curation, near,
+                         sheets_dir if contact_sheets else None, t_total, t_fetch)
+    return {"text": text, "dest": str(dest), "images": len(rows), "counts": dict(counts), "seconds": t_total,
+            "skipped": skipped}
+
+
+def _already_built(dest: Path, classes: list[str]) -> dict[str, Any]:
+    """The summary of a complete build already in ``dest`` (same fingerprint): nothing is done."""
+    meta = json.loads((dest / "build_info.json").read_text("utf-8"))
+    counts = {tuple(k.split("/", 1)): n for k, n in meta["counts"].items()}
+    text = (f"OfflinePACS is already built in {dest} ({meta['images']} images, same pins, rules and size);"
+            f" use --force to rebuild.\n\n" + counts_table(counts, classes))
+    return {"text": text, "dest": str(dest), "images": meta["images"], "skipped_build": True}
+
+
+def _skip(c: Any, reason: str) -> dict[str, str]:
+    """A left-out file, as ``build_info.json`` lists it."""
+    return dict(package=c.pkg, member=c.member, id=c.id, reason=reason)
+
+
+def _select_candidates(roots: dict, rules: dict, curation: dict) -> tuple[list, list[dict], list[str]]:
+    """The labelled candidates of the unpacked packages, one per distinct source file of a domain, with the
+    curation applied; returns them (sorted), the files left out (and why), and the curation entries that
+    matched no file."""
+    from vl2v.data.offline import labels, sources
 
     # Curation applies after de-duplication, to the copy that is kept (the first in sorted order),
     # so an excluded picture cannot come back through another copy of the same file.
@@ -257,12 +303,12 @@ def build_offline_pacs(dest: Path, *, cache_dir: Path | None = None, image_size:
     for c in cands:
         k = (c.domain, c.source_sha256)
         if k in seen_src:
-            skipped.append(dict(package=c.pkg, member=c.member, id=c.id, reason=f"same bytes as {seen_src[k]}"))
+            skipped.append(_skip(c, f"same bytes as {seen_src[k]}"))
             continue
         seen_src[k] = c.id
         dec = labels.apply_curation(curation, c.id, labels.Decision(c.cls, c.reason))
         if dec.cls is None:
-            skipped.append(dict(package=c.pkg, member=c.member, id=c.id, reason=dec.reason))
+            skipped.append(_skip(c, dec.reason))
             continue
         c.cls, c.reason = dec.cls, dec.reason
         unique.append(c)
@@ -272,89 +318,105 @@ def build_offline_pacs(dest: Path, *, cache_dir: Path | None = None, image_size:
     dup_ids = [i for i, n in ids.items() if n > 1]
     if dup_ids:
         raise RuntimeError(f"image ids are not unique: {dup_ids[:5]}")
+    return unique, skipped, unused_curation
 
-    n_workers = workers if workers is not None else max(1, min(4, os.cpu_count() or 1))
-    rendered = render_all(unique, image_size, n_workers, cache.root / "rendered")
 
-    tmp = dest.parent / f".{dest.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def _write_images(tmp: Path, unique: list, rendered: list[Rendered], pin_of: dict,
+                  skipped: list[dict]) -> tuple[list[dict], dict[tuple[str, str], list[tuple[str, int]]]]:
+    """Write each rendered image to ``tmp/<domain>/<class>/<id>.png`` (a failed render, or one identical to an
+    earlier one of its domain, is added to ``skipped`` instead); returns the manifest rows (sorted by path)
+    and each (domain, class) cell's (id, dHash) pairs."""
     rows: list[dict] = []
     seen_out: dict[tuple[str, str], str] = {}
-    cands_by_id = {c.id: c for c in unique}
     hashes: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
-    try:
-        for c, r in zip(unique, rendered):
-            if r.png is None:
-                skipped.append(dict(package=c.pkg, member=c.member, id=c.id, reason=f"render failed: {r.error}"))
-                continue
-            digest = sha256_bytes(r.png)
-            if (c.domain, digest) in seen_out:
-                skipped.append(dict(package=c.pkg, member=c.member, id=c.id,
-                                    reason=f"renders identically to {seen_out[(c.domain, digest)]}"))
-                continue
-            seen_out[(c.domain, digest)] = c.id
-            rel = f"{c.domain}/{c.cls}/{c.id}.png"
-            out = tmp / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(r.png)
-            pin = pin_of[c.pkg]
-            rows.append({"path": rel, "domain": c.domain, "class": c.cls, "id": c.id,
-                         "package": pin.name, "version": pin.version, "file": c.member,
-                         "licence": pin.licence, "sha256": digest, "rule": c.reason})
-            hashes[(c.domain, c.cls)].append((c.id, r.dhash))
-        rows.sort(key=lambda r: r["path"])
-        missing_cells = [f"{d}/{k}" for d in DOMAINS for k in classes if not any(
-            r["domain"] == d and r["class"] == k for r in rows)]
-        if missing_cells:
-            raise RuntimeError(f"no images for {', '.join(missing_cells)}: check the rules and the packages")
-        for d in DOMAINS:  # an empty class folder would still make the scanner happy; make them all
-            for k in classes:
-                (tmp / d / k).mkdir(parents=True, exist_ok=True)
-        manifest = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
-        atomic_write_text(tmp / "manifest.jsonl", manifest)
-        atomic_write_text(tmp / "ATTRIBUTION.md", attribution_markdown(pins, rows, cands_by_id))
-        counts = Counter((r["domain"], r["class"]) for r in rows)
-        near = []
-        for cell, hs in sorted(hashes.items()):
-            for i in range(len(hs)):
-                for j in range(i + 1, len(hs)):
-                    if _hamming(hs[i][1], hs[j][1]) <= NEAR_DUPLICATE_BITS:
-                        near.append(f"{cell[0]}/{cell[1]}: {hs[i][0]} ~ {hs[j][0]}")
-        t_total = time.monotonic() - t0
-        info = {
-            "dataset": "OfflinePACS", "builder_version": BUILDER_VERSION, "fingerprint": fp,
-            "image_size": image_size, "images": len(rows),
-            "manifest_sha256": sha256_bytes(manifest.encode("utf-8")),
-            "counts": {f"{d}/{k}": counts.get((d, k), 0) for d in DOMAINS for k in classes},
-            "packages": [{"name": p.name, "version": p.version, "sha256": cache.expected_sha256(p),
-                          "licence": p.licence} for p in pins],
-            "skipped": sorted(skipped, key=lambda s: (s["package"], s["member"], s["id"])),
-            "possible_near_duplicates": near,
-            "unused_curation_entries": unused_curation,
-            "seconds": {"fetch": round(t_fetch, 1), "total": round(t_total, 1)},
-        }
-        atomic_write_json(tmp / "build_info.json", info)
-        # Swap into place: the old build (if any) is moved aside first, removed after.
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    for c, r in zip(unique, rendered):
+        if r.png is None:
+            skipped.append(_skip(c, f"render failed: {r.error}"))
+            continue
+        digest = sha256_bytes(r.png)
+        if (c.domain, digest) in seen_out:
+            skipped.append(_skip(c, f"renders identically to {seen_out[(c.domain, digest)]}"))
+            continue
+        seen_out[(c.domain, digest)] = c.id
+        rel = f"{c.domain}/{c.cls}/{c.id}.png"
+        out = tmp / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(r.png)
+        pin = pin_of[c.pkg]
+        rows.append({"path": rel, "domain": c.domain, "class": c.cls, "id": c.id,
+                     "package": pin.name, "version": pin.version, "file": c.member,
+                     "licence": pin.licence, "sha256": digest, "rule": c.reason})
+        hashes[(c.domain, c.cls)].append((c.id, r.dhash))
+    rows.sort(key=lambda r: r["path"])
+    return rows, hashes
 
-    sheets_dir = dest.parent / f"{dest.name}_contact_sheets"
-    if contact_sheets:
-        write_contact_sheets(dest, rows, sheets_dir, classes)
-        atomic_write_text(sheets_dir / "near_duplicates.txt", "\n".join(near) + "\n")
-    t_total = time.monotonic() - t0
+
+def _check_and_make_cells(tmp: Path, rows: list[dict], classes: list[str]) -> None:
+    """Refuse a build with an empty (domain, class) cell, and make every class folder."""
+    missing_cells = [f"{d}/{k}" for d in DOMAINS for k in classes if not any(
+        r["domain"] == d and r["class"] == k for r in rows)]
+    if missing_cells:
+        raise RuntimeError(f"no images for {', '.join(missing_cells)}: check the rules and the packages")
+    for d in DOMAINS:  # an empty class folder would still make the scanner happy; make them all
+        for k in classes:
+            (tmp / d / k).mkdir(parents=True, exist_ok=True)
+
+
+def _write_manifest(tmp: Path, rows: list[dict], pins: list, cands_by_id: dict) -> str:
+    """Write ``manifest.jsonl`` and ``ATTRIBUTION.md``; returns the manifest's text."""
+    manifest = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+    atomic_write_text(tmp / "manifest.jsonl", manifest)
+    atomic_write_text(tmp / "ATTRIBUTION.md", attribution_markdown(pins, rows, cands_by_id))
+    return manifest
+
+
+def _near_duplicates(hashes: dict[tuple[str, str], list[tuple[str, int]]]) -> list[str]:
+    """``domain/class: id ~ id`` for each pair of a cell within NEAR_DUPLICATE_BITS of each other (dHash)."""
+    near = []
+    for cell, hs in sorted(hashes.items()):
+        for i in range(len(hs)):
+            for j in range(i + 1, len(hs)):
+                if _hamming(hs[i][1], hs[j][1]) <= NEAR_DUPLICATE_BITS:
+                    near.append(f"{cell[0]}/{cell[1]}: {hs[i][0]} ~ {hs[j][0]}")
+    return near
+
+
+def _build_info(fp: str, image_size: int, rows: list[dict], manifest: str, counts: Counter, classes: list[str],
+                pins: list, cache: Any, skipped: list[dict], near: list[str], unused_curation: list[str],
+                seconds: dict[str, float]) -> dict[str, Any]:
+    """``build_info.json``: what was built from what (fingerprint, packages), counts, and what was left out."""
+    return {
+        "dataset": "OfflinePACS", "builder_version": BUILDER_VERSION, "fingerprint": fp,
+        "image_size": image_size, "images": len(rows),
+        "manifest_sha256": sha256_bytes(manifest.encode("utf-8")),
+        "counts": {f"{d}/{k}": counts.get((d, k), 0) for d in DOMAINS for k in classes},
+        "packages": [{"name": p.name, "version": p.version, "sha256": cache.expected_sha256(p),
+                      "licence": p.licence} for p in pins],
+        "skipped": sorted(skipped, key=lambda s: (s["package"], s["member"], s["id"])),
+        "possible_near_duplicates": near,
+        "unused_curation_entries": unused_curation,
+        "seconds": seconds,
+    }
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    """Rename the assembled ``tmp`` to ``dest``: the old build (if any) is moved aside first, removed after."""
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _summary_text(dest: Path, images: int, image_size: int, classes: list[str], counts: Counter,
+                  skipped: list[dict], unused_curation: list[str], near: list[str], sheets_dir: Path | None,
+                  t_total: float, t_fetch: float) -> str:
+    """The build's summary for people (``sheets_dir``: where contact sheets were written, None for none)."""
     reasons = Counter(s["reason"].split(":")[0].split("'")[0].strip() for s in skipped)
-    text = "\n".join([
-        f"OfflinePACS built in {dest}: {len(rows)} images, {image_size}x{image_size} PNG, "
+    return "\n".join([
+        f"OfflinePACS built in {dest}: {images} images, {image_size}x{image_size} PNG, "
         f"{len(classes)} classes x {len(DOMAINS)} domains.",
         "",
         counts_table(counts, classes),
@@ -362,9 +424,7 @@ def build_offline_pacs(dest: Path, *, cache_dir: Path | None = None, image_size:
         f"skipped {len(skipped)} files (" + ", ".join(f"{k}: {n}" for k, n in reasons.most_common(6)) + "); "
         "details in build_info.json",
         (f"curation entries that match no file: {', '.join(unused_curation)}\n" if unused_curation else "")
-        + f"possible near-duplicates to look at: {len(near)}" + (f" (list in {sheets_dir}/near_duplicates.txt)" if contact_sheets else ""),
-        (f"contact sheets: {sheets_dir}" if contact_sheets else ""),
+        + f"possible near-duplicates to look at: {len(near)}" + (f" (list in {sheets_dir}/near_duplicates.txt)" if sheets_dir else ""),
+        (f"contact sheets: {sheets_dir}" if sheets_dir else ""),
         f"build time: {t_total:.1f} s (fetch {t_fetch:.1f} s)",
     ])
-    return {"text": text, "dest": str(dest), "images": len(rows), "counts": dict(counts), "seconds": t_total,
-            "skipped": skipped}
