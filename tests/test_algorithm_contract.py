@@ -3,7 +3,8 @@
 For each algorithm: one optimisation step in every stage changes the parameters that
 stage trains, ``predict`` returns [B, C] logits, and a save/load round trip through
 safetensors reproduces the logits exactly. Capability flags on the registry info agree
-with what the algorithm does. For each student: features of the declared size, stages to
+with what the algorithm does. Its own prediction head (``head()``) computes its logits, and
+its class text embeddings (``text_classes()``), where it has them, name other classes. For each student: features of the declared size, stages to
 freeze, and a weights round trip.
 """
 
@@ -49,13 +50,13 @@ def context() -> TaskContext:
                        teacher_image_size=S, schedule=Schedule(steps=2, frozen_steps=2, lr=1e-2, frozen_lr=1e-2))
 
 
-def build(name: str):
+def build(name: str, overrides: dict | None = None):
     info = next(a for a in list_algorithms() if a.name == name)
     torch.manual_seed(0)
     student = create_student("efficientnet_lite0", pretrained=False) if (info.has_student and info.uses_registry_student) else None
     if student is not None:
         student.image_size = S
-    return info, create_algorithm(name, context(), student)
+    return info, create_algorithm(name, context(), student, overrides)
 
 
 def minibatches(n_domains=2, bs=3):
@@ -141,6 +142,68 @@ def test_teacher_guard_is_one_config_error(name):
         no_text.prompts = None
         with pytest.raises(ConfigError, match="missing: text embeddings"):
             create_algorithm(name, no_text, student)
+
+
+# every registered algorithm, and the controls that change its head (ADiP's fixed prototypes: no text classes)
+HEAD_CASES = [(a, None) for a in ALGORITHMS] + [("adip", {"lam": 0.0, "prototypes": p}) for p in ("etf", "random")]
+
+
+def features_of(algo, n: int = 5) -> torch.Tensor:
+    """Random features of the algorithm's ``logits`` input: the student's (the teacher's embeddings without one)."""
+    dim = algo.student.feature_dim if algo.student is not None else D
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("name,overrides", HEAD_CASES)
+def test_head_computes_the_algorithms_logits(name, overrides):
+    """``head()``, where the algorithm has one, maps features to exactly its ``logits`` (export bakes it in)."""
+    _, algo = build(name, overrides)
+    algo.eval()
+    f = features_of(algo)
+    head = algo.head()
+    with torch.no_grad():
+        ref = algo.logits(f)
+        assert ref.shape == (len(f), C)
+        if head is not None:
+            assert torch.allclose(head(f), ref, atol=1e-4, rtol=1e-5)
+            assert all(any(p is q for q in algo.parameters()) for p in head.parameters())  # shared, not copied
+
+
+@pytest.mark.parametrize("name,overrides", HEAD_CASES)
+def test_text_classes_name_other_classes(name, overrides):
+    """An algorithm with class text embeddings predicts over whatever classes it is given (and gets its own back
+    after ``with_text_classes``); one without refuses new ones with a TypeError."""
+    _, algo = build(name, overrides)
+    algo.eval()
+    f = features_of(algo)
+    own = algo.text_classes()
+    other = F.normalize(torch.randn(C + 2, D, generator=torch.Generator().manual_seed(8)), dim=-1)
+    if own is None:
+        with pytest.raises(TypeError, match="takes no new class names"):
+            algo.set_text_classes(other)
+        with pytest.raises(TypeError, match="takes no new class names"):
+            with algo.with_text_classes(other):
+                pass
+        return
+    assert own.shape == (C, D)
+    with torch.no_grad():
+        before = algo.logits(f)
+        with algo.with_text_classes(other):
+            assert algo.text_classes() is other
+            wide = algo.logits(f)
+            assert torch.allclose(algo.head()(f), wide, atol=1e-4, rtol=1e-5)
+        assert algo.text_classes() is own and torch.equal(algo.logits(f), before)
+    assert wide.shape == (len(f), C + 2)
+    with torch.no_grad():  # the embeddings of its own classes give its own logits
+        with algo.with_text_classes(torch.cat([own, other])):
+            assert torch.allclose(algo.logits(f)[:, :C], before, atol=1e-4)
+
+
+def test_the_algorithms_with_text_classes_are_those_predict_names():
+    """`vl2v predict --classes` names (and loads only) the runs of these algorithms."""
+    from vl2v.serving.predict import TEXT_HEAD_ALGORITHMS
+
+    assert tuple(a for a in ALGORITHMS if build(a)[1].text_classes() is not None) == TEXT_HEAD_ALGORITHMS
 
 
 @pytest.mark.parametrize("name", [s.name for s in list_students()])

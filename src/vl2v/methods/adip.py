@@ -25,6 +25,7 @@ from torch import nn
 
 from vl2v.config import Fraction, NonNegFloat, NonNegInt, config_dataclass
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable, set_trainable
+from vl2v.methods.heads import CosineHead
 from vl2v.methods.losses import vl2v_loss
 from vl2v.methods.registry import register_algorithm
 from vl2v.methods.search import Distribution, LogUniform, Scaled, Uniform
@@ -86,6 +87,18 @@ class ADiP(Algorithm):
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return cosine_logits(self.embed(feats), self.class_vectors)
+
+    def head(self) -> nn.Module | None:
+        # a control's fixed prototypes are no text head (no embedding output, no class names): its own logits
+        return CosineHead(self.projection, self.text) if self.hparams.prototypes == "text" else None
+
+    def text_classes(self) -> torch.Tensor | None:
+        return self.text if self.hparams.prototypes == "text" else None
+
+    def set_text_classes(self, text: torch.Tensor) -> None:
+        if self.text_classes() is None:
+            super().set_text_classes(text)  # a control: no class names to replace
+        self.text = text
 
     def compute_loss(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
         b = cat_batches(minibatches)

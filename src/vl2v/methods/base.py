@@ -9,13 +9,18 @@ never knows which algorithm it runs.
 
 A stage with ``backbone_frozen=True`` lets the loop feed cached backbone
 features (``Batch.feats``) instead of images: identical results, far faster.
+
+An algorithm also owns its prediction head: ``head()`` (the module export bakes
+into the deployed model) and ``text_classes()`` / ``with_text_classes(T)`` (the
+class text embeddings it predicts with, replaced to name other classes; None for
+an algorithm that predicts with a classifier over its training classes).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +159,36 @@ class Algorithm(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """DomainBed's interface: images [B,3,S,S] in [0,1] -> logits [B, C]."""
         return self.predict_batch(Batch(y=torch.zeros(x.shape[0], dtype=torch.long), x=x))
+
+    # -- the prediction head and its class names ----------------------------
+    def head(self) -> nn.Module | None:
+        """The module mapping the student's features to :meth:`logits` (export bakes it into the deployed
+        model): a :class:`~vl2v.methods.heads.CosineHead` or :class:`~vl2v.methods.heads.LinearHead` sharing
+        this algorithm's parameters. None where the head is not one of those (export then runs
+        :meth:`logits` itself)."""
+        return None
+
+    def text_classes(self) -> torch.Tensor | None:
+        """The class text embeddings ``T_c`` [C, D] the algorithm predicts with (``100 * cos(z, T_c)``): new
+        class names can be given to it by replacing them (:meth:`set_text_classes`). None for an algorithm
+        that predicts with a classifier over its training classes, even one that holds ``T_c`` for its loss."""
+        return None
+
+    def set_text_classes(self, text: torch.Tensor) -> None:
+        """Predict with the class text embeddings ``text`` [C', D] from now on (other or more classes);
+        TypeError where :meth:`text_classes` is None."""
+        raise TypeError(f"{type(self).__name__} predicts with a classifier over its training classes: "
+                        "it takes no new class names")
+
+    @contextlib.contextmanager
+    def with_text_classes(self, text: torch.Tensor) -> Iterator["Algorithm"]:
+        """Predict with ``text`` inside the block; the algorithm's own class text embeddings come back after."""
+        own = self.text_classes()
+        self.set_text_classes(text)  # TypeError where there are none to replace (own is None)
+        try:
+            yield self
+        finally:
+            self.set_text_classes(own)
 
 
 def set_trainable(module: nn.Module | None, flag: bool) -> None:

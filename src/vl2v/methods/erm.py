@@ -13,6 +13,7 @@ from torch import nn
 
 from vl2v.config import NonNegFloat, NonNegInt, config_dataclass
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, set_student_trainable, set_trainable
+from vl2v.methods.heads import LinearHead
 from vl2v.methods.registry import register_algorithm
 from vl2v.methods.search import Distribution, LogUniform, Scaled
 
@@ -64,6 +65,9 @@ class _ERMBase(Algorithm):
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(feats)
+
+    def head(self) -> nn.Module:
+        return LinearHead(self.classifier)
 
     def compute_loss(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
         b = cat_batches(minibatches)

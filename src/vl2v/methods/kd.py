@@ -15,6 +15,7 @@ from torch import nn
 
 from vl2v.config import Fraction, NonNegFloat, NonNegInt, config_dataclass
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_student_trainable, set_trainable
+from vl2v.methods.heads import LinearHead
 from vl2v.methods.losses import kd_loss
 from vl2v.methods.registry import register_algorithm
 from vl2v.methods.search import Choice, Distribution, LogUniform, Scaled, Uniform
@@ -55,6 +56,9 @@ class KD(Algorithm):
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(feats)
+
+    def head(self) -> nn.Module:
+        return LinearHead(self.classifier)  # T_c (buffer ``text``) only shapes the loss: no text classes
 
     def compute_loss(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
         b = cat_batches(minibatches)

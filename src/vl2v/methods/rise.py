@@ -99,6 +99,9 @@ class RISE(Algorithm):
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.projection(feats))
 
+    # head() and text_classes() are the base's None: T_c (buffer ``text``) initialises the classifier and shapes
+    # the loss, but RISE predicts with the trained classifier over its training classes; export runs `logits`.
+
     def compute_loss(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
         hp = self.hparams
         b = cat_batches(minibatches)

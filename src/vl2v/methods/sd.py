@@ -20,6 +20,7 @@ from torch import nn
 from vl2v.config import Fraction, NonNegFloat, NonNegInt, config_dataclass
 from vl2v.errors import ConfigError
 from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logits, set_trainable
+from vl2v.methods.heads import CosineHead
 from vl2v.methods.losses import vl2v_loss
 from vl2v.methods.registry import register_algorithm
 from vl2v.methods.search import Distribution, LogUniform, Scaled, Uniform
@@ -77,6 +78,15 @@ class SD(Algorithm):
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return cosine_logits(feats, self.text)
+
+    def head(self) -> nn.Module:
+        return CosineHead(None, self.text)  # the copy's features are in the teacher's text space already
+
+    def text_classes(self) -> torch.Tensor:
+        return self.text
+
+    def set_text_classes(self, text: torch.Tensor) -> None:
+        self.text = text
 
     def compute_loss(self, minibatches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, float]]:
         b = cat_batches(minibatches)

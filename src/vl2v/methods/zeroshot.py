@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from vl2v.config import config_dataclass
 from vl2v.methods.base import Algorithm, Batch, cosine_logits
+from vl2v.methods.heads import CosineHead
 from vl2v.methods.registry import register_algorithm
 
 
@@ -25,7 +27,20 @@ class ZeroShot(Algorithm):
     def predict_batch(self, b: Batch) -> torch.Tensor:
         if b.t_img is None:
             raise ValueError("zeroshot predicts from the teacher's image embeddings (Batch.t_img)")
-        return cosine_logits(b.t_img, self.text)
+        return self.logits(b.t_img)
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Class logits from the teacher's image embeddings (its features: there is no student)."""
+        return cosine_logits(feats, self.text)
+
+    def head(self) -> nn.Module:
+        return CosineHead(None, self.text)  # on the teacher's image embeddings
+
+    def text_classes(self) -> torch.Tensor:
+        return self.text
+
+    def set_text_classes(self, text: torch.Tensor) -> None:
+        self.text = text
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         raise TypeError("zeroshot has no student; evaluate it through the teacher store (Batch.t_img)")

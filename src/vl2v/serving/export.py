@@ -1,14 +1,16 @@
 """Export a trained student as one deployable model: ONNX (onnxruntime) or TorchScript.
 
-The exported graph is the student with its head baked in, taking float RGB
-images ``[B, 3, S, S]`` in [0, 1] (the student's own mean/std normalisation is
-inside the graph) and returning class logits ``[B, C]``:
+The exported graph is the student with its head (the algorithm's own ``head()``,
+:mod:`vl2v.methods.heads`) baked in, taking float RGB images ``[B, 3, S, S]`` in
+[0, 1] (the student's own mean/std normalisation is inside the graph) and
+returning class logits ``[B, C]``:
 
 * ADiP (and any algorithm predicting with a projection and the teacher's text
   classifier): ``100 * cos(P(g(x)), T_c)``; the normalised text embeddings are
   constants of the graph, so no teacher is needed at inference. VL2V-SD likewise,
   without the projection.
 * ERM / LP-FT / KD: the linear classifier on the student's features.
+* Others (RISE, ADiP's fixed-prototype controls): the algorithm's own ``logits``.
 
 Beside the model file ``NAME.EXT`` a sidecar ``NAME.EXT.json`` records what a
 caller needs: class names, input size and eval preprocessing (resize to
@@ -39,6 +41,8 @@ from torch import nn
 
 from vl2v import __version__
 from vl2v.errors import ConfigError
+from vl2v.methods.base import Algorithm
+from vl2v.methods.heads import AlgorithmHead, CosineHead, LinearHead  # noqa: F401  (LinearHead: re-exported)
 from vl2v.runs.layout import RunDir, spec_options
 from vl2v.utils.hashing import file_digest
 
@@ -52,46 +56,7 @@ class ExportError(ConfigError):
     """A model cannot be exported (or loaded for prediction) as asked; the message says why."""
 
 
-# --------------------------------------------------------------------------- heads
-class CosineHead(nn.Module):
-    """``scale * cos(P(f), T_c)`` with the class text embeddings ``T_c`` stored normalised (``P``: a projection,
-    or None for the identity, as VL2V-SD's student embeds into the teacher's space itself)."""
-
-    def __init__(self, projection: nn.Module | None, text: torch.Tensor, scale: float = 100.0) -> None:
-        super().__init__()
-        self.projection = projection if projection is not None else nn.Identity()
-        self.scale = float(scale)
-        self.register_buffer("classifier", F.normalize(text.detach().float(), dim=-1).clone())
-
-    def embedding(self, feats: torch.Tensor) -> torch.Tensor:
-        """``z = normalize(P(f))``: the student's embedding in the teacher's text space."""
-        z = self.projection(feats)
-        return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.scale * (self.embedding(feats) @ self.classifier.t())
-
-
-class LinearHead(nn.Module):
-    def __init__(self, classifier: nn.Linear) -> None:
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.classifier(feats)
-
-
-class _AlgorithmHead(nn.Module):
-    """Fallback for algorithms whose head is neither of the above: their own ``logits``."""
-
-    def __init__(self, algorithm: nn.Module) -> None:
-        super().__init__()
-        self.algorithm = algorithm
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.algorithm.logits(feats)
-
-
+# --------------------------------------------------------------------------- the deployed model
 class DeployModel(nn.Module):
     """Student + head: images [B,3,S,S] float in [0,1] -> logits [B,C]; with ``with_embedding`` (a
     :class:`CosineHead` only) -> (logits [B,C], the normalised embedding z [B,D])."""
@@ -112,28 +77,16 @@ class DeployModel(nn.Module):
         return self.head.scale * (z @ self.head.classifier.t()), z
 
 
-def build_head(algorithm: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
-    """The algorithm's prediction head as a small module, and a description for the sidecar.
+def build_head(algorithm: Algorithm) -> tuple[nn.Module, dict[str, Any]]:
+    """The algorithm's prediction head (its ``head()``) as a small module, and a description for the sidecar.
 
-    The explicit heads are checked against ``algorithm.logits`` on random
-    features; if they disagree the algorithm's own ``logits`` is used as is.
+    The head is checked against ``algorithm.logits`` on random features; an algorithm without a head of its
+    own (``head()`` None), or one whose head disagrees, is exported with its own ``logits`` as is.
     """
-    proj, text, cls = getattr(algorithm, "projection", None), getattr(algorithm, "text", None), getattr(algorithm, "classifier", None)
-    head: nn.Module
-    if isinstance(proj, nn.Linear) and isinstance(text, torch.Tensor):
-        head = CosineHead(proj, text, 100.0)
-        desc = _cosine_desc([proj.in_features, proj.out_features], text)
-    elif isinstance(cls, nn.Linear):
-        head = LinearHead(cls)
-        desc = {"kind": "linear", "shape": [cls.in_features, cls.out_features], "rule": "logits = W g(x) + b"}
-    elif isinstance(text, torch.Tensor) and text.ndim == 2:  # VL2V-SD: the student's features are in text space
-        head = CosineHead(None, text, 100.0)
-        desc = _cosine_desc(None, text)
-    else:
-        head = _AlgorithmHead(algorithm)
-        desc = {"kind": "algorithm-logits", "rule": f"{type(algorithm).__name__}.logits(g(x))"}
+    own = algorithm.head()
+    head: nn.Module = own if own is not None else AlgorithmHead(algorithm)
     feat_dim = getattr(algorithm.student, "feature_dim", None)
-    if feat_dim and not isinstance(head, _AlgorithmHead):
+    if feat_dim and not isinstance(head, AlgorithmHead):
         f = torch.randn(4, int(feat_dim), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             try:
@@ -142,16 +95,8 @@ def build_head(algorithm: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
             except RuntimeError:  # a head of the wrong shape for these features
                 same = False
         if not same:
-            head = _AlgorithmHead(algorithm)
-            desc = {"kind": "algorithm-logits", "rule": f"{type(algorithm).__name__}.logits(g(x))"}
-    return head, desc
-
-
-def _cosine_desc(projection: list[int] | None, text: torch.Tensor) -> dict[str, Any]:
-    rule = "P(g(x))" if projection else "g(x)"
-    return {"kind": "cosine-to-text", "scale": 100.0, "projection": projection,
-            "classes_embedding_dim": int(text.shape[1]),
-            "rule": f"logits_c = 100 * cos({rule}, T_c), T_c = teacher text embedding of class c"}
+            head = AlgorithmHead(algorithm)
+    return head, head.describe()
 
 
 # --------------------------------------------------------------------------- run loading

@@ -319,21 +319,13 @@ def run_algorithm(run_dir: Path) -> str:
 
 
 def has_text_head(algorithm: torch.nn.Module) -> bool:
-    """Does ``algorithm`` predict by comparing with its class text embeddings (buffer ``text``)? Checked by
-    behaviour: with one more row in ``text`` its logits get one more column (a linear classifier's do not)."""
-    text = getattr(algorithm, "text", None)
-    dim = getattr(getattr(algorithm, "student", None), "feature_dim", None)
-    if not isinstance(text, torch.Tensor) or text.ndim != 2 or not dim:
+    """Does ``algorithm`` have a student that predicts by comparing with class text embeddings, which new class
+    names can replace (its ``text_classes()``: ADiP, SD; not a linear classifier, nor ADiP's fixed-prototype
+    controls)? A zero-shot run has no student: :func:`load_text_predictor` asks its teacher instead."""
+    text_classes = getattr(algorithm, "text_classes", None)
+    if getattr(algorithm, "student", None) is None or not callable(text_classes):
         return False
-    try:
-        algorithm.text = torch.cat([text, text[:1]])
-        with torch.no_grad():
-            n = algorithm.logits(torch.zeros(1, int(dim))).shape[-1]
-    except (RuntimeError, ValueError):
-        return False
-    finally:
-        algorithm.text = text
-    return n == text.shape[0] + 1
+    return text_classes() is not None
 
 
 def load_text_predictor(path: str | Path, classes: ClassList, which: str = "selected",
@@ -363,8 +355,9 @@ def load_text_predictor(path: str | Path, classes: ClassList, which: str = "sele
     embedded = [c for c, _ in todo]
     labels = list(loaded.classes) + embedded if keep_run_classes else embedded
     if todo:
-        fresh = RunTeacherText(run_dir, store).classifier(embedded, [n for _, n in todo]).to(algo.text)
-        algo.text = torch.cat([algo.text, fresh]) if keep_run_classes else fresh
+        own = algo.text_classes()
+        fresh = RunTeacherText(run_dir, store).classifier(embedded, [n for _, n in todo]).to(own)
+        algo.set_text_classes(torch.cat([own, fresh]) if keep_run_classes else fresh)
     model, head = deploy_model(loaded)
     meta = {"algorithm": name, "teacher_identity": loaded.teacher_identity, "head": head, "checkpoint": which,
             "embedded_classes": embedded}

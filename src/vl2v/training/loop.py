@@ -669,25 +669,23 @@ class Trainer:
     def _novel_scores(self, algo: Algorithm, checkpoint: str) -> dict[str, Any]:
         """The novel-class benchmark's scores of ``algo`` on the target's "in" split (every class): seen classes
         among the seen names, held-out classes among the held-out names, and every image among every name (the
-        generalised setting). Only a model that predicts by comparing with class text embeddings (its ``text``
-        buffer: ADiP, SD, the teacher's zero-shot) can name a class it never trained on; for the others the
-        novel scores are None."""
+        generalised setting). Only a model that predicts by comparing with class text embeddings (its
+        ``text_classes()``: ADiP, SD, the teacher's zero-shot) can name a class it never trained on; for the
+        others the novel scores are None."""
         from vl2v.training.novel import novel_class_scores
 
         data = self.data
         out: dict[str, Any] = {"fold": (self.args_record.get("novel_classes") or {}).get("fold"),
                                "held_out": [data.all_classes[c] for c in data.novel],
                                "seen_classes": list(data.classes), "checkpoint": checkpoint}
-        text = getattr(algo, "text", None)
+        text = algo.text_classes()
         idx = self._novel_target_items()
-        if isinstance(text, torch.Tensor):
+        if text is not None:
             algo.eval()
-            algo.text = self._novel_classifier().to(text)
             try:
-                with torch.no_grad():
+                with algo.with_text_classes(self._novel_classifier().to(text)), torch.no_grad():
                     logits = self._logits(algo, idx, use_feats=False)
             finally:
-                algo.text = text
                 algo.train()
             if logits.shape[-1] == len(data.all_classes):
                 return {**out, **novel_class_scores(logits, data.all_labels[idx], list(data.seen or ()), data.novel)}
