@@ -175,7 +175,7 @@ class Bench:
 
     def __init__(self, data_dir: Path, device: str, max_side: int, log) -> None:
         from vl2v.config import ExperimentConfig
-        from vl2v.evaluation.protocol import prepare
+        from vl2v.experiment.setup import prepare
 
         self.device = torch.device(device)
         if self.device.type == "cuda":  # as run_experiment does
@@ -486,7 +486,7 @@ def _peak_rss_self_kib() -> int:
 def rss_child(args) -> None:
     """One short training run (measured from outside by the parent)."""
     from vl2v.config import ExperimentConfig, apply_profile, with_settings
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     if args.rss_mode == "imports":  # the floor: torch and vl2v imported, nothing run
         print(f"PEAK_RSS_KIB {_peak_rss_self_kib()}", flush=True)
@@ -543,7 +543,7 @@ def _peak_rss_forked(jobs: list[tuple[str, str, int, int]]) -> list[tuple[float,
     import multiprocessing as mp
 
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "vl2v.evaluation.protocol", "vl2v.students", "vl2v.methods"])
+    ctx.set_forkserver_preload(["torch", "vl2v.experiment.run", "vl2v.students", "vl2v.methods"])
     out = []
     for job in jobs:
         q = ctx.Queue()

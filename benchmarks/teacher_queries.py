@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from vl2v.config import ExperimentConfig, apply_profile
-from vl2v.evaluation.protocol import run_experiment
+from vl2v.experiment.run import run_experiment
 
 
 def mean_se(xs):

@@ -43,7 +43,7 @@ def trained(tmp_path_factory) -> Path:
 
 
 def _train(tmp_path_factory) -> Path:
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     root = tmp_path_factory.mktemp("export")
     folder = build_image_folder(root / "tiny", per_class=5, size=40)

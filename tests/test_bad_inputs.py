@@ -41,12 +41,12 @@ BAD = [
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if anything reaches data loading, teacher or student creation."""
-    from vl2v.evaluation import protocol
+    from vl2v.experiment import run as experiment_run
 
     def boom(*a, **k):
         raise AssertionError("work started before the bad input was reported")
 
-    monkeypatch.setattr(protocol, "prepare", boom)
+    monkeypatch.setattr(experiment_run, "prepare", boom)
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine

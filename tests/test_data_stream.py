@@ -18,7 +18,7 @@ from vl2v.config import ExperimentConfig, Schedule, TrainConfig
 from vl2v.data.images import load_rgb
 from vl2v.data.transforms import IDENTITY, render_view_u8, teacher_view_u8, training_views
 from vl2v.errors import ConfigError
-from vl2v.evaluation.protocol import run_experiment
+from vl2v.experiment.run import run_experiment
 from vl2v.methods.base import Algorithm
 
 TUNED = ["erm_ft", "kd", "rise", "adip", "lp_ft"]

@@ -14,12 +14,12 @@ def argv(data, out):
 
 def test_read_only_output_folder_fails_before_work(image_folder, tmp_path, monkeypatch, capsys):
 
-    from vl2v.evaluation import protocol
+    from vl2v.experiment import run as experiment_run
 
     def read_only(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(protocol.tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(experiment_run.tempfile, "NamedTemporaryFile", read_only)
     assert main(argv(image_folder, tmp_path / "ro")) == 2
     err = capsys.readouterr().err
     assert "cannot write to the output folder" in err and "Read-only file system" in err

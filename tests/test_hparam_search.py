@@ -8,8 +8,9 @@ import torch
 
 from vl2v.config import ExperimentConfig, Schedule, TrainConfig
 from vl2v.errors import ConfigError
-from vl2v.evaluation.protocol import AlgoSpec, run_experiment
 from vl2v.evaluation.report import build_report
+from vl2v.experiment.run import run_experiment
+from vl2v.experiment.setup import AlgoSpec
 from vl2v.methods import list_algorithms, make_hparams
 from vl2v.methods.search import Choice, LogUniform, Scaled, Uniform, random_hparams, search_space
 from vl2v.runs import RunDir, RunRecorder, collect_runs, run_name, select_hparams, select_record, summarize
@@ -165,7 +166,7 @@ def test_runs_of_two_hparams_seeds_record_their_draws_and_the_report_picks_one(i
 def test_sweep_expands_one_job_per_hparams_seed(image_folder, tmp_path, capsys):
     from vl2v.cli import main
     from vl2v.cli.sweep import job_configurator
-    from vl2v.evaluation.sweep import expand
+    from vl2v.experiment.sweep import expand
 
     train = ["--no-pretrained", "--steps", "3", "--batch-size", "4", "--image-size", "32"]
     conf = job_configurator(train)

@@ -18,7 +18,7 @@ from conftest import build_image_folder
 from vl2v.cli import main
 from vl2v.config import ExperimentConfig, Schedule, TrainConfig
 from vl2v.evaluation.html_report import load_views, write_html_report
-from vl2v.evaluation.protocol import run_experiment
+from vl2v.experiment.run import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 ALGOS = ("zeroshot", "erm_lp", "adip", "adip:lam=0.2")

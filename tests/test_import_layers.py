@@ -47,9 +47,13 @@ ALLOWED: dict[str, set[str]] = {
     "methods": BOTTOM | {"data", "students", "teachers", "config"},
     "runs": BOTTOM | {"data", "students", "teachers", "methods", "config"},
     "training": BOTTOM | {"data", "students", "teachers", "methods", "runs", "config"},
-    "evaluation": BOTTOM | {"data", "students", "teachers", "methods", "runs", "training", "config"},
+    # reports of finished runs (results.md, tables, HTML report, figures): they read run records, train nothing
+    "evaluation": BOTTOM | {"data", "students", "teachers", "methods", "runs", "config"},
+    # running experiments (setup, plan, run, worker processes, sweeps); writes results.md with evaluation's text
+    "experiment": BOTTOM | {"data", "students", "teachers", "methods", "runs", "training", "evaluation", "config"},
     "serving": BOTTOM | {"data", "students", "teachers", "methods", "runs", "config"},
-    "cli": BOTTOM | {"data", "students", "teachers", "methods", "runs", "training", "evaluation", "serving", "config"},
+    "cli": BOTTOM | {"data", "students", "teachers", "methods", "runs", "training", "evaluation", "experiment",
+                     "serving", "config"},
     # `python -m vl2v` is the command line; the package's __init__ stays light (no heavy subpackage).
     "__main__": {"cli"},
     "__init__": set(),  # the package root imports no part of vl2v (`import vl2v` stays instant)

@@ -17,7 +17,7 @@ from vl2v.data.dataset import ImageBank, load_domain_data
 from vl2v.data.folder import scan_folder
 from vl2v.data.loader import RenderRequest, render_stream
 from vl2v.data.transforms import render_view, render_view_u8, sample_aug_params, teacher_view, teacher_view_u8
-from vl2v.evaluation.protocol import run_experiment
+from vl2v.experiment.run import run_experiment
 from vl2v.training.checkpoint import load_state
 
 

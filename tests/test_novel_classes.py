@@ -62,7 +62,7 @@ def test_scores_by_hand():
 
 def test_config_checks_before_work(tmp_path):
     from vl2v.config import ExperimentConfig
-    from vl2v.evaluation.experiment import check_experiment
+    from vl2v.experiment.setup import check_experiment
 
     with pytest.raises(ConfigError, match="--novel-fold picks"):
         check_experiment(ExperimentConfig(novel_fold=1))
@@ -74,8 +74,8 @@ def test_config_checks_before_work(tmp_path):
 
 @pytest.mark.e2e
 def test_novel_class_runs_end_to_end(tmp_path):
-    from vl2v.evaluation.protocol import run_experiment
     from vl2v.evaluation.report import build_report
+    from vl2v.experiment.run import run_experiment
 
     folder = build_image_folder(tmp_path / "d", classes=("cat", "dog", "horse", "owl"), per_class=5)
     cfg = tiny_cfg(folder, tmp_path / "runs", ["zeroshot", "adip", "erm_lp"], targets=(0,), novel_classes=2,
@@ -120,7 +120,7 @@ def test_novel_class_runs_end_to_end(tmp_path):
 
 @pytest.mark.e2e
 def test_a_run_without_held_out_classes_records_nothing_new(tmp_path):
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     folder = build_image_folder(tmp_path / "d")
     result = run_experiment(tiny_cfg(folder, tmp_path / "runs", ["zeroshot"], targets=(0,)), log=lambda s: None)

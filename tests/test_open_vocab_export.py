@@ -24,7 +24,7 @@ from PIL import Image
 from conftest import build_image_folder
 from vl2v.cli import main
 from vl2v.config import ExperimentConfig, Schedule, TrainConfig
-from vl2v.evaluation.protocol import run_experiment
+from vl2v.experiment.run import run_experiment
 from vl2v.serving.export import export_run, load_student_run
 from vl2v.serving.predict import NoTextHeadError, load_text_predictor, parse_class_list
 from vl2v.serving.text_export import TextBundle, class_embeddings

@@ -197,7 +197,7 @@ def test_an_api_key_never_reaches_a_record(image_folder, tmp_path, capsys, reque
 
 def test_a_sweep_refuses_to_write_an_api_key_into_job_files():
     from vl2v.errors import ConfigError
-    from vl2v.evaluation.sweep import _config_json
+    from vl2v.experiment.sweep import _config_json
 
     with pytest.raises(ConfigError, match="api_key=... would be written into every job's job.json"):
         _config_json(ExperimentConfig(teacher="remote:http://127.0.0.1:1", teacher_options={"api_key": "k"}))

@@ -8,8 +8,8 @@ import torch
 
 from vl2v.cli import main
 from vl2v.errors import ConfigError
-from vl2v.evaluation import parallel
-from vl2v.evaluation.parallel import plugin_modules, resolve_jobs
+from vl2v.experiment import parallel
+from vl2v.experiment.parallel import plugin_modules, resolve_jobs
 
 ALGOS = ["zeroshot", "erm_ft", "kd", "adip"]
 
@@ -111,7 +111,7 @@ def test_a_run_does_not_depend_on_the_runs_before_it_in_the_process(image_folder
     """Cached student features are computed in fixed blocks of the dataset, so target 1's runs give the same
     records whether target 0's runs filled the caches first (one process, or a worker that trained them) or not."""
     from vl2v.config import ExperimentConfig, Schedule, TrainConfig
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     def cfg(out, targets):
         train = TrainConfig(schedule=Schedule(steps=6, frozen_steps=4, lr=1e-3, frozen_lr=1e-2, freeze_stages=2),
@@ -141,7 +141,8 @@ def test_student_caches_warmed_in_one_process_serve_another(image_folder, tmp_pa
     from dataclasses import replace
 
     from vl2v.config import ExperimentConfig, Schedule, TrainConfig
-    from vl2v.evaluation.protocol import AlgoSpec, prepare, run_experiment, trainer_for, with_prompt_names
+    from vl2v.experiment.run import run_experiment
+    from vl2v.experiment.setup import AlgoSpec, prepare, trainer_for, with_prompt_names
 
     train = TrainConfig(schedule=Schedule(steps=4, frozen_steps=3, lr=1e-3, frozen_lr=1e-2, freeze_stages=2),
                         batch_size=4, eval_every=2, image_size=32)

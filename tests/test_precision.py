@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from vl2v.config import ExperimentConfig, Schedule, TrainConfig
-from vl2v.evaluation.protocol import run_experiment
+from vl2v.experiment.run import run_experiment
 from vl2v.methods.base import Algorithm
 
 

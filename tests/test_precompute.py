@@ -10,7 +10,7 @@ from vl2v.teachers.store import TeacherStore
 
 def test_precompute_then_training_queries_nothing(image_folder, tmp_path, tiny_teacher):
     from helpers import tiny_cfg
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     store_path = tmp_path / "store.sqlite"
     scan = scan_folder(image_folder, verify=False)

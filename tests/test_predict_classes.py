@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import TinyTeacher, build_image_folder
 from vl2v.cli import main
 from vl2v.config import ExperimentConfig, Schedule, TrainConfig
-from vl2v.evaluation.protocol import run_experiment
+from vl2v.experiment.run import run_experiment
 from vl2v.serving.predict import (
     ClassList,
     ClassNamesError,

@@ -76,7 +76,7 @@ def test_bad_specs(bad):
 
 
 def test_an_experiment_must_name_one_target_and_one_seed(tmp_path):
-    from vl2v.evaluation.experiment import check_experiment
+    from vl2v.experiment.setup import check_experiment
 
     folder = build_image_folder(tmp_path / "d")
     for kw in ({}, {"targets": (0, 1)}, {"targets": (0,), "seeds": (0, 1)}):
@@ -90,7 +90,7 @@ def test_an_experiment_must_name_one_target_and_one_seed(tmp_path):
 
 @pytest.mark.e2e
 def test_experiment_with_the_privileged_teacher(tmp_path):
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     folder = build_image_folder(tmp_path / "d", per_class=5)
     logs: list[str] = []
@@ -110,7 +110,7 @@ def test_the_teacher_quality_curve_command(tmp_path, capsys):
 
     from vl2v.cli import main
     from vl2v.evaluation.curve import collect_curve
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     folder = build_image_folder(tmp_path / "d", per_class=5)
     base = run_experiment(tiny_cfg(folder, tmp_path / "base", ["zeroshot", "erm_ft", "adip", "adip:lam=0", "kd"],

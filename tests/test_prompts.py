@@ -75,7 +75,7 @@ def test_default_prompts_are_curated_for_a_registered_dataset_and_folder_names_o
     # resolved when the experiment is loaded: a registered dataset's curated names; a custom folder's own names
     from types import SimpleNamespace
 
-    from vl2v.evaluation.protocol import with_prompt_names
+    from vl2v.experiment.setup import with_prompt_names
 
     exp = SimpleNamespace(data=SimpleNamespace(classes=["bird", "bug", "marine"], all_classes=["bird", "bug", "marine"]), dataset_name="OfflinePACS")
     assert with_prompt_names(cfg, exp).train.class_names == ("bird", "insect", "sea creature")

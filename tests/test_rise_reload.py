@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers import tiny_cfg
-from vl2v.evaluation.protocol import run_experiment
+from vl2v.experiment.run import run_experiment
 from vl2v.runs.layout import RunDir
 
 

@@ -118,7 +118,7 @@ def test_sd_on_a_random_open_clip_teacher(image_folder, tmp_path):
     import open_clip
 
     from helpers import TINY_CLIP, tiny_cfg
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     cfgfile = tmp_path / "vl2v-tiny-clip-sd.json"
     cfgfile.write_text(json.dumps(TINY_CLIP))
@@ -134,7 +134,7 @@ def test_sd_on_a_random_open_clip_teacher(image_folder, tmp_path):
 
 def test_white_box_algorithms_need_white_box_configuration(image_folder, tmp_path):
     from helpers import tiny_cfg
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     cfg = tiny_cfg(image_folder, tmp_path / "runs", ["sd"], targets=(0,), blackbox=True)
     with pytest.raises(ConfigError, match="white-box"):

@@ -86,7 +86,7 @@ def test_for_spec_literal_names(tmp_path):
 
 
 def test_label_is_the_protocol_label():
-    from vl2v.evaluation.protocol import AlgoSpec
+    from vl2v.experiment.setup import AlgoSpec
 
     assert label("adip") == "adip"
     assert label("adip", [("lam", "0.25")]) == "adip (lam=0.25)"

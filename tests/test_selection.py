@@ -97,7 +97,7 @@ def test_adip_with_final_stage_selection_selects_a_distill_checkpoint(image_fold
     from safetensors import safe_open
 
     from vl2v.config import ExperimentConfig, Schedule, TrainConfig
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     train = TrainConfig(schedule=Schedule(steps=3, frozen_steps=4, lr=1e-3, frozen_lr=1e-2), batch_size=4,
                         eval_every=2, image_size=32, device="cpu", select_stage="final")

@@ -11,7 +11,7 @@ import pytest
 from vl2v.cli import CLIError, main
 from vl2v.cli.sweep import job_configurator
 from vl2v.errors import ConfigError
-from vl2v.evaluation.sweep import expand, parse_grid
+from vl2v.experiment.sweep import expand, parse_grid
 
 TRAIN = ["--no-pretrained", "--steps", "3", "--frozen-steps", "3", "--batch-size", "4", "--image-size", "32",
          "--eval-every", "2"]

@@ -31,7 +31,7 @@ class Recording(TrainerHooks):
 
 def _run(folder, out, algorithm: str, hooks: TrainerHooks, swad: bool = False):
     """One run of ``algorithm`` (target 0, trial 0) through a Trainer given ``hooks``."""
-    from vl2v.evaluation.protocol import AlgoSpec, prepare, trainer_for, with_prompt_names
+    from vl2v.experiment.setup import AlgoSpec, prepare, trainer_for, with_prompt_names
 
     cfg = tiny_cfg(folder, out, [algorithm], targets=(0,), swad=swad)
     exp = prepare(cfg, lambda s: None)
@@ -48,7 +48,7 @@ def _records(run_dir) -> list[dict]:
 
 @pytest.mark.e2e
 def test_hooks_fire_once_per_step_and_once_per_evaluation(image_folder, tmp_path):
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     hooks = Recording()
     tr, outcome = _run(image_folder, tmp_path / "hooked", "adip", hooks, swad=True)

@@ -7,7 +7,7 @@ import torch
 
 from helpers import tiny_cfg
 from vl2v.cli import main
-from vl2v.evaluation.protocol import run_experiment
+from vl2v.experiment.run import run_experiment
 from vl2v.methods import list_algorithms
 
 ALL = [a.name for a in list_algorithms()]

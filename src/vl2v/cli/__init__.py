@@ -3,11 +3,11 @@
 | command | module | calls |
 |---|---|---|
 | data list/download/build/check | :mod:`vl2v.cli.data` | :mod:`vl2v.data` |
-| train, compare | :mod:`vl2v.cli.train` | :func:`vl2v.evaluation.protocol.run_experiment` |
+| train, compare | :mod:`vl2v.cli.train` | :func:`vl2v.experiment.run.run_experiment` |
 | report | :mod:`vl2v.cli.report` | :mod:`vl2v.evaluation.report`, ``html_report`` |
 | list | :mod:`vl2v.cli.listing` | the registries |
 | serve | :mod:`vl2v.cli.serve` | :mod:`vl2v.serving.service` |
-| sweep | :mod:`vl2v.cli.sweep` | :mod:`vl2v.evaluation.sweep` |
+| sweep | :mod:`vl2v.cli.sweep` | :mod:`vl2v.experiment.sweep` |
 | embed | :mod:`vl2v.cli.embed` | :mod:`vl2v.teachers.precompute` |
 | export, predict | :mod:`vl2v.cli.deploy` | :mod:`vl2v.serving.export`, ``predict`` |
 | eval | :mod:`vl2v.cli.evaluate` | :mod:`vl2v.serving.evaluate` |

@@ -1,4 +1,4 @@
-"""``vl2v sweep``: datasets x targets x algorithms x hyperparameters x seeds as resumable jobs (:mod:`vl2v.evaluation.sweep`).
+"""``vl2v sweep``: datasets x targets x algorithms x hyperparameters x seeds as resumable jobs (:mod:`vl2v.experiment.sweep`).
 
 The options after ``--`` are parsed once with the `vl2v train` parser (no
 abbreviations) into an experiment config per dataset; each job is that config
@@ -41,7 +41,7 @@ def job_configurator(train_args: list[str]):
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from vl2v.evaluation.sweep import expand, parse_grid, run_sweep
+    from vl2v.experiment.sweep import expand, parse_grid, run_sweep
 
     train_args = list(args.train_args or [])
     if train_args and train_args[0] == "--":

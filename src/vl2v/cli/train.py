@@ -1,4 +1,4 @@
-"""``vl2v train`` and ``vl2v compare``: leave-one-domain-out runs and the table (:mod:`vl2v.evaluation.protocol`).
+"""``vl2v train`` and ``vl2v compare``: leave-one-domain-out runs and the table (:mod:`vl2v.experiment.run`).
 
 Flags map one to one onto :class:`vl2v.config.ExperimentConfig`; a profile
 (``--profile``, package data) fills the budget and explicit flags override it.
@@ -187,7 +187,8 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = ("adip",)) -> int:
-    from vl2v.evaluation.protocol import check_experiment, run_experiment
+    from vl2v.experiment.run import run_experiment
+    from vl2v.experiment.setup import check_experiment
     from vl2v.training.distributed import info
 
     if args.resume:
@@ -200,7 +201,7 @@ def _cmd_train(args: argparse.Namespace, default_algorithms: tuple[str, ...] = (
         if args.dry_run:
             import json
 
-            from vl2v.evaluation.protocol import dry_run, render_dry_run
+            from vl2v.experiment.run import dry_run, render_dry_run
 
             plan = dry_run(cfg, log=lambda s: print(s, file=sys.stderr))
             print(json.dumps(plan, indent=2) if args.json else render_dry_run(plan))
@@ -266,6 +267,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out: str) -> None:
+    """Every `vl2v train`/`compare` flag, in four groups (the order of `--help`)."""
+    _add_data_args(q)
+    _add_model_args(q, default_algos)
+    _add_budget_args(q)
+    _add_output_args(q, default_out)
+
+
+def _add_data_args(q: argparse.ArgumentParser) -> None:
+    """The data, its splits and trials, and how runs are loaded and parallelised."""
     g = q.add_argument_group("data")
     g.add_argument("--dataset", default="OfflinePACS", help="registered dataset (default OfflinePACS; see `vl2v list datasets`)")
     g.add_argument("--data", help="a custom ROOT/domain/class/image folder (overrides --dataset)")
@@ -297,6 +307,10 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
                    help="DomainBed's hyperparameter seed: 0 (default) = each algorithm's defaults; N > 0 = draw N from "
                    "its search space (docs/hparams.md), explicit ALGO:key=value options winning. Recorded in every run, "
                    "part of its random seed and of its folder name (_hpN)")
+
+
+def _add_model_args(q: argparse.ArgumentParser, default_algos: str) -> None:
+    """The algorithms, the teacher (and its prompts) and the student."""
     g = q.add_argument_group("models")
     g.add_argument("--algorithm", nargs="+", metavar="ALGO",
                    help=f"algorithm(s), optionally with hyperparameters, e.g. adip:lam=0.25 (default: {default_algos}; see `vl2v list algorithms`)")
@@ -316,6 +330,10 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
                    "efficientnet_lite0; see `vl2v list students`)")
     g.add_argument("--student-weights", help="local weights file for the student (.safetensors or torch state dict)")
     g.add_argument("--no-pretrained", action="store_true", help="random student weights")
+
+
+def _add_budget_args(q: argparse.ArgumentParser) -> None:
+    """The profile and every setting of the training budget and data stream it fills in."""
     g = q.add_argument_group("training budget")
     g.add_argument("--profile", choices=profile_names(), default="fast",
                    help="fast: CPU-sized defaults (128px, short schedules, cached teacher views); "
@@ -354,6 +372,10 @@ def _add_train_args(q: argparse.ArgumentParser, default_algos: str, default_out:
     g.add_argument("--compile", action="store_true", help="torch.compile the student (pays on GPUs)")
     g.add_argument("--no-cache-prefix", action="store_true", help="run the frozen first --freeze-stages stages every "
                    "step instead of caching their output (same numbers; for benchmarking)")
+
+
+def _add_output_args(q: argparse.ArgumentParser, default_out: str) -> None:
+    """Where the runs go, the teacher store, the device, and resume/dry-run/overwrite."""
     g = q.add_argument_group("output")
     g.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
     g.add_argument("--store", help="teacher-embedding store file (default ~/.cache/vl2v/teacher_store.sqlite; 'memory' for none)")

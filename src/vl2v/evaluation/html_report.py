@@ -161,10 +161,10 @@ def _query_html(runs: Sequence[F.RunView]) -> str:
 
 
 def _stream_lines(runs: Sequence[F.RunView]) -> list[str]:
-    """``results.md``'s data-stream line (:func:`~vl2v.evaluation.protocol.stream_statement`) for these runs: one
+    """``results.md``'s data-stream line (:func:`~vl2v.evaluation.results.stream_statement`) for these runs: one
     per distinct training setting among the trained runs (settings from each run's config.json)."""
     from vl2v.config import ExperimentConfig, Schedule, TrainConfig, from_dict
-    from vl2v.evaluation.protocol import stream_statement
+    from vl2v.evaluation.results import stream_statement
 
     groups: dict[str, tuple[Any, list[F.RunView]]] = {}
     for r in runs:

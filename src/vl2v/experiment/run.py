@@ -3,7 +3,8 @@
 One :class:`ExperimentConfig` describes the data, the teacher, the student,
 the algorithms and the training budget; :func:`run_experiment` trains every
 run (skipping finished ones), writes one directory per run and a summary
-(``results.md``, ``summary.json``) at the top of ``out_dir``.
+(``results.md``, ``summary.json``; its text is :func:`vl2v.evaluation.results.render_summary`'s) at the top of
+``out_dir``. :func:`dry_run` says what the same command would ask the teacher, and pay, without training.
 """
 
 from __future__ import annotations
@@ -11,24 +12,19 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from vl2v.config import DEFAULT_ALGORITHMS, ExperimentConfig, apply_profile  # noqa: F401  (the experiment API)
+from vl2v.config import ExperimentConfig
 from vl2v.errors import ConfigError
-from vl2v.evaluation.experiment import (  # noqa: F401  (re-exported: the experiment API)
-    AlgoSpec,
-    Experiment,
-    check_experiment,
-    prepare,
-    trainer_for,
-    with_prompt_names,
-)
-from vl2v.evaluation.parallel import WorkerJob, resolve_jobs, run_parallel
-from vl2v.evaluation.tables import build_tables, novel_markdown, selected_stages, table_sections
+from vl2v.evaluation.results import render_summary
+from vl2v.evaluation.tables import build_tables
+from vl2v.experiment.parallel import WorkerJob, resolve_jobs, run_parallel
+from vl2v.experiment.plan import Plan, make_plan
+from vl2v.experiment.setup import Experiment, check_experiment, prepare, trainer_for, with_prompt_names
 from vl2v.runs.fingerprint import config_diff, describe, run_diff
 from vl2v.runs.layout import ExperimentDir
 from vl2v.teachers.registry import public_options
@@ -46,38 +42,6 @@ def check_writable(out: Path) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot write to the output folder {out}: {exc.strerror or exc}. "
                           "Choose another --out, or fix its permissions or free space.") from exc
-
-
-def target_indices(cfg: ExperimentConfig, domains: list[str]) -> list[int]:
-    """The held-out target domains of ``cfg`` (every domain in turn by default), each checked against ``domains``."""
-    targets = list(cfg.targets) if cfg.targets is not None else list(range(len(domains)))
-    for t in targets:
-        if not 0 <= t < len(domains):
-            raise ConfigError(f"target {t} out of range: domains are 0..{len(domains) - 1} ({', '.join(domains)})")
-    return targets
-
-
-@dataclass(frozen=True)
-class Plan:
-    """An experiment resolved once, after its data is loaded: the algorithm specs, the target domains, each
-    spec's hyperparameter draw (validated), and every run in the order runs are trained and reported
-    (trial seed, then target, then algorithm). :func:`run_experiment` and :func:`dry_run` both walk it."""
-
-    specs: list[AlgoSpec]
-    targets: list[int]
-    draws: dict[AlgoSpec, tuple]
-    runs: list[tuple[int, int, AlgoSpec]]  # (trial seed, target, algorithm)
-
-
-def make_plan(cfg: ExperimentConfig, exp: "Experiment") -> Plan:
-    """The runs of ``cfg`` on the loaded experiment ``exp``; every draw checked before any work."""
-    specs = [AlgoSpec.parse(a) for a in cfg.algorithms]
-    targets = target_indices(cfg, exp.data.domains)
-    draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
-    for a in specs:
-        a.options(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule)  # validate the draw before any work
-    runs = [(seed, t, a) for seed in cfg.seeds for t in targets for a in specs]
-    return Plan(specs, targets, draws, runs)
 
 
 def _recorded(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -345,56 +309,4 @@ def render_dry_run(plan: dict[str, Any]) -> str:
                      f"{pr.get('currency', 'USD')} {plan['cost']:.2f}")
     else:
         lines.append("this teacher has no price per query (local or self-hosted): the cost is its compute time")
-    return "\n".join(lines)
-
-
-def stream_statement(cfg: ExperimentConfig, finals: list[dict]) -> str:
-    """One line on what every algorithm trained on, checked from the runs' own stream digests: for each stage
-    role (frozen-backbone warm-up, fine-tuning), per (target, seed), every algorithm's digest must be the same."""
-    t = cfg.train
-    kind = t.data_stream_kind
-    what = (f"stored views, K={cfg.views} per image (view seed {cfg.view_seed}; K=0: the whole image, un-augmented)"
-            if kind == "stored" else "a fresh augmentation per image and step (teacher queried online)")
-    groups: dict[tuple, set[str]] = {}
-    for f in finals:
-        for st in f.get("data_stream", {}).get("stages", {}).values():
-            groups.setdefault((f["target"], f["trial_seed"], st["role"]), set()).add(st["digest"])
-    if finals and not groups:  # nothing was trained (zero-shot only): no data stream to speak of
-        return ""
-    roles = sorted({r for _, _, r in groups})
-    same = {r: all(len(v) == 1 for (_, _, rr), v in groups.items() if rr == r) for r in roles}
-    check = "; ".join(f"{'fine-tuning' if r == 'tune' else 'frozen-backbone'} stages: "
-                      f"{'identical (image, view) sequences in every algorithm' if ok else 'DIFFERENT streams'}"
-                      for r, ok in same.items())
-    budget = (f"fine-tuning {t.schedule.steps} steps at lr {t.schedule.lr:g}"
-              + (f", after the same {t.schedule.frozen_steps}-step head warm-up on the frozen backbone for every "
-                 "fine-tuning algorithm" if t.schedule.head_warmup else ""))
-    selection = "within the final stage" if t.select_stage == "final" else "over all stages"
-    return (f"data stream (the same for every algorithm): {what}; {budget}; batch {t.batch_size} per source domain; "
-            f"selection: training-domain validation {selection}" + (f". Checked: {check}" if check else ""))
-
-
-def render_summary(tables, exp: Experiment, cfg: ExperimentConfig, wall: float, finals: list | None = None) -> str:
-    lines = [f"# {exp.dataset_name}: leave-one-domain-out, training-domain validation", "",
-             f"teacher: `{exp.teacher_identity}`  ", f"student: `{cfg.student}`, {cfg.train.image_size}px; "
-             f"seeds: {list(cfg.seeds)}; wall time {wall / 60:.1f} min"
-             + (f"; hparams seed {cfg.hparams_seed} (random draw, see each run's config.json)" if cfg.hparams_seed else ""),
-             "",
-             ]
-    stream = stream_statement(cfg, finals or [])
-    if stream:
-        lines += [stream, ""]
-    for table, title in table_sections(tables, "Out-of-domain accuracy (%, target domain's 'in' split; column = held-out target)",
-                                       "In-domain accuracy (%, source domains' 'out' splits)"):
-        lines += [table.markdown(title), ""]
-    if "oracle_ood" in tables:
-        lines += [tables["oracle_ood"].markdown("Out-of-domain accuracy (%), test-domain validation (oracle, "
-                                                "DomainBed's: each run's last checkpoint)"), ""]
-    novel = novel_markdown(finals or [], exp.data.domains)
-    if novel:
-        lines += [novel, ""]
-    stages = selected_stages(finals or [], exp.data.domains)
-    if stages:
-        lines += [f"**Checkpoint chosen by training-domain validation (stage@step; selection over "
-                  f"{'the final stage' if cfg.train.select_stage == 'final' else 'all stages'})**", "", stages, ""]
     return "\n".join(lines)

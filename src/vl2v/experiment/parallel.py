@@ -42,7 +42,7 @@ class WorkerJob:
     """One run of the comparison: what a worker needs besides the experiment itself."""
 
     index: int  # position in the usual order (results are reported in it)
-    algorithm: Any  # vl2v.evaluation.experiment.AlgoSpec
+    algorithm: Any  # vl2v.experiment.setup.AlgoSpec
     target: int
     seed: int
     prepaid: dict[str, float]
@@ -137,7 +137,7 @@ def _init_worker(cfg: Any, threads: int, plugins: list[str], features: str | Non
     torch.set_num_threads(threads)
     for m in plugins:  # spawn gave this process the parent's sys.path, so they import as they did there
         importlib.import_module(m)
-    from vl2v.evaluation.experiment import prepare, with_prompt_names
+    from vl2v.experiment.setup import prepare, with_prompt_names
 
     exp = prepare(cfg, lambda *_: None)
     exp.cfg = with_prompt_names(cfg, exp)
@@ -147,7 +147,7 @@ def _init_worker(cfg: Any, threads: int, plugins: list[str], features: str | Non
 
 
 def _run_job(job: WorkerJob, args_base: dict[str, Any], draws: dict) -> tuple[int, dict[str, Any]]:
-    from vl2v.evaluation.experiment import trainer_for
+    from vl2v.experiment.setup import trainer_for
 
     exp = _WORKER["exp"]
     trainer = trainer_for(exp, job.algorithm, job.target, job.seed, exp.data_for(job.seed), args_base, draws,

@@ -1,8 +1,8 @@
 """What every run of an experiment shares, resolved once: the algorithm specs and configuration checks, the
 loaded data, teacher store and student template (:class:`Experiment`), and the trainer of one run.
 
-:mod:`vl2v.evaluation.protocol` (the experiment loop) and :mod:`vl2v.evaluation.parallel` (its worker processes)
-both build on this module, so neither imports the other's internals.
+:mod:`vl2v.experiment.run` (the experiment loop), :mod:`vl2v.experiment.plan` (its runs) and
+:mod:`vl2v.experiment.parallel` (its worker processes) all build on this module, so none imports another's internals.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 Each job is one :class:`~vl2v.config.ExperimentConfig` (one dataset, target,
 algorithm variant, hparams seed and trial seed) with a stable id (a hash of the config), run
-through the experiment API (:func:`vl2v.evaluation.protocol.run_experiment`) in
+through the experiment API (:func:`vl2v.experiment.run.run_experiment`) in
 ``SWEEP/jobs/<id>/``; ``job.json`` holds the config. A finished job leaves ``job.done``, so
 launching the same sweep again skips it and an interrupted job resumes from
 its last checkpoint. Launchers:
 
 * ``local``: a pool of worker processes sized to the machine (one per GPU, or
-  cores // threads-per-job on CPU), each job a ``python -m vl2v.evaluation.sweep JOB_DIR`` process;
+  cores // threads-per-job on CPU), each job a ``python -m vl2v.experiment.sweep JOB_DIR`` process;
 * ``slurm``: submitit job arrays on a SLURM cluster (``submitit-local`` runs the
   same submitit path as local processes, for testing).
 
@@ -168,7 +168,7 @@ def _run_local(job: Job, sweep_dir: Path, threads: int, gpu: int | None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VL2V_PROGRESS": "0"}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    cmd = [sys.executable, "-m", "vl2v.evaluation.sweep", str(d)]
+    cmd = [sys.executable, "-m", "vl2v.experiment.sweep", str(d)]
     with open(jd.log, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
@@ -178,7 +178,7 @@ def _run_local(job: Job, sweep_dir: Path, threads: int, gpu: int | None) -> int:
 
 def run_job_in_process(job_dir: str) -> int:
     """Run one job (its ``job.json`` config) in this process; the entry point of local and submitit jobs."""
-    from vl2v.evaluation.protocol import run_experiment
+    from vl2v.experiment.run import run_experiment
 
     jd = JobDir(job_dir)
     cfg = replace(from_dict(ExperimentConfig, json.loads(jd.job_json.read_text())["config"]), out_dir=str(jd.path))
@@ -261,11 +261,11 @@ def _cuda() -> bool:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m vl2v.evaluation.sweep JOB_DIR``: run one job of a sweep (what the local launcher starts)."""
+    """``python -m vl2v.experiment.sweep JOB_DIR``: run one job of a sweep (what the local launcher starts)."""
     from vl2v.errors import UserError
 
     if len(argv) != 1:
-        print("usage: python -m vl2v.evaluation.sweep JOB_DIR", file=sys.stderr)
+        print("usage: python -m vl2v.experiment.sweep JOB_DIR", file=sys.stderr)
         return 2
     try:
         return run_job_in_process(argv[0])
