@@ -139,3 +139,9 @@ def test_the_teacher_quality_curve_command(tmp_path, capsys):
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 1000
     assert len(json.loads((tmp_path / "curve" / "curve.json").read_text())["points"]) == 3
     assert main(["curve", str(tmp_path / "base")]) == 2  # no privileged runs: a one-line error
+    from vl2v.evaluation.html_report import write_html_report
+
+    runs = [tmp_path / "base", tmp_path / "a0.5", tmp_path / "a1.0"]
+    html = write_html_report(runs, tmp_path / "r.html").read_text()
+    assert "Teacher-quality curve (DIAGNOSTIC teachers)" in html and "ADiP - ERM-FT" in html
+    assert "Teacher-quality curve" not in write_html_report([tmp_path / "base"], tmp_path / "b.html").read_text()

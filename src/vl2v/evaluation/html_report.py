@@ -351,6 +351,7 @@ def render_html(paths: Sequence[str | Path], fig_dir: Path | None, base: Path, t
         _predictions_section(page, g, pre)
         page.h2(f"{g.name}: runs", pre + "runs")
         page.raw(_runs_html(g.runs, base))
+    _curve_section(page, paths)
 
     when = time.strftime("%Y-%m-%d %H:%M")
     title = title or "vl2v report: " + ", ".join(g.name for g in groups)
@@ -363,6 +364,23 @@ def render_html(paths: Sequence[str | Path], fig_dir: Path | None, base: Path, t
            "(DomainBed). Figures are embedded; the page needs no network.</p>"
            + nav + "\n".join(page.parts) + "</main></body></html>\n")
     return doc, page
+
+
+def _curve_section(page: _Page, paths: Sequence[str | Path]) -> None:
+    """The teacher-quality curve (:mod:`vl2v.evaluation.curve`) when the runs hold DIAGNOSTIC privileged-teacher
+    runs and their baselines (ERM-FT, ADiP with lam = 0) side by side; nothing otherwise."""
+    from vl2v.evaluation.curve import collect_curve, curve_figure, curve_table
+
+    points = collect_curve(list(paths), list(paths))
+    if not any(p.alpha > 0 for p in points):
+        return
+    page.h2("Teacher-quality curve (DIAGNOSTIC teachers)", "teacher-curve")
+    page.p("Each point: one teacher on one target domain and trial seed. x: the teacher's zero-shot accuracy on the "
+           "target; y: what a student trained with it gains over ERM-FT (or over ADiP with lam = 0), same stream, "
+           "budget and selection. The privileged teachers (alpha > 0) are DIAGNOSTIC: they saw the target domain's "
+           "validation split; alpha = 0 is their base teacher. `vl2v curve` prints the same table.", "warn")
+    page.figure(curve_figure(points), "teacher_curve", "Student gain against the teacher's out-of-domain zero-shot.")
+    page.raw(f"<pre>{_esc(curve_table(points))}</pre>")
 
 
 def write_html_report(paths: Sequence[str | Path], out: str | Path, title: str | None = None,
