@@ -175,7 +175,7 @@ class Bench:
 
     def __init__(self, data_dir: Path, device: str, max_side: int, log) -> None:
         from vl2v.config import ExperimentConfig
-        from vl2v.experiment.setup import prepare
+        from vl2v.experiment.setup import check_experiment, prepare
 
         self.device = torch.device(device)
         if self.device.type == "cuda":  # as run_experiment does
@@ -189,7 +189,7 @@ class Bench:
 
         cfg = with_settings(cfg, {"device": device})
         t0 = time.time()
-        self.exp = prepare(cfg, log=lambda *_: None)
+        self.exp = prepare(cfg, check_experiment(cfg), log=lambda *_: None)
         self.load_s = time.time() - t0
         self.data = self.exp.data
         self._res = {0: self.exp.res}
@@ -263,7 +263,8 @@ class Bench:
     def run(self, algorithm: str, train_cfg, views: int, workers: int, student: str, warmup: int, stub_eval=True,
             stop_after: int | None = None):
         """One short run through the real loop, timed by its hooks; returns the trainer and the hooks (timings)."""
-        from vl2v.training.loop import RunSpec, Trainer
+        from vl2v.training.loop import Trainer
+        from vl2v.training.spec import RunSpec
 
         res = self.res(views)
         res.workers = workers
@@ -339,7 +340,7 @@ def train_section(bench: Bench, args, log) -> list[str]:
                 cfg = bench.train_cfg(profile, size, batch, warm + steps + 1, **over)
                 t0 = time.time()
                 tr, timed = bench.run(algo, cfg, views, w, student, warm, stop_after=warm + steps - 1)
-                n_img = batch * len(tr.sources)
+                n_img = batch * len(tr.task.sources)
                 r = results.setdefault((ci, name), {"ips": [], "wait": [], "wall": []})
                 r["ips"].append(n_img * len(timed.step_s) / sum(timed.step_s))
                 r["wait"].append(sum(timed.wait_s) / sum(timed.step_s))

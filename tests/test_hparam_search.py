@@ -14,6 +14,7 @@ from vl2v.experiment.setup import AlgoSpec
 from vl2v.methods import list_algorithms, make_hparams
 from vl2v.methods.search import Choice, LogUniform, Scaled, Uniform, random_hparams, search_space
 from vl2v.runs import RunDir, RunRecorder, collect_runs, run_name, select_hparams, select_record, summarize
+from vl2v.training.spec import RunSpec
 from vl2v.utils.io import atomic_write_json, atomic_write_text
 
 ALGOS = [a.name for a in list_algorithms()]
@@ -35,7 +36,7 @@ def test_hparams_seed_zero_is_the_defaults():
     for name in ALGOS:
         assert random_hparams(name, 0) == {}
     assert AlgoSpec.parse("adip").drawn(0) == ()
-    assert AlgoSpec.parse("adip").options(0) == {}
+    assert RunSpec("adip", 0, hparams=AlgoSpec.parse("adip").hparams).options() == {}
     assert run_name("adip", (), 0, ["a", "b"], 0) == run_name("adip", (), 0, ["a", "b"], 0, hparams_seed=0) \
         == "adip/target-0-a/seed0"
     assert run_name("adip", (("lam", "0.25"),), 1, ["a", "b"], 2, 3) == "adip_lam0.25_hp3/target-1-b/seed2"
@@ -71,9 +72,11 @@ def test_explicit_options_win_over_the_draw():
     spec = AlgoSpec.parse("adip:lam=0.25")
     drawn = dict(spec.drawn(4))
     assert "lam" not in drawn and set(drawn) == {"align_lr", "distill_lr"}
-    opts = spec.options(4)
+    run = RunSpec("adip", 0, hparams_seed=4, hparams=spec.hparams, drawn=spec.drawn(4))
+    opts = run.options()
     assert opts["lam"] == "0.25" and opts["align_lr"] == random_hparams("adip", 4)["align_lr"]
     assert make_hparams(list_algorithms()[0].hparams_cls, opts).lam == 0.25
+    assert run.values.lam == 0.25 and run.values.align_lr == random_hparams("adip", 4)["align_lr"]
     with pytest.raises(ConfigError):
         AlgoSpec.parse("adip:lam=2")
 

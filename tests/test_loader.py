@@ -101,9 +101,9 @@ class _Crash(RuntimeError):
 
 def test_checkpoint_taken_while_workers_render_ahead_resumes_exactly(image_folder, tmp_path, monkeypatch):
     """Workers draw ahead of the step; the checkpoint of step s still holds the data-order state of step s."""
-    from vl2v.training import loop
+    from vl2v.training import stages as loop  # the stage runner evaluates and checkpoints
 
-    real = loop.Trainer._evaluate_and_checkpoint
+    real = loop.StageRunner._evaluate_and_checkpoint
     calls = {"n": 0}
 
     def crash_after_second_checkpoint(self, *a, **k):
@@ -116,7 +116,7 @@ def test_checkpoint_taken_while_workers_render_ahead_resumes_exactly(image_folde
         calls["n"] = 0
         out = tmp_path / f"crash{workers}"
         with monkeypatch.context() as m:
-            m.setattr(loop.Trainer, "_evaluate_and_checkpoint", crash_after_second_checkpoint)
+            m.setattr(loop.StageRunner, "_evaluate_and_checkpoint", crash_after_second_checkpoint)
             with pytest.raises(_Crash):
                 run_experiment(_config(image_folder, out, workers, "memory", steps=9), log=lambda *_: None)
         (pt,) = out.rglob("checkpoints/last.pt")

@@ -137,9 +137,9 @@ def test_a_resolved_value_differing_per_run_is_refused(trained, capsys):
 
 def test_same_settings_reuse_the_finished_runs(trained, capsys, monkeypatch):
     folder, out = trained
-    from vl2v.training.loop import Trainer
+    from vl2v.training.evaluator import Evaluator
 
-    monkeypatch.setattr(Trainer, "evaluate", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: pytest.fail("a finished run was trained again"))
     assert _train(folder, out, "--jobs", "1", "--workers", "0") == 0  # speed flags change no number
 
 

@@ -141,8 +141,9 @@ def test_student_caches_warmed_in_one_process_serve_another(image_folder, tmp_pa
     from dataclasses import replace
 
     from vl2v.config import ExperimentConfig, Schedule, TrainConfig
+    from vl2v.experiment.plan import make_plan
     from vl2v.experiment.run import run_experiment
-    from vl2v.experiment.setup import AlgoSpec, prepare, trainer_for, with_prompt_names
+    from vl2v.experiment.setup import check_experiment, prepare, trainer_for
 
     train = TrainConfig(schedule=Schedule(steps=4, frozen_steps=3, lr=1e-3, frozen_lr=1e-2, freeze_stages=2),
                         batch_size=4, eval_every=2, image_size=32)
@@ -150,16 +151,14 @@ def test_student_caches_warmed_in_one_process_serve_another(image_folder, tmp_pa
                            teacher="tiny-test", store=str(tmp_path / "s.sqlite"), student="efficientnet_lite0",
                            student_pretrained=False, views=2, targets=(0,), train=train)
     ref = run_experiment(cfg, log=lambda s: None)["finals"][0]
-    a = AlgoSpec.parse("erm_ft")
 
     def experiment(out):
         c = replace(cfg, out_dir=str(tmp_path / out))
-        exp = prepare(c, lambda s: None)
-        exp.cfg = with_prompt_names(c, exp)
-        return exp
+        return prepare(c, check_experiment(c), lambda s: None)
 
     parent = experiment("parent")
-    trainer_for(parent, a, 0, 0, parent.data, {}, {a: ()}).warm_student_caches()
+    (run,) = make_plan(parent.cfg, parent).runs
+    trainer_for(parent, run, {}).warm_student_caches()
     kinds = {k[3:] for k, v in parent.res._features.items() if v}
     assert kinds == {("train", "prefix", 2), ("eval", "prefix", 2)}  # no head warm-up here: prefixes only
     parent.res.save_features(tmp_path / "f.safetensors")
@@ -178,7 +177,7 @@ def test_student_caches_warmed_in_one_process_serve_another(image_folder, tmp_pa
         return real(student, indices, kind, key, prefix)
 
     worker.res.frozen_features = only_cached
-    got = trainer_for(worker, a, 0, 0, worker.data, {}, {a: ()}).run().final
+    got = trainer_for(worker, run, {}).run().final
     assert {"train", "eval"} <= set(asked)
     assert _clean(got["selected"]) == _clean(ref["selected"])
 

@@ -75,6 +75,31 @@ def test_bad_specs(bad):
         create_teacher(f"privileged:{bad}", base="tiny-test", cache=False)
 
 
+@pytest.mark.parametrize("value", ["abc", "2", "-0.5"])
+def test_a_spec_part_is_typed_as_the_teacher_opt_is(value):
+    """``privileged:alpha=V`` goes through PrivilegedOptions as ``--teacher-opt alpha=V`` does: the same one-line
+    typed error (before the base teacher is built), only the place it was written differs."""
+    from vl2v.teachers.base import TeacherError
+
+    with pytest.raises(TeacherError) as in_spec:
+        create_teacher(f"privileged:alpha={value}", base="tiny-test", cache=False)
+    with pytest.raises(TeacherError) as as_opt:
+        create_teacher("privileged", alpha=value, base="tiny-test", cache=False)
+    spec_msg, opt_msg = str(in_spec.value), str(as_opt.value)
+    assert spec_msg.startswith(f"teacher spec 'privileged:alpha={value}': alpha")
+    assert opt_msg.startswith("--teacher-opt for teacher 'privileged': alpha")
+    assert spec_msg.split(": ", 1)[1] == opt_msg.split(": ", 1)[1]
+    assert "\n" not in spec_msg
+
+
+def test_spec_parts_and_teacher_opts():
+    """The spec's alpha and base are typed values; an option given both ways is the --teacher-opt one."""
+    t = create_teacher("privileged:alpha=0.25,base=tiny-test", cache=False)
+    assert isinstance(t, PrivilegedTeacher) and t.alpha == 0.25 and t.base.backend == "tiny-test"
+    assert create_teacher("privileged:alpha=0.25", alpha="0.75", base="tiny-test", cache=False).alpha == 0.75
+    assert create_teacher("privileged", base="tiny-test", cache=False).alpha == 0.5  # the default
+
+
 def test_an_experiment_must_name_one_target_and_one_seed(tmp_path):
     from vl2v.experiment.setup import check_experiment
 

@@ -136,6 +136,26 @@ def test_every_backend_registers_typed_info():
         assert isinstance(info.white_box, bool) and isinstance(info.offline, bool)
 
 
+def test_every_backend_registers_beside_its_code():
+    """Each built-in backend's factory and options class live in the module that implements it, and the
+    registry module imports no backend (timm's pattern: vl2v/teachers/__init__.py names the backend modules)."""
+    import ast
+    import inspect
+
+    from vl2v.teachers import BACKENDS, registry
+
+    builtin = [i for i in list_teachers() if i.factory.__module__.startswith("vl2v.")]
+    assert list(dict.fromkeys(i.factory.__module__ for i in builtin)) == list(BACKENDS)  # that order, each used
+    for info in builtin:
+        assert info.options is None or info.options.__module__ == info.factory.__module__, info.name
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(registry))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vl2v"):
+            imported.add(node.module)
+    assert imported <= {"vl2v.config", "vl2v.errors", "vl2v.registry", "vl2v.teachers.base",
+                        "vl2v.teachers.blackbox"}, imported
+
+
 def test_a_backend_without_an_offline_fixture_fails(specs, request):
     """The contract is never skipped for lack of a fixture: a new backend fails until it gets one."""
     with pytest.raises(pytest.fail.Exception, match="has no offline fixture"):

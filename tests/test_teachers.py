@@ -66,6 +66,41 @@ def test_openclip_errors(tiny_clip_name, tmp_path):
         create_teacher(f"openclip:{tiny_clip_name}:{bad}")
 
 
+def test_registry_and_backend_imports_stay_light():
+    """Importing the registry (or the wire protocol) imports no backend and not torch; listing the teachers imports
+    every backend module (vl2v.teachers.BACKENDS, in that order), which keeps its heavy optional dependencies for
+    when a teacher is built."""
+    import subprocess
+    import sys
+
+    from vl2v.teachers import BACKENDS
+
+    heavy = ("open_clip", "transformers", "httpx", "fastapi", "onnxruntime", "tenacity", "sentence_transformers")
+    code = ("import sys; import vl2v.teachers.wire, vl2v.teachers.registry as r; "
+            "first = sorted(m for m in sys.modules if m == 'torch' or m.startswith('vl2v.teachers.')); "
+            "modules = [t.factory.__module__ for t in r.list_teachers()]; "
+            f"print(first, modules, sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == f"['vl2v.teachers.registry', 'vl2v.teachers.wire'] {list(BACKENDS)} []", out
+
+
+@pytest.mark.parametrize("first", ["vl2v.teachers.lit", "vl2v.teachers.privileged", "vl2v.teachers.vendors"])
+def test_teacher_order_does_not_depend_on_import_order(first):
+    """A backend module imported on its own first (lit imports conse; privileged registers before the rest are
+    imported) still takes its place in vl2v.teachers.BACKENDS' order (`vl2v teacher list`); a plug-in's teacher
+    comes after the built-ins."""
+    import subprocess
+    import sys
+
+    from vl2v.teachers import BACKENDS
+
+    code = (f"import {first}; from vl2v.teachers.registry import list_teachers, register_teacher; "
+            "register_teacher('x-plugin', summary='s', white_box=False)(lambda spec=None, **o: None); "
+            "print([t.factory.__module__ for t in list_teachers()])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str([*BACKENDS, "__main__"]), out
+
+
 def test_unknown_teacher_backend():
     from vl2v.registry import UnknownNameError
 

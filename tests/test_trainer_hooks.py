@@ -31,13 +31,13 @@ class Recording(TrainerHooks):
 
 def _run(folder, out, algorithm: str, hooks: TrainerHooks, swad: bool = False):
     """One run of ``algorithm`` (target 0, trial 0) through a Trainer given ``hooks``."""
-    from vl2v.experiment.setup import AlgoSpec, prepare, trainer_for, with_prompt_names
+    from vl2v.experiment.plan import make_plan
+    from vl2v.experiment.setup import check_experiment, prepare, trainer_for
 
     cfg = tiny_cfg(folder, out, [algorithm], targets=(0,), swad=swad)
-    exp = prepare(cfg, lambda s: None)
-    exp.cfg = with_prompt_names(cfg, exp)
-    a = AlgoSpec.parse(algorithm)
-    tr = trainer_for(exp, a, 0, 0, exp.data, {"teacher_identity": exp.teacher_identity}, {a: ()})
+    exp = prepare(cfg, check_experiment(cfg), lambda s: None)
+    (run,) = make_plan(exp.cfg, exp).runs
+    tr = trainer_for(exp, run, {"teacher_identity": exp.teacher_identity})
     tr.hooks = hooks
     return tr, tr.run()
 
@@ -71,7 +71,7 @@ def test_hooks_fire_once_per_step_and_once_per_evaluation(image_folder, tmp_path
     if averaged:
         assert hooks.evals[-1].stage == "swad"
         assert hooks.evals[-1].metrics["val_acc"] == outcome.final["swad"]["val_acc"]
-    n_eval = sum(len(tr.data.split_items(d, w)) for d, w in tr._eval_sets())
+    n_eval = sum(len(tr.task.data.split_items(d, w)) for d, w in tr.task.eval_sets())
     assert {e.images for e in hooks.evals} == {n_eval}
     # the default hooks change nothing: a run without them records the same numbers
     ref = run_experiment(tiny_cfg(image_folder, tmp_path / "plain", ["adip"], targets=(0,), swad=True),

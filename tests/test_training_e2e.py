@@ -40,7 +40,7 @@ def test_every_algorithm_trains_and_writes_domainbed_records(image_folder, tmp_p
 
 def test_distill_starts_from_best_align_checkpoint(image_folder, tmp_path, monkeypatch):
     from vl2v.methods.adip import ADiP
-    from vl2v.training import loop
+    from vl2v.training import stages as loop  # the stage runner keeps each stage's best
 
     saved, seen = {}, {}
     real_save = loop.save_weights
@@ -66,9 +66,9 @@ def test_distill_starts_from_best_align_checkpoint(image_folder, tmp_path, monke
 def test_finished_runs_are_skipped(image_folder, tmp_path, monkeypatch):
     cfg = tiny_cfg(image_folder, tmp_path / "runs", ["erm_lp"], targets=(2,))
     first = run_experiment(cfg, log=lambda s: None)["finals"][0]
-    from vl2v.training.loop import Trainer
+    from vl2v.training.evaluator import Evaluator
 
-    monkeypatch.setattr(Trainer, "evaluate", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(Evaluator, "evaluate", lambda *a, **k: pytest.fail("a finished run was trained again"))
     again = run_experiment(cfg, log=lambda s: None)["finals"][0]
     assert again["selected"] == first["selected"]
 

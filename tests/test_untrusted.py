@@ -50,7 +50,7 @@ def _short_run(data, out, extra=()):
 
 def _interrupted_copy(tmp_path, image_folder, monkeypatch):
     """A run interrupted after its first checkpoint (the process 'dies' right after writing last.pt)."""
-    from vl2v.training import loop
+    from vl2v.training import stages as loop  # the stage runner saves the resume state
 
     real = loop.save_state
 

@@ -42,9 +42,7 @@ class WorkerJob:
     """One run of the comparison: what a worker needs besides the experiment itself."""
 
     index: int  # position in the usual order (results are reported in it)
-    algorithm: Any  # vl2v.experiment.setup.AlgoSpec
-    target: int
-    seed: int
+    run: Any  # vl2v.training.spec.RunSpec, as the plan resolved it
     prepaid: dict[str, float]
 
 
@@ -130,33 +128,30 @@ def plugin_modules() -> list[str]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(cfg: Any, threads: int, plugins: list[str], features: str | None) -> None:
+def _init_worker(cfg: Any, specs: list, threads: int, plugins: list[str], features: str | None) -> None:
     import importlib
 
     os.environ["VL2V_PROGRESS"] = "0"  # one progress bar, the parent's
     torch.set_num_threads(threads)
     for m in plugins:  # spawn gave this process the parent's sys.path, so they import as they did there
         importlib.import_module(m)
-    from vl2v.experiment.setup import prepare, with_prompt_names
+    from vl2v.experiment.setup import prepare
 
-    exp = prepare(cfg, lambda *_: None)
-    exp.cfg = with_prompt_names(cfg, exp)
+    exp = prepare(cfg, specs, lambda *_: None)  # the parent checked cfg and planned the runs: nothing is checked again
     if features:  # the pretrained student's features the parent computed once for every run
         exp.res.load_features(features)
     _WORKER.update(exp=exp)
 
 
-def _run_job(job: WorkerJob, args_base: dict[str, Any], draws: dict) -> tuple[int, dict[str, Any]]:
+def _run_job(job: WorkerJob, args_base: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     from vl2v.experiment.setup import trainer_for
 
-    exp = _WORKER["exp"]
-    trainer = trainer_for(exp, job.algorithm, job.target, job.seed, exp.data_for(job.seed), args_base, draws,
-                          prepaid=job.prepaid)
+    trainer = trainer_for(_WORKER["exp"], job.run, args_base, prepaid=job.prepaid)
     return job.index, dict(trainer.run(resume=True).final)
 
 
 # --------------------------------------------------------------------------- parent side
-def run_parallel(cfg: Any, jobs: list[WorkerJob], args_base: dict[str, Any], draws: dict, workers: int, threads: int,
+def run_parallel(cfg: Any, specs: list, jobs: list[WorkerJob], args_base: dict[str, Any], workers: int, threads: int,
                  on_done: Callable[[WorkerJob, dict[str, Any]], None], features: Path | None = None) -> list[dict[str, Any]]:
     """Train ``jobs`` on ``workers`` processes with ``threads`` torch threads each; finals in the jobs' order.
     ``features``: a file of cached student features (SharedResources.save_features) every worker loads."""
@@ -166,9 +161,9 @@ def run_parallel(cfg: Any, jobs: list[WorkerJob], args_base: dict[str, Any], dra
     pbar = bar(len(jobs), desc=f"runs ({workers} processes x {threads} thread{'s' if threads > 1 else ''})",
                unit="run")
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(replace(cfg), threads, plugin_modules(), str(features) if features else None))
+                                  initargs=(replace(cfg), list(specs), threads, plugin_modules(), str(features) if features else None))
     try:
-        futures = [pool.submit(_run_job, j, args_base, draws) for j in jobs]
+        futures = [pool.submit(_run_job, j, args_base) for j in jobs]
         for fut in cf.as_completed(futures):
             try:
                 i, final = fut.result()

@@ -1,5 +1,12 @@
-"""An experiment's runs, resolved once its data is loaded: the algorithm specs, the held-out target domains,
-each spec's hyperparameter draw and every (trial seed, target, algorithm) run in the order they are trained."""
+"""An experiment's runs, resolved once its data is loaded (:func:`make_plan`): the algorithm specs, the held-out
+target domains, each spec's hyperparameter draw and final validated values, and every run as the
+:class:`~vl2v.training.spec.RunSpec` the trainer receives, in the order runs are trained and reported.
+
+Everything about a run is decided here and nowhere after: the run path (:mod:`vl2v.experiment.run`), the
+parallel workers (:mod:`vl2v.experiment.parallel`), the dry run and the trainer read the plan's run specs
+and check nothing again. Checks that need no data come first, in
+:func:`vl2v.experiment.setup.check_experiment`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,14 @@ from dataclasses import dataclass
 from vl2v.config import ExperimentConfig
 from vl2v.errors import ConfigError
 from vl2v.experiment.setup import AlgoSpec, Experiment
+from vl2v.methods import get_algorithm, make_hparams
+from vl2v.training.spec import RunSpec
 
 
 def target_indices(cfg: ExperimentConfig, domains: list[str]) -> list[int]:
     """The held-out target domains of ``cfg`` (every domain in turn by default), each checked against ``domains``."""
+    if len(domains) < 2:
+        raise ConfigError(f"leave-one-domain-out needs at least 2 domains; the dataset has {len(domains)}")
     targets = list(cfg.targets) if cfg.targets is not None else list(range(len(domains)))
     for t in targets:
         if not 0 <= t < len(domains):
@@ -22,22 +33,23 @@ def target_indices(cfg: ExperimentConfig, domains: list[str]) -> list[int]:
 @dataclass(frozen=True)
 class Plan:
     """An experiment resolved once, after its data is loaded: the algorithm specs, the target domains, each
-    spec's hyperparameter draw (validated), and every run in the order runs are trained and reported
-    (trial seed, then target, then algorithm). :func:`~vl2v.experiment.run.run_experiment` and
-    :func:`~vl2v.experiment.run.dry_run` both walk it."""
+    spec's hyperparameter draw, and every run in the order runs are trained and reported (trial seed, then
+    target, then algorithm), each with its final validated hyperparameters (:attr:`RunSpec.values`)."""
 
     specs: list[AlgoSpec]
     targets: list[int]
     draws: dict[AlgoSpec, tuple]
-    runs: list[tuple[int, int, AlgoSpec]]  # (trial seed, target, algorithm)
+    runs: list[RunSpec]
 
 
 def make_plan(cfg: ExperimentConfig, exp: Experiment) -> Plan:
-    """The runs of ``cfg`` on the loaded experiment ``exp``; every draw checked before any work."""
-    specs = [AlgoSpec.parse(a) for a in cfg.algorithms]
+    """The runs of ``cfg`` on the loaded experiment ``exp``; every draw merged and validated here, once,
+    before any work (defaults <- drawn <- explicit options)."""
+    specs = exp.specs
     targets = target_indices(cfg, exp.data.domains)
     draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
-    for a in specs:
-        a.options(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule)  # validate the draw before any work
-    runs = [(seed, t, a) for seed in cfg.seeds for t in targets for a in specs]
+    values = {a: make_hparams(get_algorithm(a.name).hparams_cls, {**dict(draws[a]), **dict(a.hparams)}, a.name)
+              for a in specs}
+    runs = [RunSpec(a.name, t, seed, cfg.hparams_seed, a.hparams, draws[a], values[a])
+            for seed in cfg.seeds for t in targets for a in specs]
     return Plan(specs, targets, draws, runs)

@@ -24,7 +24,7 @@ from vl2v.evaluation.results import render_summary
 from vl2v.evaluation.tables import build_tables
 from vl2v.experiment.parallel import WorkerJob, resolve_jobs, run_parallel
 from vl2v.experiment.plan import Plan, make_plan
-from vl2v.experiment.setup import Experiment, check_experiment, prepare, trainer_for, with_prompt_names
+from vl2v.experiment.setup import Experiment, check_experiment, prepare, trainer_for
 from vl2v.runs.fingerprint import config_diff, describe, run_diff
 from vl2v.runs.layout import ExperimentDir
 from vl2v.teachers.registry import public_options
@@ -95,8 +95,8 @@ def check_runs_match(exp: "Experiment", runs: list, args_base: dict[str, Any]) -
     cfg = exp.cfg
     train = json.loads(json.dumps(asdict(cfg.train), default=str))
     exp_dir = ExperimentDir(Path(cfg.out_dir))
-    for seed, t, a in runs:
-        rd = exp_dir.run(a.name, a.hparams, t, exp.data.domains, seed, cfg.hparams_seed)
+    for r in runs:
+        rd = exp_dir.run(r.algorithm, r.hparams, r.target, exp.data.domains, r.trial_seed, r.hparams_seed)
         if not rd.has_config():
             continue
         diffs = run_diff(rd.config(), train, args_base)
@@ -136,7 +136,7 @@ def _start(cfg: ExperimentConfig, overwrite: bool, log: Callable[[str], None]):
     """Checks before any work, the device settings and the distributed set-up; the loaded experiment."""
     from vl2v.training.distributed import init_distributed
 
-    check_experiment(cfg)
+    specs = check_experiment(cfg)
     check_out_dir(cfg, overwrite)
     if cfg.train.device.startswith("cuda"):  # TF32 matmuls/convolutions: the usual speed/precision trade on GPUs
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -144,8 +144,7 @@ def _start(cfg: ExperimentConfig, overwrite: bool, log: Callable[[str], None]):
     dist = init_distributed(cfg.train.device)
     if not dist.is_main:  # one voice and one writer in data-parallel runs
         log = lambda *_: None  # noqa: E731
-    exp = prepare(cfg, log)
-    exp.cfg = with_prompt_names(cfg, exp)
+    exp = prepare(cfg, specs, log)
     if dist.is_main:
         check_writable(Path(cfg.out_dir))
     return exp, dist, log
@@ -206,11 +205,11 @@ def _train_here(exp: "Experiment", plan: Plan, args_base: dict[str, Any], resume
     """Every run of ``plan``, one after the other in this process."""
     report = _reporter(exp, log)
     finals = []
-    for seed, t, a in plan.runs:
-        f = dict(trainer_for(exp, a, t, seed, exp.data_for(seed), args_base, plan.draws).run(resume=resume).final)
-        f["label"] = a.label
+    for r in plan.runs:
+        f = dict(trainer_for(exp, r, args_base).run(resume=resume).final)
+        f["label"] = r.label
         finals.append(f)
-        report(a.label, t, seed, f)
+        report(r.label, r.target, r.trial_seed, f)
     return finals
 
 
@@ -225,19 +224,19 @@ def _train_in_workers(exp: "Experiment", plan: Plan, args_base: dict[str, Any], 
     # the student's pooled features can change in their last bits with the thread count (both seen here),
     # so `--jobs 2 --threads 1` gives the numbers of `--jobs 1 --threads 1`.
     jobs = []
-    for k, (seed, t, a) in enumerate(plan.runs):
-        trainer = trainer_for(exp, a, t, seed, exp.data_for(seed), args_base, plan.draws)
-        jobs.append(WorkerJob(k, a, t, seed, trainer.pay_teacher()))
+    for k, r in enumerate(plan.runs):
+        trainer = trainer_for(exp, r, args_base)
+        jobs.append(WorkerJob(k, r, trainer.pay_teacher()))
         trainer.warm_student_caches()
     cache = Path(exp.cfg.out_dir) / ".student-features.safetensors"
     exp.res.save_features(cache)
 
     def done(job: WorkerJob, f: dict[str, Any]) -> None:
-        f["label"] = job.algorithm.label
-        report(job.algorithm.label, job.target, job.seed, f)
+        f["label"] = job.run.label
+        report(job.run.label, job.run.target, job.run.trial_seed, f)
 
     try:
-        return run_parallel(exp.cfg, jobs, args_base, plan.draws, procs, threads, done, features=cache)
+        return run_parallel(exp.cfg, exp.specs, jobs, args_base, procs, threads, done, features=cache)
     finally:
         cache.unlink(missing_ok=True)
 
@@ -249,17 +248,16 @@ def dry_run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict[s
     teacher has a price (:meth:`vl2v.teachers.base.Teacher.price`). Exact for a cached teacher (the stored views
     are known ahead); an online teacher's training views are drawn fresh every step and are not counted."""
     cfg = replace(cfg, train=replace(cfg.train, device=resolve_device(cfg.train.device)))
-    check_experiment(cfg)
-    exp = prepare(cfg, log)
-    exp.cfg = cfg = with_prompt_names(cfg, exp)
+    exp = prepare(cfg, check_experiment(cfg), log)
+    cfg = exp.cfg
     store = exp.res.store
     plan = make_plan(cfg, exp)
     per_algo: dict[str, dict[str, Any]] = {}
     images: set[tuple[str, str]] = set()
     texts: set[str] = set()
-    for seed, t, a in plan.runs:
-        trainer = trainer_for(exp, a, t, seed, exp.data_for(seed), {}, plan.draws)
-        row = per_algo.setdefault(a.label, {"runs": 0, "finished": 0, "image": 0, "text": 0, "train_images": 0})
+    for r in plan.runs:
+        trainer = trainer_for(exp, r, {})
+        row = per_algo.setdefault(r.label, {"runs": 0, "finished": 0, "image": 0, "text": 0, "train_images": 0})
         row["runs"] += 1
         if trainer.rd.is_done():  # a finished run is reused: it asks nothing
             row["finished"] += 1

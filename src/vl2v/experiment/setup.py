@@ -24,8 +24,9 @@ from vl2v.methods import get_algorithm, make_hparams
 from vl2v.methods.search import random_hparams
 from vl2v.runs.layout import ExperimentDir
 from vl2v.runs.summary import label as make_label
-from vl2v.training.loop import RunSpec, Trainer
+from vl2v.training.loop import Trainer
 from vl2v.training.resources import SharedResources
+from vl2v.training.spec import RunSpec
 from vl2v.utils.device import resolve_device
 
 
@@ -53,18 +54,22 @@ class AlgoSpec:
     def label(self) -> str:
         return make_label(self.name, self.hparams)
 
+    @staticmethod
+    def extend(text: str, options: dict[str, str]) -> str:
+        """The algorithm written ``text`` with ``options`` added, written as a user would (the sweep's grid
+        points): ``adip`` + lam=0.5 -> ``adip:lam=0.5``; ``adip:lam=0`` + prototypes=etf ->
+        ``adip:lam=0,prototypes=etf``. The result is checked by :meth:`parse`."""
+        extra = ",".join(f"{k}={v}" for k, v in options.items())
+        out = text if not extra else f"{text},{extra}" if ":" in text else f"{text}:{extra}"
+        AlgoSpec.parse(out)
+        return out
+
     def drawn(self, hparams_seed: int, dataset: str | None = None, schedule: Any = None) -> tuple[tuple[str, Any], ...]:
         """The draw of ``hparams_seed`` from the algorithm's search space, less the keys given explicitly
         (explicit options win); ``()`` for seed 0. A run's hyperparameters: defaults <- drawn <- ``hparams``."""
         explicit = {k for k, _ in self.hparams}
         draw = random_hparams(self.name, hparams_seed, dataset, schedule)
         return tuple(sorted((k, v) for k, v in draw.items() if k not in explicit))
-
-    def options(self, hparams_seed: int = 0, dataset: str | None = None, schedule: Any = None) -> dict[str, Any]:
-        """The hyperparameters that differ from the defaults (validated): the draw, then the explicit options."""
-        hp = {**dict(self.drawn(hparams_seed, dataset, schedule)), **dict(self.hparams)}
-        make_hparams(get_algorithm(self.name).hparams_cls, hp, self.name)
-        return hp
 
 
 def check_experiment(cfg: ExperimentConfig) -> list[AlgoSpec]:
@@ -127,7 +132,8 @@ def check_novel(cfg: ExperimentConfig, num_classes: int) -> list[int]:
 class Experiment:
     """Loaded data, teacher store and student template shared by all runs of an experiment."""
 
-    cfg: ExperimentConfig
+    cfg: ExperimentConfig  # prompt names resolved (train.class_names)
+    specs: list[AlgoSpec]  # the algorithms, parsed and checked (check_experiment)
     data: DomainData
     res: SharedResources
     make_student: Callable[[], Any]
@@ -151,8 +157,10 @@ def _needs_teacher(specs: list[AlgoSpec]) -> bool:
     return any(get_algorithm(s.name).needs_teacher for s in specs)
 
 
-def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experiment:
-    specs = check_experiment(cfg)
+def prepare(cfg: ExperimentConfig, specs: list[AlgoSpec], log: Callable[[str], None] = print) -> Experiment:
+    """Load what every run of ``cfg`` shares: its data, teacher and store, and the student template; ``specs``
+    are ``cfg``'s algorithms as :func:`check_experiment` returned them (nothing is checked again here). The
+    experiment's config comes back with its prompt names resolved (:func:`with_prompt_names`)."""
     spec, folder = resolve_dataset(cfg.dataset if cfg.data_dir is None else None, cfg.data_root, cfg.data_dir)
     if not folder.is_dir():
         how = ""
@@ -228,7 +236,9 @@ def prepare(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> Experi
     res = SharedResources(data=data, store=store, views=cfg.views, view_seed=cfg.view_seed, device=device,
                           workers=workers)
     key = (cfg.student, template.weights if template else None, cfg.train.image_size)
-    return Experiment(cfg, data, res, make_student, key, name, identity, raw_teacher)
+    exp = Experiment(cfg, specs, data, res, make_student, key, name, identity, raw_teacher)
+    exp.cfg = with_prompt_names(cfg, exp)
+    return exp
 
 
 def _bound_teacher(cfg: ExperimentConfig, data: DomainData, dataset: str, device: torch.device, log):
@@ -236,13 +246,12 @@ def _bound_teacher(cfg: ExperimentConfig, data: DomainData, dataset: str, device
     and trial seed before it answers anything; black-box wrapped afterwards when the experiment is."""
     from vl2v.teachers.blackbox import BlackBoxTeacher
     from vl2v.teachers.privileged import bind_to_experiment
-    from vl2v.teachers.prompts import class_name
+    from vl2v.teachers.prompts import class_prompt_names
     from vl2v.teachers.registry import create_teacher
 
     raw = create_teacher(cfg.teacher, blackbox=False, **cfg.teacher_options)
     raw.to(device)
-    names = prompt_names(cfg, data.all_classes, dataset)
-    names = names if names is not None else [class_name(c) for c in data.all_classes]
+    names = class_prompt_names(data.all_classes, prompt_names(cfg, data.all_classes, dataset))
     if data.seen is not None:
         names = [names[c] for c in data.seen]
     assert cfg.targets is not None
@@ -275,12 +284,12 @@ def with_prompt_names(cfg: ExperimentConfig, exp: Experiment) -> ExperimentConfi
     return cfg if names is None else replace(cfg, train=replace(cfg.train, class_names=names))
 
 
-def trainer_for(exp: Experiment, a: AlgoSpec, target: int, seed: int, data: DomainData, args_base: dict[str, Any],
-                draws: dict, prepaid: dict[str, float] | None = None) -> Trainer:
-    """The trainer of one run of the experiment (algorithm ``a`` on ``target``, trial ``seed``)."""
+def trainer_for(exp: Experiment, rs: RunSpec, args_base: dict[str, Any],
+                prepaid: dict[str, float] | None = None) -> Trainer:
+    """The trainer of the planned run ``rs`` (:func:`vl2v.experiment.plan.make_plan`), in its run folder, on the
+    images with its trial seed's splits."""
     cfg = exp.cfg
-    rs = RunSpec(a.name, target, seed, cfg.hparams_seed, a.hparams, draws[a])
     run_dir = ExperimentDir(Path(cfg.out_dir)).run(rs.algorithm, rs.hparams, rs.target, exp.data.domains,
                                                   rs.trial_seed, rs.hparams_seed).path
-    return Trainer(rs, cfg.train, exp.res, exp.make_student, run_dir, args_base, exp.student_key, data=data,
-                   teacher_encoder=exp.teacher_encoder, prepaid=prepaid)
+    return Trainer(rs, cfg.train, exp.res, exp.make_student, run_dir, args_base, exp.student_key,
+                   data=exp.data_for(rs.trial_seed), teacher_encoder=exp.teacher_encoder, prepaid=prepaid)

@@ -105,26 +105,22 @@ def expand(datasets: list[str], algorithms: list[str], seeds: list[int], targets
     ``None`` keeps the configured ``hparams_seed`` (0), so the job ids of a sweep without a
     search are unchanged.
     """
-    from vl2v.methods import get_algorithm
+    from vl2v.experiment.setup import AlgoSpec
 
     configure = configure or (lambda **kw: ExperimentConfig(**kw))
 
     grid = grid or {}
-    for a in grid:
-        if a not in [x.split(":")[0] for x in algorithms]:
-            raise ConfigError(f"--grid names algorithm {a!r}, which is not in the sweep's algorithms")
-    variants: list[str] = []
     for a in algorithms:
-        name = a.split(":")[0]
-        get_algorithm(name)  # unknown names fail here, before anything runs
+        AlgoSpec.parse(a)  # unknown names and bad options fail here, before anything runs
+    written = [a.partition(":")[0] for a in algorithms]  # the names as written, which --grid refers to
+    for a in grid:
+        if a not in written:
+            raise ConfigError(f"--grid names algorithm {a!r}, which is not in the sweep's algorithms")
+    variants: list[str] = []  # every grid point of every algorithm, written as a user would (job ids hash them)
+    for a, name in zip(algorithms, written):
         g = grid.get(name, {})
-        if not g:
-            variants.append(a)
-            continue
         keys = sorted(g)
-        for values in itertools.product(*(g[k] for k in keys)):
-            extra = ",".join(f"{k}={v}" for k, v in zip(keys, values))
-            variants.append(f"{a},{extra}" if ":" in a else f"{a}:{extra}")
+        variants += [AlgoSpec.extend(a, dict(zip(keys, values))) for values in itertools.product(*(g[k] for k in keys))]
     jobs: list[Job] = []
     for ds in datasets:
         domains = _domains(ds, root)

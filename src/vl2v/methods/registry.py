@@ -107,10 +107,12 @@ def check_teacher(info: AlgorithmInfo, ctx: "TaskContext") -> None:
 
 
 def create_algorithm(name: str, ctx: "TaskContext", student: "Student | None",
-                     overrides: dict[str, Any] | None = None) -> "Algorithm":
-    """The algorithm ``name`` for a task: its hyperparameters from ``overrides`` (validated), the teacher parts
+                     overrides: dict[str, Any] | None = None, *, hparams: Any = None) -> "Algorithm":
+    """The algorithm ``name`` for a task: its hyperparameters ``hparams`` (final and validated: a run's
+    :attr:`~vl2v.training.spec.RunSpec.values`), else made from ``overrides`` (validated here); the teacher parts
     its flags ask for checked (:func:`check_teacher`), then built. Every algorithm is created here."""
     info = get_algorithm(name)
-    hparams = make_hparams(info.hparams_cls, overrides, info.name)
+    if hparams is None:
+        hparams = make_hparams(info.hparams_cls, overrides, info.name)
     check_teacher(info, ctx)
     return info.cls(ctx, student, hparams)

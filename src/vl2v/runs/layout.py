@@ -61,7 +61,7 @@ class RunFinal(TypedDict, total=False):
     swad: dict[str, Any]
     queries: dict[str, float]  # the store's counters over the run (what it asked; parallel runs: as if alone)
     # what the run needed from the teacher (distinct answers: its bill if alone), what this process paid for it,
-    # and the store hits in between (see vl2v.training.loop.Trainer.teacher_bill)
+    # and the store hits in between (see vl2v.training.bill.TeacherAccount.bill)
     teacher_bill: dict[str, Any]
     stage_seconds: dict[str, float]
     n_train_images: int

@@ -22,13 +22,17 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from vl2v.config import PosInt, config_dataclass
 from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_SIZES, LITE_STD, create_lite
 from vl2v.teachers.base import Teacher, TeacherError
+from vl2v.teachers.registry import register_teacher
 from vl2v.utils.extras import missing_modules
 from vl2v.utils.hashing import cached_file_digest
 
@@ -224,3 +228,24 @@ class ConSETeacher(Teacher):
         if self._auto and self.device.type != "cpu" and self._onnx is not None:  # auto: PyTorch on accelerators
             self._onnx, self.runtime, self._identity = None, "torch", self._torch_identity
         return self
+
+
+# ------------------------------------------------------------------ the backend: --teacher conse[:CLASSIFIER]
+@config_dataclass
+class ConSEOptions:
+    """``--teacher-opt`` options of the ``conse`` teacher."""
+
+    k: Annotated[int, Field(ge=1, le=1000)] | None = None  # ImageNet classes mixed per image
+    classifier: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] | None = None
+    text_model: str | None = None
+    label_template: str | None = None
+    batch_size: PosInt | None = None
+    runtime: Literal["auto", "torch", "onnx"] | None = None
+
+
+@register_teacher("conse", white_box=True, offline=True, options=ConSEOptions,
+                  summary="ConSE: EfficientNet-Lite2 ImageNet probabilities x MiniLM class-name embeddings (offline, NOT CLIP)")
+def _conse(spec: str | None = None, **opts: Any) -> Teacher:
+    if spec:
+        opts.setdefault("classifier", spec)
+    return ConSETeacher(**opts)

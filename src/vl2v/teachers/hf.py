@@ -32,13 +32,15 @@ import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vl2v.config import PosInt, config_dataclass
 from vl2v.teachers.base import Teacher, TeacherError
+from vl2v.teachers.registry import register_teacher
 from vl2v.utils.extras import require
 from vl2v.utils.hashing import files_digest
 
@@ -364,3 +366,20 @@ class HFTeacher(Teacher):
         self.hf.to(self.device)
         self.encoder.to(self.device)
         return self
+
+
+# ------------------------------------------------------------------ the backend: --teacher transformers:HUB_ID|DIR
+@config_dataclass
+class HFOptions:
+    """``--teacher-opt`` options of the ``transformers`` teacher."""
+
+    revision: str | None = None
+    batch_size: PosInt | None = None
+    dtype: Literal["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"] | None = None
+    cache_dir: str | None = None
+
+
+@register_teacher("transformers", white_box=True, offline=False, options=HFOptions,
+                  summary="Hugging Face CLIP/MetaCLIP2/SigLIP/SigLIP2/ALIGN/FLAVA/BLIP: transformers:HUB_ID or transformers:/local/dir")
+def _transformers(spec: str | None = None, **opts: Any) -> Teacher:
+    return HFTeacher(model=spec or "", **opts)

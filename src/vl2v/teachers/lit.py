@@ -39,9 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vl2v.config import PosInt, config_dataclass
 from vl2v.students.efficientnet_lite import LITE_MEAN, LITE_SIZES, LITE_STD, create_lite
 from vl2v.teachers.base import Teacher, TeacherError
 from vl2v.teachers.conse import conse_combine
+from vl2v.teachers.registry import register_teacher
 from vl2v.utils.hashing import file_digest
 from vl2v.utils.io import vl2v_home
 
@@ -259,3 +261,18 @@ class LiTTeacher(Teacher):
         self.device = torch.device(device)
         self.encoder.to(self.device)
         return self
+
+
+# ------------------------------------------------------------------ the backend: --teacher lit[:NAME|:/path]
+@config_dataclass
+class LiTOptions:
+    """``--teacher-opt`` options of the ``lit`` teacher."""
+
+    batch_size: PosInt | None = None
+
+
+@register_teacher("lit", white_box=True, offline=True, options=LiTOptions,
+                  summary="LiT: locked EfficientNet-Lite2 + a head trained on icon captions, mixed with ConSE "
+                          "(lit or lit:NAME; build it first: vl2v teacher build NAME)")
+def _lit(spec: str | None = None, **opts: Any) -> Teacher:
+    return LiTTeacher(spec, **opts)

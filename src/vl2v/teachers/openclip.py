@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vl2v.config import PosInt, config_dataclass
 from vl2v.teachers.base import Teacher, TeacherError, TeacherWeightsError
+from vl2v.teachers.registry import register_teacher
 from vl2v.utils.hashing import cached_file_digest
 
 
@@ -192,3 +195,27 @@ def _tag_preprocess(open_clip, model: str, tag: str | None) -> dict | None:
     if len(found) != 1:
         return None  # no tags, or tags that disagree: open_clip's defaults (choose with preprocess=TAG)
     return {k: v for k, v in json.loads(found.pop()).items() if v is not None}
+
+
+# ------------------------------------------------------------------ the backend: --teacher openclip:MODEL:TAG
+@config_dataclass
+class OpenCLIPOptions:
+    """``--teacher-opt`` options of the ``openclip`` teacher."""
+
+    batch_size: PosInt | None = None
+    cache_dir: str | None = None
+    preprocess: str | None = None
+
+
+@register_teacher("openclip", white_box=True, offline=False, options=OpenCLIPOptions,
+                  summary="any open_clip model: openclip:MODEL:TAG, openclip:MODEL:/path/to/checkpoint or openclip:local-dir:/path")
+def _openclip(spec: str | None = None, **opts: Any) -> Teacher:
+    model, pretrained = "ViT-B-16", "openai"
+    if spec and spec.startswith(("local-dir:", "hf-hub:")):
+        model, pretrained = spec, None
+    elif spec:
+        parts = spec.split(":", 1)
+        model = parts[0]
+        if len(parts) > 1:
+            pretrained = parts[1]
+    return OpenCLIPTeacher(model=model, pretrained=pretrained, **opts)

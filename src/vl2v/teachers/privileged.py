@@ -33,7 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vl2v.config import Fraction, config_dataclass
 from vl2v.teachers.base import Teacher, TeacherError
+from vl2v.teachers.registry import create_teacher, register_teacher, teacher_info
 
 #: the head's fixed recipe (full-batch Adam on cached tower outputs; chosen once, before any student ran,
 #: and never tuned on a test domain: the head's own accuracy is reported on the target's test split)
@@ -227,6 +229,44 @@ def create_privileged(base: Teacher, alpha: float = 0.5, cache: bool = True) -> 
         raise TeacherError("privileged teacher: its base cannot be another privileged teacher")
     path = vl2v_home() / "cache" / "privileged-tower.sqlite" if cache else None
     return PrivilegedTeacher(base, alpha, path)
+
+
+# ------------------------------------------------------------------ the backend: --teacher privileged[:alpha=A]
+@config_dataclass
+class PrivilegedOptions:
+    """``--teacher-opt`` options of the ``privileged`` teacher; ``alpha`` and ``base`` may be written in the spec
+    too (``privileged:alpha=0.5,base=conse``), typed by this class all the same."""
+
+    alpha: Fraction | None = None  # weight of the privileged head: 0 = the base teacher, 1 = the head alone
+    base: str | None = None  # the base teacher (default conse)
+    cache: bool | None = None  # share tower outputs across experiments ($VL2V_HOME/cache/privileged-tower.sqlite)
+
+
+#: the options a spec may name (``privileged:alpha=A,base=TEACHER``); ``cache`` only as --teacher-opt
+SPEC_OPTIONS = ("alpha", "base")
+
+
+@register_teacher("privileged", white_box=False, offline=True, options=PrivilegedOptions, experiment_bound=True,
+                  summary="DIAGNOSTIC, never a default: a head trained on the TARGET domain's validation split (and "
+                          "the sources' training splits) blended with a base teacher (conse): privileged:alpha=A; "
+                          "one --target and one --seed per experiment")
+def _privileged(spec: str | None = None, **opts: Any) -> Teacher:
+    """``opts``: the --teacher-opt options, typed already; the spec's parts are typed here by the same
+    :class:`PrivilegedOptions` (``privileged:alpha=abc`` fails as ``--teacher-opt alpha=abc`` does), and an
+    option given both ways is the --teacher-opt one."""
+    parts: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in (spec or "").split(","))):  # privileged:alpha=0.5
+        key, eq, value = part.partition("=")
+        if not eq or key.strip() not in SPEC_OPTIONS:
+            raise TeacherError(f"privileged teacher: bad spec part {part!r}; write privileged:alpha=A")
+        parts.setdefault(key.strip(), value.strip())  # the first of a repeated part, as ever
+    typed = teacher_info("privileged").check_options(parts, what=f"teacher spec {'privileged:' + (spec or '')!r}")
+    opts = {**typed, **opts}
+    alpha = opts.pop("alpha", None)
+    base = str(opts.pop("base", None) or "conse")
+    if base.split(":", 1)[0] == "privileged":
+        raise TeacherError("privileged teacher: its base cannot be another privileged teacher")
+    return create_privileged(create_teacher(base), 0.5 if alpha is None else alpha, **opts)
 
 
 def bind_to_experiment(teacher: PrivilegedTeacher, data: Any, target: int, names: Sequence[str],

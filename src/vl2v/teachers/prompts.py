@@ -29,6 +29,16 @@ def class_name(folder: str) -> str:
     return folder.replace("_", " ").strip()
 
 
+def class_prompt_names(classes: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
+    """Each of ``classes``' name in the prompts: ``names`` (resolved from ``--prompt-names``/``--classnames``, one
+    per class), else the folder names (:func:`class_name`)."""
+    if names is None:
+        return [class_name(c) for c in classes]
+    if len(names) != len(classes):
+        raise ValueError(f"{len(names)} prompt class names for {len(classes)} classes")
+    return list(names)
+
+
 def validate_templates(templates: Sequence[str]) -> tuple[str, ...]:
     if not templates:
         raise ValueError("at least one prompt template is needed")

@@ -10,6 +10,14 @@ Examples::
     openclip:local-dir:/path            a downloaded open_clip Hub folder (offline)
     transformers:google/siglip-base-patch16-224   a Hugging Face model (hub id or local dir)
 
+This module is the machinery only and imports no backend. Each backend registers itself, beside its code,
+with :func:`register_teacher` (``teachers/conse.py``, ``lit.py``, ``openclip.py``, ``hf.py``, ``remote.py``,
+``privileged.py``, ``vendors/__init__.py``), and ``vl2v/teachers/__init__.py`` names those modules
+(``BACKENDS``, in `vl2v teacher list` order; timm's ``models/__init__.py`` + ``_registry.py`` pattern, as
+:mod:`vl2v.methods.registry`). They are imported on the first look-up in :data:`TEACHERS` rather than with
+the package, so a light submodule such as :mod:`vl2v.teachers.wire` stays free of torch; every look-up sees
+the full list.
+
 Options (``--teacher-opt key=value``) go to the backend's constructor, e.g.
 ``k=5`` or ``runtime=onnx`` (ONNX Runtime for the classifier) for ConSE. Each backend
 declares them as a typed config dataclass (``options=``), so ``k=abc`` or an unknown
@@ -20,14 +28,13 @@ key is a one-line error naming the option before anything is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from pydantic import Field
-
-from vl2v.config import Fraction, NonNegFloat, NonNegInt, PosInt, config_dataclass, validated
 from vl2v.errors import ConfigError
-from vl2v.registry import Registry
-from vl2v.teachers.base import Teacher, TeacherError
+from vl2v.registry import Entry, Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vl2v.teachers.base import Teacher
 
 
 @dataclass(frozen=True)
@@ -44,13 +51,17 @@ class TeacherInfo:
     # experiment, and the experiment binds it (teachers.privileged.bind_to_experiment) before it answers
     experiment_bound: bool = False
 
-    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+    def check_options(self, options: dict[str, Any], what: str | None = None) -> dict[str, Any]:
         """``options`` (``--teacher-opt`` text values) typed and range-checked by the backend's options class;
-        only the keys given (the constructor's own defaults stay in force for the rest)."""
+        only the keys given (the constructor's own defaults stay in force for the rest). ``what``: where they
+        were written, for the error (default ``--teacher-opt for teacher NAME``)."""
+        from vl2v.config import validated
+        from vl2v.teachers.base import TeacherError
+
         if self.options is None or not options:
             return dict(options)
         try:
-            typed = validated(self.options, options, what=f"--teacher-opt for teacher {self.name!r}")
+            typed = validated(self.options, options, what=what or f"--teacher-opt for teacher {self.name!r}")
         except TeacherError:
             raise
         except ConfigError as exc:
@@ -58,7 +69,78 @@ class TeacherInfo:
         return {k: getattr(typed, k) for k in options}
 
 
-TEACHERS: Registry[TeacherInfo] = Registry("teacher")
+class TeacherRegistry(Registry[TeacherInfo]):
+    """The teacher :class:`~vl2v.registry.Registry`, whose built-in members are imported on its first use.
+
+    ``vl2v/teachers/__init__.py`` hands it (:meth:`members`) the backend modules, in `vl2v teacher list` order,
+    and the function that imports them; any look-up, listing or registration runs that function once, first.
+    A built-in member takes its module's place in that order whichever module was imported first (a backend
+    imported directly registers before the others), and the built-ins come before a plug-in's or a test's."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self._load: Callable[[], object] | None = None
+        self._order: dict[str, int] = {}
+
+    def members(self, load: Callable[[], object], modules: Sequence[str]) -> None:
+        """``load()`` imports ``modules``, each of which registers its built-in members; it runs before the first
+        use, and ``modules``' order is the members' order."""
+        self._load, self._order = load, {m: i for i, m in enumerate(modules)}
+
+    def _loaded(self) -> None:
+        load, self._load = self._load, None  # cleared first: the members register while it runs
+        if load is not None:
+            try:
+                load()
+            except BaseException:
+                self._load = load  # tried again (and fails again, with its own error) on the next use
+                raise
+
+    def _rank(self, entry: Entry[TeacherInfo]) -> int:
+        module = getattr(getattr(entry.obj, "factory", None), "__module__", None)
+        return self._order.get(module or "", len(self._order))
+
+    def register(self, name: str | None = None) -> Callable[[TeacherInfo], TeacherInfo]:
+        deco = super().register(name)
+
+        def in_order(obj: TeacherInfo) -> TeacherInfo:
+            self._loaded()
+            deco(obj)
+            # sorted by module rank, stable (registration order among a module's and among the other members)
+            self._entries = dict(sorted(self._entries.items(), key=lambda kv: self._rank(kv[1])))
+            return obj
+
+        return in_order
+
+    def unregister(self, name: str) -> None:
+        self._loaded()
+        super().unregister(name)
+
+    def entry(self, name: str) -> Entry[TeacherInfo]:
+        self._loaded()
+        return super().entry(name)
+
+    def names(self) -> list[str]:
+        self._loaded()
+        return super().names()
+
+    def entries(self) -> list[Entry[TeacherInfo]]:
+        self._loaded()
+        return super().entries()
+
+    def __contains__(self, name: object) -> bool:
+        self._loaded()
+        return super().__contains__(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        self._loaded()
+        return super().__len__()
+
+
+TEACHERS = TeacherRegistry("teacher")
 
 
 def register_teacher(name: str, *, summary: str, white_box: bool, offline: bool = False,
@@ -72,130 +154,6 @@ def register_teacher(name: str, *, summary: str, white_box: bool, offline: bool 
         return factory
 
     return deco
-
-
-# ------------------------------------------------------------------ each backend's --teacher-opt options
-@config_dataclass
-class ConSEOptions:
-    k: Annotated[int, Field(ge=1, le=1000)] | None = None  # ImageNet classes mixed per image
-    classifier: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] | None = None
-    text_model: str | None = None
-    label_template: str | None = None
-    batch_size: PosInt | None = None
-    runtime: Literal["auto", "torch", "onnx"] | None = None
-
-
-@config_dataclass
-class LiTOptions:
-    batch_size: PosInt | None = None
-
-
-@config_dataclass
-class OpenCLIPOptions:
-    batch_size: PosInt | None = None
-    cache_dir: str | None = None
-    preprocess: str | None = None
-
-
-@config_dataclass
-class HFOptions:
-    revision: str | None = None
-    batch_size: PosInt | None = None
-    dtype: Literal["float32", "fp32", "float16", "fp16", "bfloat16", "bf16"] | None = None
-    cache_dir: str | None = None
-
-
-@config_dataclass
-class RemoteOptions:
-    api_key: str | None = None
-    batch_size: PosInt | None = None
-    timeout: Annotated[float, Field(gt=0)] | None = None
-    retries: NonNegInt | None = None
-    backoff: NonNegFloat | None = None
-    max_backoff: NonNegFloat | None = None
-    budget: NonNegInt | None = None  # image queries this process may send
-    max_wait: NonNegFloat | None = None  # longest 429 Retry-After waited out (s); longer: QueryBudgetExceeded
-
-
-@register_teacher("conse", white_box=True, offline=True, options=ConSEOptions,
-                  summary="ConSE: EfficientNet-Lite2 ImageNet probabilities x MiniLM class-name embeddings (offline, NOT CLIP)")
-def _conse(spec: str | None = None, **opts: Any) -> Teacher:
-    from vl2v.teachers.conse import ConSETeacher
-
-    if spec:
-        opts.setdefault("classifier", spec)
-    return ConSETeacher(**opts)
-
-
-@register_teacher("lit", white_box=True, offline=True, options=LiTOptions,
-                  summary="LiT: locked EfficientNet-Lite2 + a head trained on icon captions, mixed with ConSE "
-                          "(lit or lit:NAME; build it first: vl2v teacher build NAME)")
-def _lit(spec: str | None = None, **opts: Any) -> Teacher:
-    from vl2v.teachers.lit import LiTTeacher
-
-    return LiTTeacher(spec, **opts)
-
-
-@register_teacher("openclip", white_box=True, offline=False, options=OpenCLIPOptions,
-                  summary="any open_clip model: openclip:MODEL:TAG, openclip:MODEL:/path/to/checkpoint or openclip:local-dir:/path")
-def _openclip(spec: str | None = None, **opts: Any) -> Teacher:
-    from vl2v.teachers.openclip import OpenCLIPTeacher
-
-    model, pretrained = "ViT-B-16", "openai"
-    if spec and spec.startswith(("local-dir:", "hf-hub:")):
-        model, pretrained = spec, None
-    elif spec:
-        parts = spec.split(":", 1)
-        model = parts[0]
-        if len(parts) > 1:
-            pretrained = parts[1]
-    return OpenCLIPTeacher(model=model, pretrained=pretrained, **opts)
-
-
-@register_teacher("transformers", white_box=True, offline=False, options=HFOptions,
-                  summary="Hugging Face CLIP/MetaCLIP2/SigLIP/SigLIP2/ALIGN/FLAVA/BLIP: transformers:HUB_ID or transformers:/local/dir")
-def _transformers(spec: str | None = None, **opts: Any) -> Teacher:
-    from vl2v.teachers.hf import HFTeacher
-
-    return HFTeacher(model=spec or "", **opts)
-
-
-@register_teacher("remote", white_box=False, offline=False, options=RemoteOptions,
-                  summary="a `vl2v serve` embedding service: remote:http://HOST:PORT (key: api_key=... or $VL2V_API_KEY; "
-                          "batch_size, timeout, retries, backoff, budget)")
-def _remote(spec: str | None = None, **opts: Any) -> Teacher:
-    from vl2v.teachers.remote import create_remote_teacher
-
-    return create_remote_teacher(spec, **opts)
-
-
-@config_dataclass
-class PrivilegedOptions:
-    alpha: Fraction | None = None  # weight of the privileged head: 0 = the base teacher, 1 = the head alone
-    base: str | None = None  # the base teacher (default conse)
-    cache: bool | None = None  # share tower outputs across experiments ($VL2V_HOME/cache/privileged-tower.sqlite)
-
-
-@register_teacher("privileged", white_box=False, offline=True, options=PrivilegedOptions, experiment_bound=True,
-                  summary="DIAGNOSTIC, never a default: a head trained on the TARGET domain's validation split (and "
-                          "the sources' training splits) blended with a base teacher (conse): privileged:alpha=A; "
-                          "one --target and one --seed per experiment")
-def _privileged(spec: str | None = None, **opts: Any) -> Teacher:
-    from vl2v.teachers.privileged import create_privileged
-
-    for part in filter(None, (p.strip() for p in (spec or "").split(","))):  # privileged:alpha=0.5
-        key, eq, value = part.partition("=")
-        if not eq or key.strip() not in ("alpha", "base"):
-            raise TeacherError(f"privileged teacher: bad spec part {part!r}; write privileged:alpha=A")
-        opts.setdefault(key.strip(), value.strip())
-    try:
-        alpha = float(opts.pop("alpha", 0.5))
-    except ValueError:
-        raise TeacherError("privileged teacher: alpha must be a number in [0, 1]") from None
-    base = str(opts.pop("base", None) or "conse")
-    if base.split(":", 1)[0] == "privileged":
-        raise TeacherError("privileged teacher: its base cannot be another privileged teacher")
-    return create_privileged(create_teacher(base), alpha, **opts)
 
 
 @dataclass(frozen=True)
@@ -230,6 +188,8 @@ def public_options(options: dict[str, Any] | None) -> dict[str, Any]:
 def create_teacher(text: str, blackbox: bool = False, **options: Any) -> Teacher:
     """The teacher ``text`` names, with its ``--teacher-opt`` options; a redacted secret read back from a record
     (an API key) is left out, so the backend takes it from its environment variable as usual."""
+    from vl2v.teachers.base import TeacherError
+
     options = {k: v for k, v in options.items() if not (k in SECRET_OPTIONS and v == REDACTED)}
     spec = TeacherSpec.parse(text, options)
     try:
@@ -253,32 +213,3 @@ def teacher_info(name: str) -> TeacherInfo:
 
 def list_teachers() -> list[TeacherInfo]:
     return [teacher_info(name) for name in TEACHERS.names()]
-
-
-# ------------------------------------------------------------------ vendor teachers (docs/vendors.md)
-@config_dataclass
-class VendorOptions:
-    api_key: str | None = None  # default: the provider's environment variable (JINA_API_KEY, CO_API_KEY, ...)
-    image_size: Annotated[int, Field(ge=16, le=4096)] | None = None  # input side; sent at most the vendor's limit
-    image_format: Literal["png", "jpeg", "jpg"] | None = None
-    jpeg_quality: Annotated[int, Field(ge=1, le=100)] | None = None
-    batch_size: PosInt | None = None  # images per request (capped at the vendor's documented limit)
-    text_batch_size: PosInt | None = None
-    timeout: Annotated[float, Field(gt=0)] | None = None
-    retries: NonNegInt | None = None
-    backoff: NonNegFloat | None = None
-    max_backoff: NonNegFloat | None = None
-    budget_usd: NonNegFloat | None = None  # refuse a call whose estimated cost would pass it (before sending)
-    price_image: NonNegFloat | None = None  # USD per image query (replaces prices.json)
-    price_text: NonNegFloat | None = None  # USD per text query (replaces prices.json)
-    base_url: str | None = None  # another endpoint of the same API (a proxy, a regional host)
-
-
-@register_teacher("vendor", white_box=False, offline=False, options=VendorOptions,
-                  summary="a vendor's multimodal embedding API, pay per query: vendor:PROVIDER:MODEL with jina, cohere, "
-                          "voyage or nomic (key: $JINA_API_KEY, $CO_API_KEY, $VOYAGE_API_KEY, $NOMIC_API_KEY or "
-                          "api_key=...; budget_usd, price_image, price_text, image_size, image_format)")
-def _vendor(spec: str | None = None, **opts: Any) -> Teacher:
-    from vl2v.teachers.vendors import create_vendor_teacher
-
-    return create_vendor_teacher(spec, **opts)

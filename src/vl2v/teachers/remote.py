@@ -41,14 +41,17 @@ import random
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import Field
 
 from vl2v import __version__
-from vl2v.teachers.base import PaidTeacher, QueryBudgetExceeded, TeacherError
+from vl2v.config import NonNegFloat, NonNegInt, PosInt, config_dataclass
+from vl2v.teachers.base import PaidTeacher, QueryBudgetExceeded, Teacher, TeacherError
+from vl2v.teachers.registry import register_teacher
 from vl2v.teachers.wire import (
     IDEMPOTENCY_HEADER,
     IMAGES_PATH,
@@ -60,11 +63,17 @@ from vl2v.teachers.wire import (
 )
 from vl2v.utils.extras import require
 
-require("serve", "httpx")  # a one-line error naming the extra, not a bare ImportError
-import httpx  # noqa: E402
+if TYPE_CHECKING:  # pragma: no cover
+    import httpx
 
 API_KEY_ENV = "VL2V_API_KEY"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def _require_httpx() -> None:
+    """httpx (the 'serve' extra) is imported by the client only, so that registering this backend stays light:
+    a one-line error naming the extra, not a bare ImportError."""
+    require("serve", "httpx")
 
 
 def _sleep(seconds: float) -> None:
@@ -105,6 +114,9 @@ class RemoteTeacher(PaidTeacher):
                  timeout: float | str = 60.0, retries: int | str = 5, backoff: float | str = 0.5,
                  max_backoff: float | str = 30.0, budget: int | str | None = None, max_wait: float | str = 60.0,
                  transport: httpx.BaseTransport | None = None) -> None:
+        _require_httpx()
+        import httpx
+
         if not url or not url.startswith(("http://", "https://")):
             raise TeacherError(f"remote teacher needs an http(s) URL, e.g. remote:http://127.0.0.1:8000; got {url!r}")
         self.url = url.rstrip("/")
@@ -230,6 +242,8 @@ class RemoteTeacher(PaidTeacher):
             raise RemoteTeacherError(f"malformed answer from {self.url}{path}: {exc}") from None
 
     def _call(self, method: str, path: str, content: bytes | None = None, request_id: str | None = None) -> httpx.Response:
+        import httpx  # imported by __init__ already
+
         headers = {"Content-Type": "application/json"} if content is not None else {}
         if request_id is not None:
             headers[IDEMPOTENCY_HEADER] = request_id
@@ -356,6 +370,29 @@ def _encode_pngs(images: torch.Tensor) -> list[str]:
 
 
 def create_remote_teacher(spec: str | None, **opts: Any) -> RemoteTeacher:
+    _require_httpx()  # first, as when this module imported httpx itself
     if not spec:
         raise TeacherError("the remote teacher needs the service's URL: --teacher remote:http://HOST:PORT")
     return RemoteTeacher(spec, **opts)
+
+
+# ------------------------------------------------------------------ the backend: --teacher remote:URL
+@config_dataclass
+class RemoteOptions:
+    """``--teacher-opt`` options of the ``remote`` teacher (the table above)."""
+
+    api_key: str | None = None
+    batch_size: PosInt | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    retries: NonNegInt | None = None
+    backoff: NonNegFloat | None = None
+    max_backoff: NonNegFloat | None = None
+    budget: NonNegInt | None = None  # image queries this process may send
+    max_wait: NonNegFloat | None = None  # longest 429 Retry-After waited out (s); longer: QueryBudgetExceeded
+
+
+@register_teacher("remote", white_box=False, offline=False, options=RemoteOptions,
+                  summary="a `vl2v serve` embedding service: remote:http://HOST:PORT (key: api_key=... or $VL2V_API_KEY; "
+                          "batch_size, timeout, retries, backoff, budget)")
+def _remote(spec: str | None = None, **opts: Any) -> Teacher:
+    return create_remote_teacher(spec, **opts)

@@ -12,7 +12,10 @@ stage early).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
+import torch
 
 from vl2v.methods import Stage
 
@@ -69,3 +72,10 @@ class TrainerHooks:
 
     def on_eval(self, info: EvalInfo) -> None:
         """After each evaluation the run records (``evaluation``'s placeholders included)."""
+
+    def clock(self, device: torch.device) -> float:
+        """The loop's clock: ``time.perf_counter()``, after the device's queued work when :attr:`synchronize`
+        says so (CUDA)."""
+        if self.synchronize and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
