@@ -26,7 +26,7 @@ def test_expansion_and_stable_ids(image_folder):
     assert [j.id for j in jobs] == [j.id for j in again]  # same arguments -> same ids
     other = expand([str(image_folder)], ["erm_ft"], [0], ["photo"], None, job_configurator(TRAIN + ["--lr", "1e-3"]))
     assert other[0].id not in {j.id for j in jobs}
-    with pytest.raises(ConfigError, match="not a domain"):
+    with pytest.raises(ConfigError, match="unknown target domain .mars.; domains are: 0=art"):
         expand([str(image_folder)], ["erm_ft"], [0], ["mars"])
     with pytest.raises(ConfigError, match="not in the sweep's algorithms"):
         expand([str(image_folder)], ["erm_ft"], [0], None, parse_grid(["kd.alpha=0.1"]))

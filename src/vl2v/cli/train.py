@@ -32,37 +32,6 @@ PAPER_OFFLINE_HINT = (
 RESUME_FLAGS = ("resume", "jobs", "workers", "data_mode", "func", "parser")
 
 
-def _resolve_targets(values: list[str] | None, domains: list[str]) -> tuple[int, ...] | None:
-    if not values:
-        return None
-    listing = ", ".join(f"{i}={d}" for i, d in enumerate(domains))
-    out = []
-    for v in values:
-        if v.isdigit():
-            if int(v) >= len(domains):
-                raise CLIError(f"--target {v}: target {v} out of range: domains are {listing}")
-            out.append(int(v))
-        elif v in domains:
-            out.append(domains.index(v))
-        else:
-            raise CLIError(f"unknown target domain {v!r}; domains are: {listing}")
-    return tuple(out)
-
-
-def _domains(cfg: ExperimentConfig) -> list[str]:
-    """The dataset's domain names, from its registry entry or its folder (no image is read)."""
-    from vl2v.data.registry import resolve_dataset
-
-    spec, folder = resolve_dataset(cfg.dataset if cfg.data_dir is None else None, cfg.data_root, cfg.data_dir)
-    if spec is not None:
-        return list(spec.domains)
-    if not folder.is_dir():
-        raise CLIError(f"--data {cfg.data_dir}: no such folder (expected ROOT/domain/class/image files)")
-    from vl2v.data.folder import list_subdirs
-
-    return list_subdirs(folder)  # the domains scan_folder will find
-
-
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -144,11 +113,15 @@ def config_from_args(args: argparse.Namespace, default_algorithms: tuple[str, ..
                  prompt_names=args.prompt_names, classnames=args.classnames)
     cfg = with_settings(cfg, {k: v for k, v in flags.items() if v is not None}, what="bad option",
                         labels=_flag_labels())
-    domains = _domains(cfg)  # a missing --data folder is reported here, before anything loads
+    from vl2v.data.folder import dataset_domains
+
+    domains = dataset_domains(cfg.dataset, cfg.data_root, cfg.data_dir)  # a missing --data folder: reported now
     if args.target:
         from dataclasses import replace
 
-        cfg = replace(cfg, targets=_resolve_targets(args.target, domains))
+        from vl2v.experiment.plan import resolve_targets
+
+        cfg = replace(cfg, targets=resolve_targets(args.target, domains))
     return cfg
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from vl2v.data.images import ImageDecodeError, is_image_file, load_rgb
-from vl2v.errors import UserError
+from vl2v.errors import ConfigError, UserError
 
 
 class FolderError(UserError, ValueError):
@@ -128,6 +128,20 @@ def _rel(p: Path, root: Path) -> str:
         return p.relative_to(root).as_posix()
     except ValueError:
         return str(p)
+
+
+def dataset_domains(name: str | None, root: str | None = None, data_dir: str | None = None) -> list[str]:
+    """The domain names of a registered dataset (``name``, its entry's) or of a ``data_dir`` folder (the
+    sub-folders :func:`scan_folder` will find), without reading an image: the one place they are listed
+    before the data is loaded."""
+    from vl2v.data.registry import resolve_dataset
+
+    spec, folder = resolve_dataset(name if data_dir is None else None, root, data_dir)
+    if spec is not None:
+        return list(spec.domains)
+    if not folder.is_dir():
+        raise ConfigError(f"--data {data_dir}: no such folder (expected ROOT/domain/class/image files)")
+    return list_subdirs(folder)
 
 
 def list_subdirs(path: Path) -> list[str]:

@@ -19,6 +19,25 @@ from vl2v.methods import get_algorithm, make_hparams
 from vl2v.training.spec import RunSpec
 
 
+def resolve_targets(values: list[str] | None, domains: list[str]) -> tuple[int, ...] | None:
+    """Target domains as written (``--target``, a sweep's targets): names or indices into ``domains``; None
+    for none given (every domain in turn)."""
+    if not values:
+        return None
+    listing = ", ".join(f"{i}={d}" for i, d in enumerate(domains))
+    out = []
+    for v in values:
+        if v.isdigit():
+            if int(v) >= len(domains):
+                raise ConfigError(f"--target {v}: target {v} out of range: domains are {listing}")
+            out.append(int(v))
+        elif v in domains:
+            out.append(domains.index(v))
+        else:
+            raise ConfigError(f"unknown target domain {v!r}; domains are: {listing}")
+    return tuple(out)
+
+
 def target_indices(cfg: ExperimentConfig, domains: list[str]) -> list[int]:
     """The held-out target domains of ``cfg`` (every domain in turn by default), each checked against ``domains``."""
     if len(domains) < 2:

@@ -157,10 +157,9 @@ def _needs_teacher(specs: list[AlgoSpec]) -> bool:
     return any(get_algorithm(s.name).needs_teacher for s in specs)
 
 
-def prepare(cfg: ExperimentConfig, specs: list[AlgoSpec], log: Callable[[str], None] = print) -> Experiment:
-    """Load what every run of ``cfg`` shares: its data, teacher and store, and the student template; ``specs``
-    are ``cfg``'s algorithms as :func:`check_experiment` returned them (nothing is checked again here). The
-    experiment's config comes back with its prompt names resolved (:func:`with_prompt_names`)."""
+def _load_data(cfg: ExperimentConfig, log: Callable[[str], None]) -> tuple[str, DomainData, int]:
+    """The experiment's dataset: its name, its images with the first trial seed's splits (held-out classes
+    removed for the novel-class benchmark) and the loader workers that read them."""
     spec, folder = resolve_dataset(cfg.dataset if cfg.data_dir is None else None, cfg.data_root, cfg.data_dir)
     if not folder.is_dir():
         how = ""
@@ -191,7 +190,14 @@ def prepare(cfg: ExperimentConfig, specs: list[AlgoSpec], log: Callable[[str], N
     log(f"data: {name} at {folder}: {len(data.bank)} images ({'streamed from disk' if data.bank.streamed else 'in memory'}, "
         f"{workers} loader workers), domains {data.domains}, "
         f"{len(data.classes)} classes ({time.time() - t0:.1f}s)")
+    return name, data, workers
 
+
+def prepare(cfg: ExperimentConfig, specs: list[AlgoSpec], log: Callable[[str], None] = print) -> Experiment:
+    """Load what every run of ``cfg`` shares: its data, teacher and store, and the student template; ``specs``
+    are ``cfg``'s algorithms as :func:`check_experiment` returned them (nothing is checked again here). The
+    experiment's config comes back with its prompt names resolved (:func:`with_prompt_names`)."""
+    name, data, workers = _load_data(cfg, log)
     store = None
     identity = None
     raw_teacher = None

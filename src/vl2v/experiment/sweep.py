@@ -70,17 +70,6 @@ def job_id(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _domains(dataset: str, root: str | None) -> list[str]:
-    from vl2v.data.folder import list_subdirs
-    from vl2v.data.registry import resolve_dataset
-
-    path = Path(dataset)
-    if path.is_dir():
-        return list_subdirs(path)  # the domains scan_folder will find
-    spec, _ = resolve_dataset(dataset, root)
-    return list(spec.domains)
-
-
 def parse_grid(items: list[str] | None) -> dict[str, dict[str, list[str]]]:
     """``["adip.lam=0,0.5,1", "kd.temperature=2,4"]`` -> {"adip": {"lam": [...]}, "kd": {...}}."""
     grid: dict[str, dict[str, list[str]]] = {}
@@ -105,6 +94,8 @@ def expand(datasets: list[str], algorithms: list[str], seeds: list[int], targets
     ``None`` keeps the configured ``hparams_seed`` (0), so the job ids of a sweep without a
     search are unchanged.
     """
+    from vl2v.data.folder import dataset_domains
+    from vl2v.experiment.plan import resolve_targets
     from vl2v.experiment.setup import AlgoSpec
 
     configure = configure or (lambda **kw: ExperimentConfig(**kw))
@@ -123,23 +114,20 @@ def expand(datasets: list[str], algorithms: list[str], seeds: list[int], targets
         variants += [AlgoSpec.extend(a, dict(zip(keys, values))) for values in itertools.product(*(g[k] for k in keys))]
     jobs: list[Job] = []
     for ds in datasets:
-        domains = _domains(ds, root)
-        tgts = targets or [str(i) for i in range(len(domains))]
         where = (dict(dataset=None, data_dir=str(Path(ds).resolve()), data_root=None) if Path(ds).is_dir()
                  else dict(dataset=ds, data_dir=None, data_root=root))
+        domains = dataset_domains(where["dataset"], where["data_root"], where["data_dir"])
+        tgts = resolve_targets(targets, domains) or range(len(domains))
         base = configure(**where)
         hps = list(dict.fromkeys(hparams_seeds)) if hparams_seeds else [base.hparams_seed]
         if any(h < 0 for h in hps):
             raise ConfigError(f"hparams seeds must be >= 0, got {hps}")
         for t in tgts:
-            tgt = str(domains.index(t)) if t in domains else t
-            if not tgt.isdigit() or int(tgt) >= len(domains):
-                raise ConfigError(f"target {t!r} is not a domain of {ds} ({', '.join(domains)})")
             for v in variants:
                 for h in hps:
                     for s in seeds:
-                        cfg = replace(base, targets=(int(tgt),), algorithms=(v,), seeds=(s,), hparams_seed=h, out_dir="")
-                        jobs.append(Job(job_id(cfg), cfg, {"dataset": ds, "target": domains[int(tgt)],
+                        cfg = replace(base, targets=(t,), algorithms=(v,), seeds=(s,), hparams_seed=h, out_dir="")
+                        jobs.append(Job(job_id(cfg), cfg, {"dataset": ds, "target": domains[t],
                                                            "algorithm": v, "hparams_seed": h, "seed": s}))
     return jobs
 
