@@ -69,13 +69,18 @@ def collect_curve(paths: Sequence[str | Path], baseline: Sequence[str | Path]) -
     """The curve's points: runs with a privileged teacher under ``paths`` (alpha from the teacher's identity),
     and the ``baseline`` runs (its base teacher: alpha = 0 for its zeroshot/adip/kd/sd runs, and the
     teacher-free references ERM-FT and ADiP(lam=0) for every alpha)."""
+    return curve_points(collect_runs(list(paths)), collect_runs(list(baseline)))
+
+
+def curve_points(entries: Sequence[Any], baseline: Sequence[Any]) -> list[CurvePoint]:
+    """:func:`collect_curve` on runs already read (:func:`vl2v.runs.summary.collect_runs`'s entries)."""
     points: dict[tuple[float, str, int], CurvePoint] = {}
     refs: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
 
     def point(alpha: float, target: str, seed: int) -> CurvePoint:
         return points.setdefault((alpha, target, seed), CurvePoint(alpha, target, seed))
 
-    for e in collect_runs(list(baseline)):
+    for e in baseline:
         acc, target, seed = _ood(e), _target_name(e), int(e.summary["trial_seed"])
         if acc is None or e.incomplete:
             continue
@@ -86,7 +91,7 @@ def collect_curve(paths: Sequence[str | Path], baseline: Sequence[str | Path]) -
             point(0.0, target, seed).teacher_zeroshot = acc
         elif lab in ("adip", "kd", "sd"):
             point(0.0, target, seed).acc[lab] = acc
-    for e in collect_runs(list(paths)):
+    for e in entries:
         m = _PRIV.match(str(e.args.get("teacher_identity") or ""))
         acc = _ood(e)
         if m is None or acc is None or e.incomplete:

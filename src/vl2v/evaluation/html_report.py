@@ -11,6 +11,7 @@ for slides and documents. See docs/report.md for what each figure shows.
 from __future__ import annotations
 
 import base64
+import copy
 import html
 import io
 import time
@@ -38,8 +39,13 @@ class DatasetRuns:
 
 def load_views(paths: Sequence[str | Path]) -> list[DatasetRuns]:
     """Run views grouped by dataset, in the order runs are found."""
+    return views_of(collect_runs(list(paths)))
+
+
+def views_of(entries: Sequence[Any]) -> list[DatasetRuns]:
+    """:func:`load_views` on runs already read (:func:`vl2v.runs.summary.collect_runs`'s entries)."""
     out: list[DatasetRuns] = []
-    groups = group_by_dataset(e for e in collect_runs(list(paths)) if "selected" in e.summary)
+    groups = group_by_dataset(e for e in entries if "selected" in e.summary)
     for g in groups.values():
         domains = g.domain_names()
         runs = [F.RunView(path=e.run.path, label=e.summary.get("label") or _algo(e), algorithm=_algo(e),
@@ -332,7 +338,10 @@ def _predictions_section(page: _Page, g: DatasetRuns, pre: str) -> None:
 
 
 def render_html(paths: Sequence[str | Path], fig_dir: Path | None, base: Path, title: str | None = None) -> tuple[str, _Page]:
-    groups = load_views(paths)
+    entries = collect_runs(list(paths))  # read once: the dataset sections and the curve use the same runs
+    # grouping by dataset relabels runs whose label spans two teachers ("adip [teacher lit]"): on copies, so the
+    # curve still finds its runs by their own labels
+    groups = views_of([copy.copy(e) for e in entries])
     if not groups:
         raise FileNotFoundError(f"no run directories (with results.jsonl) under {', '.join(map(str, paths))}")
     page = _Page(fig_dir)
@@ -351,7 +360,7 @@ def render_html(paths: Sequence[str | Path], fig_dir: Path | None, base: Path, t
         _predictions_section(page, g, pre)
         page.h2(f"{g.name}: runs", pre + "runs")
         page.raw(_runs_html(g.runs, base))
-    _curve_section(page, paths)
+    _curve_section(page, entries)
 
     when = time.strftime("%Y-%m-%d %H:%M")
     title = title or "vl2v report: " + ", ".join(g.name for g in groups)
@@ -366,12 +375,12 @@ def render_html(paths: Sequence[str | Path], fig_dir: Path | None, base: Path, t
     return doc, page
 
 
-def _curve_section(page: _Page, paths: Sequence[str | Path]) -> None:
+def _curve_section(page: _Page, entries: Sequence[Any]) -> None:
     """The teacher-quality curve (:mod:`vl2v.evaluation.curve`) when the runs hold DIAGNOSTIC privileged-teacher
     runs and their baselines (ERM-FT, ADiP with lam = 0) side by side; nothing otherwise."""
-    from vl2v.evaluation.curve import collect_curve, curve_figure, curve_table
+    from vl2v.evaluation.curve import curve_figure, curve_points, curve_table
 
-    points = collect_curve(list(paths), list(paths))
+    points = curve_points(entries, entries)
     if not any(p.alpha > 0 for p in points):
         return
     page.h2("Teacher-quality curve (DIAGNOSTIC teachers)", "teacher-curve")
