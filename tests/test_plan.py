@@ -33,13 +33,13 @@ def test_the_plan_lists_every_run_with_its_final_hyperparameters(image_folder, t
 
 def test_hyperparameters_are_validated_once_per_algorithm_not_per_run(image_folder, tmp_path, monkeypatch):
     calls = {"plan": 0}
-    real = plan_module.make_hparams
+    real = plan_module.resolve_hparams
 
     def counted(*a, **k):
         calls["plan"] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(plan_module, "make_hparams", counted)
+    monkeypatch.setattr(plan_module, "resolve_hparams", counted)
     # the trainer hands the plan's values to create_algorithm: it must not make them again
     monkeypatch.setattr(algo_registry, "make_hparams",
                         lambda *a, **k: pytest.fail("hyperparameters validated again after the plan"))

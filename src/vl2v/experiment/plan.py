@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from vl2v.config import ExperimentConfig
 from vl2v.errors import ConfigError
 from vl2v.experiment.setup import AlgoSpec, Experiment
-from vl2v.methods import get_algorithm, make_hparams
-from vl2v.training.spec import RunSpec
+from vl2v.training.spec import RunSpec, resolve_hparams
 
 
 def resolve_targets(values: list[str] | None, domains: list[str]) -> tuple[int, ...] | None:
@@ -67,8 +66,7 @@ def make_plan(cfg: ExperimentConfig, exp: Experiment) -> Plan:
     specs = exp.specs
     targets = target_indices(cfg, exp.data.domains)
     draws = {a: a.drawn(cfg.hparams_seed, exp.dataset_name, cfg.train.schedule) for a in specs}
-    values = {a: make_hparams(get_algorithm(a.name).hparams_cls, {**dict(draws[a]), **dict(a.hparams)}, a.name)
-              for a in specs}
+    values = {a: resolve_hparams(a.name, draws[a], a.hparams) for a in specs}
     runs = [RunSpec(a.name, t, seed, cfg.hparams_seed, a.hparams, draws[a], values[a])
             for seed in cfg.seeds for t in targets for a in specs]
     return Plan(specs, targets, draws, runs)

@@ -10,6 +10,13 @@ from vl2v.methods import get_algorithm, make_hparams
 from vl2v.runs.layout import label as make_label
 
 
+def resolve_hparams(algorithm: str, drawn: tuple[tuple[str, Any], ...], hparams: tuple[tuple[str, Any], ...]) -> Any:
+    """An algorithm's final hyperparameters, validated: its defaults, then the draw ``drawn``, then the explicit
+    options ``hparams`` over it (the one place this order is written)."""
+    info = get_algorithm(algorithm)
+    return make_hparams(info.hparams_cls, {**dict(drawn), **dict(hparams)}, info.name)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Algorithm ``algorithm`` on target domain ``target``, trial ``trial_seed``, hyperparameter seed
@@ -28,8 +35,7 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         if self.values is None:
-            info = get_algorithm(self.algorithm)
-            object.__setattr__(self, "values", make_hparams(info.hparams_cls, self.options(), info.name))
+            object.__setattr__(self, "values", resolve_hparams(self.algorithm, self.drawn, self.hparams))
 
     @property
     def label(self) -> str:
