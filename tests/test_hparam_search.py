@@ -12,7 +12,7 @@ from vl2v.evaluation.report import build_report
 from vl2v.experiment.run import run_experiment
 from vl2v.experiment.setup import AlgoSpec
 from vl2v.methods import list_algorithms, make_hparams
-from vl2v.methods.search import Choice, LogUniform, Scaled, Uniform, random_hparams, search_space
+from vl2v.methods.search import LAMBDA_GRID, Choice, LogUniform, Scaled, Uniform, random_hparams, search_space
 from vl2v.runs import RunDir, RunRecorder, collect_runs, run_name, select_hparams, select_record, summarize
 from vl2v.training.spec import RunSpec
 from vl2v.utils.io import atomic_write_json, atomic_write_text
@@ -188,3 +188,19 @@ def test_sweep_expands_one_job_per_hparams_seed(image_folder, tmp_path, capsys):
     assert main(["sweep", "--out", str(tmp_path / "s"), "--datasets", str(image_folder), "--algorithms", "kd",
                  "--dry-run", "--", *train, "--hparams-seed", "2"]) == 2
     assert "--hparams-seed is set by the sweep itself" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["adip", "sd"])
+def test_the_lambda_search_reaches_both_ends(name):
+    # a search must be able to pick lam = 0 (text term alone) and lam = 1 (image term alone)
+    assert search_space(name)["lam"] == Choice(LAMBDA_GRID) and {0.0, 1.0} <= set(LAMBDA_GRID)
+    drawn = {random_hparams(name, s)["lam"] for s in range(1, 60)}
+    assert drawn == set(LAMBDA_GRID)
+
+
+def test_the_rise_search_reaches_the_authors_cross_entropy_heavy_weights():
+    space = search_space("rise")
+    # the RISE authors' TerraIncognita grid: w1 (KL) 0.2-0.3, w2 (CE) 0.7-0.8; PACS: 0.8-0.9 / 0.1-0.2
+    assert space["w1"].lo <= 0.2 and space["w1"].hi >= 0.9 and space["w2"].lo <= 0.1 and space["w2"].hi >= 0.8
+    draws = [random_hparams("rise", s) for s in range(1, 40)]
+    assert any(d["w2"] > d["w1"] for d in draws) and any(d["w1"] > d["w2"] for d in draws)

@@ -28,7 +28,7 @@ from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logit
 from vl2v.methods.heads import CosineHead
 from vl2v.methods.losses import vl2v_loss
 from vl2v.methods.registry import register_algorithm
-from vl2v.methods.search import Distribution, LogUniform, Scaled, Uniform
+from vl2v.methods.search import LAMBDA_GRID, Choice, Distribution, LogUniform, Scaled
 
 
 @config_dataclass
@@ -44,8 +44,9 @@ class ADiPHParams:
 
     @classmethod
     def search_space(cls, dataset: str | None = None) -> dict[str, Distribution]:
-        # the authors searched lam over 0.1..0.9; learning rates as multiples of the run's schedule
-        return {"lam": Uniform(0.1, 0.9), "align_lr": Scaled("frozen_lr", LogUniform(0.2, 5.0)),
+        # the authors searched lam over 0.1..0.9; this grid also holds both ends (0: the text term alone,
+        # 1: the image term alone), so a search can pick either. Learning rates scale the run's schedule.
+        return {"lam": Choice(LAMBDA_GRID), "align_lr": Scaled("frozen_lr", LogUniform(0.2, 5.0)),
                 "distill_lr": Scaled("lr", LogUniform(0.2, 5.0))}
 
 

@@ -23,7 +23,7 @@ from vl2v.methods.base import Algorithm, Batch, Stage, cat_batches, cosine_logit
 from vl2v.methods.heads import CosineHead
 from vl2v.methods.losses import vl2v_loss
 from vl2v.methods.registry import register_algorithm
-from vl2v.methods.search import Distribution, LogUniform, Scaled, Uniform
+from vl2v.methods.search import LAMBDA_GRID, Choice, Distribution, LogUniform, Scaled
 from vl2v.students.registry import Student
 
 
@@ -36,7 +36,7 @@ class SDHParams:
 
     @classmethod
     def search_space(cls, dataset: str | None = None) -> dict[str, Distribution]:
-        return {"lam": Uniform(0.1, 0.9), "lr": Scaled("lr", LogUniform(0.2, 5.0))}
+        return {"lam": Choice(LAMBDA_GRID), "lr": Scaled("lr", LogUniform(0.2, 5.0))}  # lam: both ends, as ADiP's
 
 
 def student_from_encoder(encoder: nn.Module, dim: int, image_size: int, freeze_bn: bool = True) -> Student:

@@ -92,6 +92,11 @@ class Scaled:
 
 Distribution = Union[Uniform, LogUniform, Choice, Scaled]
 
+#: The searched values of a distillation weight λ (ADiP's and SD's ``lam``): the authors' 0.1-0.9 range
+#: on a grid that also holds both ends, 0 (no teacher image term) and 1 (no text term), so a search can
+#: select either; a continuous draw would never land on them.
+LAMBDA_GRID: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
 
 def search_space(algorithm: str, dataset: str | None = None) -> dict[str, Distribution]:
     """The algorithm's search space (``{}`` when its hyperparameter class declares none)."""
