@@ -100,6 +100,36 @@ def _cmd_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_budget(args: argparse.Namespace) -> int:
+    import json
+
+    from vl2v.evaluation.budget import budget_data, budget_figure, budget_rows, budget_table, collect_budget
+
+    budgets = sorted(set(args.budgets))
+    if any(b <= 0 for b in budgets):
+        raise CLIError(f"--budgets must be positive step counts, got {args.budgets}")
+    rows = budget_rows(collect_budget(args.runs, budgets), args.tolerance)
+    if not rows:
+        raise CLIError(f"no fine-tuned runs reaching {budgets[0]} steps under {', '.join(args.runs)}: train them with "
+                       f"`vl2v compare --steps {budgets[-1]} ...` (one long run gives every shorter budget)")
+    text = ("Fine-tuning budget: one run per algorithm, target and seed at the longest budget; each shorter budget is "
+            "its first N steps (constant learning rate, the same data stream), the checkpoint chosen by "
+            "training-domain validation within them.\n\n" + budget_table(rows, args.tolerance))
+    print(text)
+    if args.out:
+        from vl2v.utils.io import atomic_write_json, atomic_write_text
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "budget.md", text + "\n")
+        atomic_write_json(out / "budget.json", {"tolerance": args.tolerance, "rows": budget_data(rows)})
+        budget_figure(rows).savefig(out / "budget.png")
+        print(f"wrote {out / 'budget.md'}, {out / 'budget.json'}, {out / 'budget.png'}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"tolerance": args.tolerance, "rows": budget_data(rows)}))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     # report
     q = sub.add_parser("report", help="aggregate run directories into tables (mean +- SE over trials)",
@@ -129,3 +159,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", metavar="DIR", help="also write curve.md, curve.json and curve.png there")
     c.add_argument("--json", action="store_true", help="also print the points as JSON")
     c.set_defaults(func=_cmd_curve)
+
+    b = sub.add_parser("budget", help="has the fine-tuning budget converged? source validation per budget",
+                       description="Read runs trained with a long fine-tuning budget (`vl2v compare --steps 1024 ...`) "
+                       "and print, per algorithm, the source-validation and out-of-domain accuracy of the checkpoint "
+                       "training-domain validation picks within each shorter budget (the learning rate is constant, "
+                       "so a run's first N steps are the N-step run), and from which budget every further doubling "
+                       "moves source validation by less than --tolerance points.")
+    b.add_argument("runs", nargs="+", help="run directories or folders of runs")
+    b.add_argument("--budgets", nargs="+", type=int, default=[128, 256, 512, 1024], metavar="N",
+                   help="fine-tuning step counts to read (default: 128 256 512 1024)")
+    b.add_argument("--tolerance", type=float, default=0.5, metavar="POINTS",
+                   help="a doubling that moves source validation by less than this is converged (default 0.5)")
+    b.add_argument("--out", metavar="DIR", help="also write budget.md, budget.json and budget.png there")
+    b.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    b.set_defaults(func=_cmd_budget)
