@@ -156,11 +156,13 @@ def test_the_teacher_quality_curve_command(tmp_path, capsys):
         assert p.diff("ADiP - ADiP(lam=0)") == pytest.approx(ood(res, "adip") - ood(base, "adip (lam=0)"))
         assert p.diff("KD - ERM-FT") == pytest.approx(ood(res, "kd") - ood(base, "erm_ft"))
         assert p.diff("SD - ERM-FT") is None
+        # the ADiP student's final cos(z, I_t) to its own teacher on the target (zeroshot ran first: stored answers)
+        assert p.cos["adip"] == next(f["teacher_cos"]["mean"] for f in res["finals"] if f["label"] == "adip")
     capsys.readouterr()
     assert main(["curve", str(tmp_path / "a0.5"), str(tmp_path / "a1.0"), "--baseline", str(tmp_path / "base"),
                  "--out", str(tmp_path / "curve")]) == 0
     out = capsys.readouterr().out
-    assert "DIAGNOSTIC" in out and "| 0.5 (privileged, DIAGNOSTIC) | 1 × 1 |" in out
+    assert "DIAGNOSTIC" in out and "| 0.5 (privileged, DIAGNOSTIC) | 1 × 1 |" in out and "ADiP cos(z, I_t)" in out
     assert (tmp_path / "curve" / "curve.png").stat().st_size > 1000
     assert len(json.loads((tmp_path / "curve" / "curve.json").read_text())["points"]) == 3
     assert main(["curve", str(tmp_path / "base")]) == 2  # no privileged runs: a one-line error

@@ -46,6 +46,8 @@ class CurvePoint:
     teacher_zeroshot: float | None = None
     acc: dict[str, float] = field(default_factory=dict)  # student label -> OOD accuracy
     ref: dict[str, float] = field(default_factory=dict)  # baseline label -> OOD accuracy
+    # student label -> mean cos(z, I_t) on the target's test images (final.json's teacher_cos), where measured
+    cos: dict[str, float] = field(default_factory=dict)
 
     def diff(self, name: str) -> float | None:
         student, reference = DIFFS[name]
@@ -63,6 +65,16 @@ def _target_name(e: RunEntry) -> str:
     doms = e.domains
     t = int(e.summary["target"])
     return doms[t] if t < len(doms) else str(t)
+
+
+def _cos(p: CurvePoint, e: RunEntry) -> None:
+    c = (e.summary.get("teacher_cos") or {}).get("mean")
+    if c is not None:
+        p.cos[e.label] = float(c)
+
+
+#: the students whose final cos(z, I_t) the curve's table shows (those that embed into the teacher's space)
+COS_STUDENTS = {"adip": "ADiP cos(z, I_t)", "sd": "SD cos(z, I_t)"}
 
 
 def collect_curve(paths: Sequence[str | Path], baseline: Sequence[str | Path]) -> list[CurvePoint]:
@@ -91,6 +103,7 @@ def curve_points(entries: Sequence[Any], baseline: Sequence[Any]) -> list[CurveP
             point(0.0, target, seed).teacher_zeroshot = acc
         elif lab in ("adip", "kd", "sd"):
             point(0.0, target, seed).acc[lab] = acc
+            _cos(point(0.0, target, seed), e)
     for e in entries:
         m = _PRIV.match(str(e.args.get("teacher_identity") or ""))
         acc = _ood(e)
@@ -101,6 +114,7 @@ def curve_points(entries: Sequence[Any], baseline: Sequence[Any]) -> list[CurveP
             p.teacher_zeroshot = acc
         else:
             p.acc[e.label] = acc
+            _cos(p, e)
     for p in points.values():
         p.ref = dict(refs.get((p.target, p.seed), {}))
     return sorted(points.values(), key=lambda p: (p.alpha, p.target, p.seed))
@@ -113,13 +127,22 @@ def _cell(xs: list[float]) -> str:
     return f"{100 * m:+.1f}" + (f" ± {100 * se:.1f}" if len(xs) > 1 else "")
 
 
+def _cos_cell(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    m, se = mean_se(xs)
+    return f"{m:.3f}" + (f" ± {se:.3f}" if len(xs) > 1 else "")
+
+
 def curve_table(points: Sequence[CurvePoint]) -> str:
     """Markdown: per alpha, the teacher's zero-shot and each difference, averaged over targets (per seed) and
     then mean ± SE over seeds; a second table per target."""
     alphas = sorted({p.alpha for p in points})
     names = [n for n in DIFFS if any(p.diff(n) is not None for p in points)]
-    lines = ["| teacher (alpha) | targets × seeds | teacher zero-shot OOD | " + " | ".join(names) + " |",
-             "|---|---:|---:|" + "---:|" * len(names)]
+    coss = [k for k in COS_STUDENTS if any(k in p.cos for p in points)]
+    heads = names + [COS_STUDENTS[k] for k in coss]
+    lines = ["| teacher (alpha) | targets × seeds | teacher zero-shot OOD | " + " | ".join(heads) + " |",
+             "|---|---:|---:|" + "---:|" * len(heads)]
     for a in alphas:
         ps = [p for p in points if p.alpha == a]
         seeds = sorted({p.seed for p in ps})
@@ -135,16 +158,18 @@ def curve_table(points: Sequence[CurvePoint]) -> str:
         zs = seed_means(lambda p: p.teacher_zeroshot)
         z = "-" if not zs else f"{100 * mean_se(zs)[0]:.1f}" + (f" ± {100 * mean_se(zs)[1]:.1f}" if len(zs) > 1 else "")
         cells = [_cell(seed_means(lambda p, n=n: p.diff(n))) for n in names]
+        cells += [_cos_cell(seed_means(lambda p, k=k: p.cos.get(k))) for k in coss]
         who = "the base teacher" if a == 0 else "privileged, DIAGNOSTIC"
         lines.append(f"| {a:g} ({who}) | {len({p.target for p in ps})} × {len(seeds)} | {z} | " + " | ".join(cells) + " |")
-    lines += ["", "| teacher (alpha) | target | seeds | teacher zero-shot OOD | " + " | ".join(names) + " |",
-              "|---|---|---:|---:|" + "---:|" * len(names)]
+    lines += ["", "| teacher (alpha) | target | seeds | teacher zero-shot OOD | " + " | ".join(heads) + " |",
+              "|---|---|---:|---:|" + "---:|" * len(heads)]
     for a in alphas:
         for t in sorted({p.target for p in points if p.alpha == a}):
             ps = [p for p in points if p.alpha == a and p.target == t]
             zs = [p.teacher_zeroshot for p in ps if p.teacher_zeroshot is not None]
             z = f"{100 * float(np.mean(zs)):.1f}" if zs else "-"
             cells = [_cell([d for p in ps if (d := p.diff(n)) is not None]) for n in names]
+            cells += [_cos_cell([p.cos[k] for p in ps if k in p.cos]) for k in coss]
             lines.append(f"| {a:g} | {t} | {len(ps)} | {z} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -185,4 +210,5 @@ def curve_data(points: Sequence[CurvePoint]) -> list[dict[str, Any]]:
     pct = lambda v: None if v is None else round(100 * v, 2)  # noqa: E731
     return [{"alpha": p.alpha, "target": p.target, "seed": p.seed, "teacher_zeroshot": pct(p.teacher_zeroshot),
              "students": {k: pct(v) for k, v in p.acc.items()}, "references": {k: pct(v) for k, v in p.ref.items()},
-             "diffs": {n: pct(p.diff(n)) for n in DIFFS}} for p in points]
+             "diffs": {n: pct(p.diff(n)) for n in DIFFS},
+             "teacher_cos": {k: round(v, 4) for k, v in p.cos.items()}} for p in points]

@@ -135,6 +135,29 @@ class Evaluator:
         return {**out, "text_head": False, "note": f"{algo.info.name} predicts with a classifier over its training "
                 "classes: it cannot name a class it never saw"}
 
+    @torch.no_grad()
+    def teacher_cosine(self, algo: Algorithm) -> dict[str, Any] | None:
+        """The mean cosine between the student's embedding ``z`` and the teacher's image embedding ``I_t`` of the
+        same image, over the target's test ("in") split: how far the student has moved toward its teacher's
+        image side out of domain. Only for a student that embeds into the teacher's space (``text_classes()``:
+        ADiP, SD), and only from teacher answers already stored (the teacher's zero-shot stores them): it queries
+        nothing and bills nothing; None where it cannot be measured so."""
+        if algo.text_classes() is None or not algo.has_student:
+            return None
+        idx = self.task.data.split_items(self.task.spec.target, "in")
+        t_img = self.task.res.stored_center(idx) if idx else None
+        if t_img is None:
+            return None
+        algo.eval()
+        try:  # cos(z_i, I_j) for every pair, through the model's own head: the diagonal is cos(z_i, I_i)
+            with algo.with_text_classes(F.normalize(t_img, dim=-1).to(algo.text_classes())):
+                logits = self.logits(algo, idx, use_feats=False)
+        finally:
+            algo.train()
+        cos = torch.diagonal(logits).double() / float(getattr(algo.head(), "scale", 100.0))
+        return {"mean": round(float(cos.mean()), 5), "images": len(idx), "split": "target in",
+                "source": "stored teacher answers (no query)"}
+
     def write_predictions(self, algo: Algorithm, path: Path) -> None:
         """Per-image predictions of the selected model on the target's "in" split (confusion matrices, mistakes)."""
         task = self.task

@@ -57,6 +57,9 @@ class RunEnd:
             final["swad"] = self._apply_swad(algo, swad)
         if self.main:
             checkpoint = self._final_model(algo, stages)
+            cos = self.evaluator.teacher_cosine(algo)
+            if cos is not None:  # cos(z, I_t) on the target, of the model the run reports
+                final["teacher_cos"] = {**cos, "checkpoint": checkpoint}
             if task.data.novel:
                 final["novel"] = self.evaluator.novel_scores(algo, checkpoint, self.novel_fold)
         self._accounts(final, stages)

@@ -24,6 +24,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vl2v.data.dataset import DomainData
@@ -120,6 +121,19 @@ class SharedResources:
             for i, e in zip(todo, emb):
                 self._center[i] = e
         return torch.stack([self._center[i] for i in indices])
+
+    def stored_center(self, indices: list[int]) -> torch.Tensor | None:
+        """The teacher's embeddings of its evaluation view of ``indices`` if the store holds every one of them, else
+        None. A look-up only: it queries nothing and counts nothing in the run's bill (a diagnostic reads it)."""
+        if self.store is None:
+            return None
+        from vl2v.teachers.store import view_id
+
+        keys = [(self.data.bank.hashes[i], view_id(None)) for i in indices]
+        found = self.store.lookup_images(keys)
+        if len(found) < len(set(keys)):
+            return None
+        return torch.from_numpy(np.stack([found[k] for k in keys])).float()
 
     def online_targets(self, images: torch.Tensor) -> torch.Tensor:
         """Query the teacher for freshly augmented views (the authors' online mode; not cached)."""
