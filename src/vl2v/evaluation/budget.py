@@ -59,8 +59,8 @@ def budget_points(entries: Sequence[RunEntry], budgets: Sequence[int] = DEFAULT_
     for e in entries:
         records = list(e.data.records or [])
         last = final_stage(records)
-        if not last or not _final_stage_tunes(e, last[0].get("stage")):
-            continue
+        if e.incomplete or not last or not _final_stage_tunes(e, last[0].get("stage")):
+            continue  # an unfinished run's records stop early: it is not the budget's run
         steps = run_steps(records)
         target = e.domains[int(e.summary["target"])] if e.domains else str(e.summary["target"])
         for n in budgets:
