@@ -105,8 +105,8 @@ def budget_rows(points: Sequence[BudgetPoint], tolerance: float = 0.5) -> list[B
         val = {b: mean_se([100 * r[b].val_acc for r in full]) for b in budgets}
         ood = {b: mean_se([100 * r[b].ood_acc for r in full]) for b in budgets}
         moves = [val[b2][0] - val[b1][0] for b1, b2 in zip(budgets, budgets[1:])]
-        conv = next((b for b, m in zip(budgets, moves) if all(abs(x) < tolerance for x in moves[budgets.index(b):])),
-                    None)
+        # the first budget from which every further doubling moves validation by less than the tolerance
+        conv = next((b for i, b in enumerate(budgets[:-1]) if all(abs(x) < tolerance for x in moves[i:])), None)
         rows.append(BudgetRow(label, len(full), val, ood, moves[-1] if moves else None, conv))
     return sorted(rows, key=lambda r: r.label)
 

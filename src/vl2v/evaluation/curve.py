@@ -120,18 +120,12 @@ def curve_points(entries: Sequence[Any], baseline: Sequence[Any]) -> list[CurveP
     return sorted(points.values(), key=lambda p: (p.alpha, p.target, p.seed))
 
 
-def _cell(xs: list[float]) -> str:
+def _cell(xs: list[float], scale: float = 100.0, spec: str = "+.1f") -> str:
+    """Mean ± SE of ``xs`` (times ``scale``; the SE only with more than one value), "-" without values."""
     if not xs:
         return "-"
     m, se = mean_se(xs)
-    return f"{100 * m:+.1f}" + (f" ± {100 * se:.1f}" if len(xs) > 1 else "")
-
-
-def _cos_cell(xs: list[float]) -> str:
-    if not xs:
-        return "-"
-    m, se = mean_se(xs)
-    return f"{m:.3f}" + (f" ± {se:.3f}" if len(xs) > 1 else "")
+    return f"{scale * m:{spec}}" + (f" ± {scale * se:{spec.lstrip('+')}}" if len(xs) > 1 else "")
 
 
 def curve_table(points: Sequence[CurvePoint]) -> str:
@@ -156,9 +150,9 @@ def curve_table(points: Sequence[CurvePoint]) -> str:
             return out
 
         zs = seed_means(lambda p: p.teacher_zeroshot)
-        z = "-" if not zs else f"{100 * mean_se(zs)[0]:.1f}" + (f" ± {100 * mean_se(zs)[1]:.1f}" if len(zs) > 1 else "")
+        z = _cell(zs, spec=".1f")
         cells = [_cell(seed_means(lambda p, n=n: p.diff(n))) for n in names]
-        cells += [_cos_cell(seed_means(lambda p, k=k: p.cos.get(k))) for k in coss]
+        cells += [_cell(seed_means(lambda p, k=k: p.cos.get(k)), 1.0, ".3f") for k in coss]
         who = "the base teacher" if a == 0 else "privileged, DIAGNOSTIC"
         lines.append(f"| {a:g} ({who}) | {len({p.target for p in ps})} × {len(seeds)} | {z} | " + " | ".join(cells) + " |")
     lines += ["", "| teacher (alpha) | target | seeds | teacher zero-shot OOD | " + " | ".join(heads) + " |",
@@ -169,7 +163,7 @@ def curve_table(points: Sequence[CurvePoint]) -> str:
             zs = [p.teacher_zeroshot for p in ps if p.teacher_zeroshot is not None]
             z = f"{100 * float(np.mean(zs)):.1f}" if zs else "-"
             cells = [_cell([d for p in ps if (d := p.diff(n)) is not None]) for n in names]
-            cells += [_cos_cell([p.cos[k] for p in ps if k in p.cos]) for k in coss]
+            cells += [_cell([p.cos[k] for p in ps if k in p.cos], 1.0, ".3f") for k in coss]
             lines.append(f"| {a:g} | {t} | {len(ps)} | {z} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
