@@ -53,17 +53,33 @@ def test_table_avg_is_per_trial_mean_over_targets():
     assert ood.avg_values("adip") == [pytest.approx(0.6), pytest.approx(0.8)]
     assert ood.avg_values("kd") == []  # target b missing -> no average
     md = ood.markdown()
-    assert "| adip | 60.0 ± 7.1 | 80.0 ± 7.1 | 70.0 ± 7.1 |" in md
-    assert "| kd | 30.0 | - | - |" in md and "SWAD" not in md  # the selected checkpoints' table
-    assert r"60.0 $\pm$ 7.1" in ood.latex()
+    # rows over different numbers of trials say how many each holds
+    assert "| adip (n=2) | 60.0 ± 7.1 | 80.0 ± 7.1 | 70.0 ± 7.1 |" in md
+    assert "| kd (n=1) | 30.0 | - | - |" in md and "SWAD" not in md  # the selected checkpoints' table
+    assert r"60.0 $\pm$ 7.1" in ood.latex() and "kd (n=1)" in ood.latex()
     # a SWAD result makes SWAD the headline: first, captioned SWAD; runs without one show their selected
     # checkpoint, marked
     assert list(tables) == ["swad_ood", "swad_id", "ood", "id"]
     sw = tables["swad_ood"].markdown()
-    assert "| kd | 35.0 | - | - |" in sw and "| adip † | 60.0 ± 7.1 | 80.0 ± 7.1 | 70.0 ± 7.1 |" in sw
+    assert "| kd (n=1) | 35.0 | - | - |" in sw and "| adip † (n=2) | 60.0 ± 7.1 | 80.0 ± 7.1 | 70.0 ± 7.1 |" in sw
     (first, cap1), (_, cap2), (third, cap3), _ = table_sections(tables, "OOD", "ID")
     assert first is tables["swad_ood"] and cap1.startswith("SWAD") and "†" in cap1 and third is ood
     assert cap3 == "Selected checkpoint: OOD"
+
+
+def test_rows_name_their_trial_count_only_when_it_differs():
+    """A table whose rows all hold the same trials prints bare names (every earlier table is unchanged); one
+    that mixes, say, 9 fold × seed trials with 3, labels every row with its count."""
+    same = build_tables([{"algorithm": a, "target": t, "trial_seed": s, "selected": {"ood_acc": 0.5, "id_acc": 0.9}}
+                         for a in ("adip", "kd") for t in (0, 1) for s in (0, 1)], ["a", "b"])["ood"]
+    assert "| adip | 50.0 ± 0.0 |" in same.markdown() and "(n=" not in same.markdown() + same.latex()
+    mixed = build_tables([{"algorithm": "adip", "target": t, "trial_seed": s, "selected": {"ood_acc": 0.5, "id_acc": 0.9}}
+                          for t in (0, 1) for s in (0, 1, 2)]
+                         + [{"algorithm": "sd", "target": t, "trial_seed": 0, "selected": {"ood_acc": 0.4, "id_acc": 0.9}}
+                            for t in (0, 1)], ["a", "b"])["ood"]
+    assert mixed.trials("adip") == 3 and mixed.trials("sd") == 1
+    md = mixed.markdown()
+    assert "| adip (n=3) | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 |" in md and "| sd (n=1) | 40.0 | 40.0 | 40.0 |" in md
 
 
 def test_tables_without_swad_are_unchanged():

@@ -133,7 +133,7 @@ def _table_html(table: ResultTable, caption: str) -> str:
     rows = []
     for r in table.rows():
         cells = [fmt(table.cell(r, t)) for t in range(len(table.domains))] + [fmt(table.avg_values(r))]
-        rows.append("<tr><th>" + _esc(r + table.marks.get(r, "")) + "</th>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+        rows.append("<tr><th>" + _esc(table.label(r)) + "</th>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
     return (f'<table><caption>{_esc(caption)}</caption><thead><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in head)
             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 

@@ -81,6 +81,17 @@ class ResultTable:
     def cell(self, row: str, t: int) -> list[float]:
         return [v for _, v in sorted(self.acc[row].get(t, {}).items())]
 
+    def trials(self, row: str) -> int:
+        """How many trials (trial seeds, or folds × seeds) the row's cells hold: its most on any target."""
+        return max((len(c) for c in self.acc[row].values()), default=0)
+
+    def label(self, row: str) -> str:
+        """The row's name as the tables print it: with its mark, and with its trial count where the rows do not
+        all hold the same number of trials (a mean over 3 trials beside one over 9 must say so)."""
+        counts = {self.trials(r) for r in self.acc}
+        n = f" (n={self.trials(row)})" if len(counts) > 1 else ""
+        return row + self.marks.get(row, "") + n
+
     def markdown(self, title: str = "") -> str:
         head = ["Algorithm"] + self.domains + ["Avg"]
         lines = [f"**{title}**", ""] if title else []
@@ -88,7 +99,7 @@ class ResultTable:
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
         for r in self.rows():
             cells = [fmt(self.cell(r, t)) for t in range(len(self.domains))]
-            lines.append("| " + " | ".join([r + self.marks.get(r, "")] + cells + [fmt(self.avg_values(r))]) + " |")
+            lines.append("| " + " | ".join([self.label(r)] + cells + [fmt(self.avg_values(r))]) + " |")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -115,7 +126,7 @@ class ResultTable:
                " & ".join(["Algorithm"] + [esc(d) for d in self.domains] + ["Avg"]) + r" \\", r"\midrule"]
         for r in self.rows():
             cells = [fmt(self.cell(r, t), latex=True) for t in range(len(self.domains))]
-            out.append(" & ".join([esc(r + self.marks.get(r, ""))] + cells + [fmt(self.avg_values(r), latex=True)]) + r" \\")
+            out.append(" & ".join([esc(self.label(r))] + cells + [fmt(self.avg_values(r), latex=True)]) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}"]
         if caption:
             out.append(rf"\caption{{{esc(caption)}}}")
