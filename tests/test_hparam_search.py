@@ -122,7 +122,7 @@ def test_selection_keeps_explicit_variants_apart_and_picks_the_best_validation(t
     assert "7 runs" in text and "4 after choosing among hyperparameter draws" in text
     assert "| adip | art | 0 | 1 | 0 1 2 | 80.0 | lam=0.3 |" in text
     assert "| adip | art | 1 | 0 | 0 1 | 45.0 | defaults |" in text
-    assert "| adip | 31.2 ± 6.2 | - | - | - |" in text  # OOD of the picks (0.8/2, 0.45/2), not of every draw; DomainBed SE
+    assert "| adip (n=2) | 31.2 ± 6.2 | - | - | - |" in text  # (n=2): rows differ in trials; OOD of the picks (0.8/2, 0.45/2), not of every draw; DomainBed SE
 
 
 def test_no_search_no_pick_table(tmp_path):
