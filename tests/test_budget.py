@@ -72,3 +72,25 @@ def test_convergence_is_the_budget_from_which_every_doubling_moves_validation_by
     table = budget_table(list(rows.values()))
     assert "| a | 2 | 70.0 | 74.0 | 74.3 | 74.5 | +0.20 | 256 steps |" in table
     assert "not by 1024 steps" in table
+
+
+def _entry(fold, val):
+    """A finished fine-tuned run as budget_points reads it: two evaluations of its final (tuning) stage."""
+    from types import SimpleNamespace
+    recs = [{"stage": "ft", "step": s, "stage_step": s, "env1_in_acc": v - 0.1, "env1_out_acc": v - 0.1,
+             "env0_out_acc": v, "args": {"test_envs": [1]}} for s, v in ((0, 0.5), (3, val))]
+    args = {"novel_classes": {"count": 3, "fold": fold}} if fold is not None else {}
+    return SimpleNamespace(data=SimpleNamespace(records=recs), incomplete=False, label="adip", domains=["a", "b"],
+                           summary={"target": 1, "trial_seed": 0, "data_stream": {"stages": {"ft": {"role": "tune"}}}},
+                           args=args, dataset="D" + (", 3 classes held out" if fold is not None else ""))
+
+
+def test_runs_of_two_novel_class_folds_with_the_same_target_and_seed_are_two_trials():
+    from vl2v.evaluation.budget import budget_points
+    pts = budget_points([_entry(0, 0.6), _entry(1, 0.8)], budgets=(4,))
+    assert len({p.trial for p in pts}) == 2
+    (row,) = budget_rows(pts)
+    assert row.runs == 2 and row.val[4][0] == pytest.approx(70.0)  # both folds, not the last one read
+    assert "targets × seeds × novel-class folds" in budget_table([row])
+    (plain,) = budget_rows(budget_points([_entry(None, 0.6)], budgets=(4,)))
+    assert plain.runs == 1 and "over targets × seeds;" in budget_table([plain])

@@ -9,7 +9,8 @@ stage's evaluations at stage step ``<= N``, its source-validation accuracy (what
 out-of-domain accuracy (what a run with that budget would report).
 
 A budget is **converged** for an algorithm when the last doubling moves the selected checkpoint's source
-validation by less than ``tolerance`` points (mean over targets and seeds). ``vl2v budget RUNS`` prints it.
+validation by less than ``tolerance`` points (mean over targets and seeds, and novel-class folds: runs of two folds or two datasets are
+two trials). ``vl2v budget RUNS`` prints it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class BudgetPoint:
     val_acc: float  # the selected checkpoint's training-domain validation accuracy
     ood_acc: float  # the same checkpoint's accuracy on the target's test split
     stage_step: int  # where in the final stage it was
+    # the run's dataset and novel-class fold (when it holds classes out): runs of two folds, or of two datasets,
+    # with the same target name and seed are two trials, not one
+    trial: str = ""
 
 
 def run_steps(records: Sequence[dict[str, Any]]) -> int:
@@ -63,6 +67,8 @@ def budget_points(entries: Sequence[RunEntry], budgets: Sequence[int] = DEFAULT_
             continue  # an unfinished run's records stop early: it is not the budget's run
         steps = run_steps(records)
         target = e.domains[int(e.summary["target"])] if e.domains else str(e.summary["target"])
+        fold = (e.args.get("novel_classes") or {}).get("fold")
+        trial = e.dataset + ("" if fold is None else f", fold {fold}")
         for n in budgets:
             if n > steps:
                 continue
@@ -74,7 +80,7 @@ def budget_points(entries: Sequence[RunEntry], budgets: Sequence[int] = DEFAULT_
                 continue
             s = summarize(chosen)
             out.append(BudgetPoint(e.label, target, int(e.summary.get("trial_seed", 0)), n, s["val_acc"], s["ood_acc"],
-                                   int(chosen.get("stage_step", 0))))
+                                   int(chosen.get("stage_step", 0)), trial))
     return out
 
 
@@ -90,14 +96,15 @@ class BudgetRow:
     ood: dict[int, tuple[float, float]]
     last_move: float | None  # points the last doubling moved source validation
     converged_at: int | None  # the smallest budget whose next doubling moves it by < tolerance
+    over: str = "targets × seeds"  # what the mean runs over ("targets × seeds × novel-class folds" where held out)
 
 
 def budget_rows(points: Sequence[BudgetPoint], tolerance: float = 0.5) -> list[BudgetRow]:
     """Per algorithm: mean ± SE over (target, seed) of the selected checkpoint's source validation and OOD
     accuracy at each budget; only runs that reach every listed budget count, so columns compare the same runs."""
-    by_label: dict[str, dict[tuple[str, int], dict[int, BudgetPoint]]] = defaultdict(lambda: defaultdict(dict))
+    by_label: dict[str, dict[tuple[str, str, int], dict[int, BudgetPoint]]] = defaultdict(lambda: defaultdict(dict))
     for p in points:
-        by_label[p.label][(p.target, p.seed)][p.budget] = p
+        by_label[p.label][(p.trial, p.target, p.seed)][p.budget] = p
     rows = []
     for label, runs in by_label.items():
         budgets = sorted({b for r in runs.values() for b in r})
@@ -107,7 +114,9 @@ def budget_rows(points: Sequence[BudgetPoint], tolerance: float = 0.5) -> list[B
         moves = [val[b2][0] - val[b1][0] for b1, b2 in zip(budgets, budgets[1:])]
         # the first budget from which every further doubling moves validation by less than the tolerance
         conv = next((b for i, b in enumerate(budgets[:-1]) if all(abs(x) < tolerance for x in moves[i:])), None)
-        rows.append(BudgetRow(label, len(full), val, ood, moves[-1] if moves else None, conv))
+        folds = any(", fold " in trial for trial, _, _ in runs)
+        rows.append(BudgetRow(label, len(full), val, ood, moves[-1] if moves else None, conv,
+                              "targets × seeds × novel-class folds" if folds else "targets × seeds"))
     return sorted(rows, key=lambda r: r.label)
 
 
@@ -116,8 +125,9 @@ def budget_table(rows: Sequence[BudgetRow], tolerance: float = 0.5) -> str:
     budgets = sorted({b for r in rows for b in r.val})
     cell = lambda ms: f"{ms[0]:.1f}" + (f" ± {ms[1]:.1f}" if ms[1] else "")  # noqa: E731
     head = "| Algorithm | runs | " + " | ".join(f"{b} steps" for b in budgets)
+    over = " / ".join(dict.fromkeys(r.over for r in rows)) or "targets × seeds"
     lines = [f"**Source validation (%) of the checkpoint selected within each fine-tuning budget** (mean ± SE over "
-             f"targets × seeds; converged: every further doubling moves it by < {tolerance:g} points)", "",
+             f"{over}; converged: every further doubling moves it by < {tolerance:g} points)", "",
              head + " | last doubling | converged from |", "|---|---:|" + "---:|" * len(budgets) + "---:|---|"]
     for r in rows:
         vals = [cell(r.val[b]) if b in r.val else "-" for b in budgets]
