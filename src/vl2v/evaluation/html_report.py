@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from vl2v import __version__
 from vl2v.evaluation import figures as F
-from vl2v.evaluation.tables import BILL_NOTE, OLD_BILL_NOTE, ResultTable, fmt
+from vl2v.evaluation.tables import BILL_NOTE, OLD_BILL_NOTE, ResultTable
 from vl2v.runs.layout import ExperimentDir
 from vl2v.runs.summary import collect_runs, group_by_dataset
 from vl2v.utils.io import atomic_write_bytes, atomic_write_text
@@ -132,8 +132,8 @@ def _table_html(table: ResultTable, caption: str) -> str:
     head = ["Algorithm"] + table.domains + ["Avg"]
     rows = []
     for r in table.rows():
-        cells = [fmt(table.cell(r, t)) for t in range(len(table.domains))] + [fmt(table.avg_values(r))]
-        rows.append("<tr><th>" + _esc(table.label(r)) + "</th>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+        rows.append("<tr><th>" + _esc(table.label(r)) + "</th>" + "".join(f"<td>{_esc(c)}</td>" for c in table.formatted(r))
+                    + "</tr>")
     return (f'<table><caption>{_esc(caption)}</caption><thead><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in head)
             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 

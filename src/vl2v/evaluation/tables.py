@@ -98,9 +98,13 @@ class ResultTable:
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
         for r in self.rows():
-            cells = [fmt(self.cell(r, t)) for t in range(len(self.domains))]
-            lines.append("| " + " | ".join([self.label(r)] + cells + [fmt(self.avg_values(r))]) + " |")
+            lines.append("| " + " | ".join([self.label(r)] + self.formatted(r)) + " |")
         return "\n".join(lines)
+
+    def formatted(self, row: str, latex: bool = False) -> list[str]:
+        """One row's cells as every rendering prints them: each target domain's, then the average."""
+        return [fmt(self.cell(row, t), latex=latex) for t in range(len(self.domains))] + \
+            [fmt(self.avg_values(row), latex=latex)]
 
     def as_dict(self) -> dict[str, Any]:
         """The table as data (accuracy in %): per row, per target domain (and ``Avg``) ``mean``, ``se`` and ``n``
@@ -125,8 +129,7 @@ class ResultTable:
         out = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
                " & ".join(["Algorithm"] + [esc(d) for d in self.domains] + ["Avg"]) + r" \\", r"\midrule"]
         for r in self.rows():
-            cells = [fmt(self.cell(r, t), latex=True) for t in range(len(self.domains))]
-            out.append(" & ".join([esc(self.label(r))] + cells + [fmt(self.avg_values(r), latex=True)]) + r" \\")
+            out.append(" & ".join([esc(self.label(r))] + self.formatted(r, latex=True)) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}"]
         if caption:
             out.append(rf"\caption{{{esc(caption)}}}")
