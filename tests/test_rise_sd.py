@@ -139,3 +139,66 @@ def test_white_box_algorithms_need_white_box_configuration(image_folder, tmp_pat
     cfg = tiny_cfg(image_folder, tmp_path / "runs", ["sd"], targets=(0,), blackbox=True)
     with pytest.raises(ConfigError, match="white-box"):
         run_experiment(cfg, log=lambda s: None)
+
+
+class _ResizingTeacher:
+    """The tiny test teacher with an encoder that resizes its input to the teacher's own size (as conse/lit do)."""
+
+    @staticmethod
+    def create(spec=None, **opts):
+        from conftest import TinyTeacher
+
+        class Resizing(TinyTeacher):
+            backend = "tiny-resize-test"
+
+            def __init__(self) -> None:
+                super().__init__(size=24)
+                inner = self.encoder
+
+                class Enc(torch.nn.Module):
+                    def __init__(self) -> None:
+                        super().__init__()
+                        self.inner, self.image_size = inner, 24
+
+                    def forward(self, x):
+                        return self.inner(F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear",
+                                                        align_corners=False))
+
+                self.encoder = Enc().eval()
+
+            def identity(self) -> str:
+                return "tiny-resize-test(size=24)"
+
+        return Resizing()
+
+
+def test_a_loaded_sd_run_is_the_model_trained_at_its_own_image_size(image_folder, tmp_path):
+    """A run of sd:image_size=16 on a teacher of 24 px loads (predict, export, benchmarks) as the copy at 16 px:
+    the same predictions, to the digit written, as the trained model's on the target's images."""
+    import json
+
+    from helpers import tiny_cfg
+    from vl2v.experiment.run import run_experiment
+    from vl2v.runs.model import load_run_model
+    from vl2v.serving.images import load_image
+    from vl2v.teachers.registry import TEACHERS, register_teacher
+
+    if "tiny-resize-test" not in TEACHERS:
+        register_teacher("tiny-resize-test", white_box=True, summary="test-only resizing teacher")(_ResizingTeacher.create)
+    cfg = tiny_cfg(image_folder, tmp_path / "runs", ["sd:image_size=16"], targets=(0,), teacher="tiny-resize-test",
+                   blackbox=False)
+    run_experiment(cfg, log=lambda s: None)
+    run = next((tmp_path / "runs").glob("sd*/target-0-*/seed0"))
+    loaded = load_run_model(run)
+    assert loaded.image_size == 16 and loaded.algorithm.student.backbone.image_size == 16
+    preds = json.loads((run / "predictions.json").read_text())
+    items = preds["items"] if isinstance(preds, dict) else preds
+    x = torch.stack([load_image(image_folder / p["path"], loaded.image_size) for p in items])
+    with torch.no_grad():
+        logits = loaded.algorithm.predict(x)
+    assert logits.argmax(-1).tolist() == [it["pred"] for it in items]
+    # margin: the predicted class's logit over the true one's (4 decimals written); the logits are 100 cos, so a
+    # copy run at another input size moves them by far more than the rounding
+    margin = logits.max(-1).values - logits[torch.arange(len(items)), [it["label"] for it in items]]
+    assert any(it["margin"] > 1 for it in items)
+    assert torch.allclose(margin, torch.tensor([it["margin"] for it in items]), atol=1e-3)

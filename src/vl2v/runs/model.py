@@ -56,7 +56,7 @@ def load_run_model(run_dir: str | Path, which: str = "selected", device: str = "
 
     size = int(cfg.get("input_size") or cfg["train"]["image_size"])
     text = state.get("text")
-    encoder = None
+    encoder, teacher_size = None, None
     if info.cls.uses_registry_student:
         student = create_student(cfg["args"]["student"], pretrained=False)
         student.image_size = size
@@ -65,6 +65,10 @@ def load_run_model(run_dir: str | Path, which: str = "selected", device: str = "
 
         teacher = create_teacher(cfg["args"]["teacher"], **(cfg["args"].get("teacher_options") or {}))
         encoder = teacher.image_encoder()
+        # the teacher's own input size, as in training (vl2v.training.task): SD compares it with its image_size
+        # hyperparameter to set the copy's resize; the run's input size here would leave a copy trained at
+        # sd:image_size=128 resizing to the teacher's 260 px, another model than the one trained and scored
+        teacher_size = teacher.image_size
         student = None
     classes = list(cfg["classes"])
     sources: list[str] = []
@@ -76,7 +80,7 @@ def load_run_model(run_dir: str | Path, which: str = "selected", device: str = "
     ctx = TaskContext(num_classes=len(classes), class_names=classes, source_domains=sources,
                       text_classifier=text if text is not None else torch.zeros(len(classes), 1),
                       teacher_dim=int(text.shape[1]) if text is not None else 1, prompts=prompts,
-                      teacher_encoder=encoder, teacher_image_size=size, schedule=Schedule())
+                      teacher_encoder=encoder, teacher_image_size=teacher_size, schedule=Schedule())
     algo = create_algorithm(name, ctx, student, spec_options(cfg["spec"]))
     algo.load_state_dict(state, strict=True)
     algo.to(device).eval()
