@@ -10,6 +10,7 @@ and prints each as a ratio to each teacher. Every model gets the same threads.
     python benchmarks/inference.py                     # synthetic ADiP student (pretrained backbone, random head)
     python benchmarks/inference.py --run OUT/adip/target-2-photo/seed0   # a trained run's student
     python benchmarks/inference.py --sizes 224 128 --batches 1 32 --min-time 3 --json bench.json
+    python benchmarks/inference.py --run RUN --teacher lit --no-openclip   # also the LiT teacher a run learned from
 
 The time of one model at one batch size is the total over repeated calls (after
 warm-up) until ``--min-time`` seconds and at least 3 calls have passed; inputs
@@ -60,7 +61,11 @@ def run_student(run_dir: str) -> tuple[DeployModel, str]:
 
     loaded = load_student_run(run_dir)
     model, head = deploy_model(loaded)
-    return model, f"{loaded.config['args']['student']} + {head['kind']} head from {run_dir}"
+    args = loaded.config["args"]
+    # VL2V-SD's student is a copy of the teacher's image encoder, not the registry student its config names
+    student = (args["student"] if loaded.algorithm.uses_registry_student else
+               f"copy of the {args['teacher'].split(':')[0]} teacher's image encoder at {loaded.image_size} px")
+    return model, f"{student} + {head['kind']} head from {run_dir}"
 
 
 def measure(fn: Callable[[], object], batch: int, min_time: float, warmup: int = 2) -> tuple[float, int]:
@@ -86,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                          "--threads 1 avoids OpenMP threads spinning against other processes)")
     ap.add_argument("--no-openclip", action="store_true", help="skip the ViT-B/16 teacher")
     ap.add_argument("--no-conse", action="store_true", help="skip the ConSE teacher")
+    ap.add_argument("--teacher", action="append", default=[], metavar="SPEC",
+                    help="also time this registered teacher's embed_images, e.g. `--teacher lit` (a built LiT "
+                         "teacher; repeatable): the teacher a run distilled from, for its own ratio")
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args(argv)
 
@@ -107,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         clip = create_teacher("openclip:ViT-B-16:none")
         models.append(("teacher: open_clip ViT-B/16", "teacher", clip.image_size,
                        lambda x, t=clip: t.embed_images(torch.from_numpy(x)), f"random weights, loaded in {time.time() - t0:.1f}s"))
+    for spec in args.teacher:
+        t0 = time.time()
+        extra = create_teacher(spec)
+        models.append((f"teacher: {spec}", "teacher", extra.image_size,
+                       lambda x, t=extra: t.embed_images(torch.from_numpy(x)), f"loaded in {time.time() - t0:.1f}s"))
     student, desc = run_student(args.run) if args.run else synthetic_adip()
     print(f"student: {desc}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="vl2v-bench-"))

@@ -156,6 +156,8 @@ LANES: dict[str, tuple[str, ...]] = {
     "test_plan.py::test_hyperparameters_are_validated_once_per_algorithm_not_per_run": E2E,  # 3 tiny runs, ~2 s
     # two tiny comparisons (4 and 8 fine-tuning steps) and `vl2v budget` on them, ~20 s
     "test_budget.py::test_a_long_run_starts_as_the_short_run_and_the_budget_table_reads_it": SLOW_E2E,
+    # a tiny SD run at another input size than its teacher's, loaded and timed by benchmarks/inference.py, ~6 s
+    "test_rise_sd.py::test_a_loaded_sd_run_is_the_model_trained_at_its_own_image_size": E2E,
     "test_teacher_cos.py": SLOW_E2E,  # two tiny comparisons (6 and 1 algorithms), ~20 s
     "test_distributed.py": SLOW_E2E,  # torchrun, 2 processes: 4 tests, 81 s in all
     "test_data_stream.py": SLOW_E2E,  # tiny comparisons of 5, 2 and 2 algorithms: 9.6 s in all

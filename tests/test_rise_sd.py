@@ -1,6 +1,7 @@
 """RISE and VL2V-SD: losses on hand-computed values, trainable parts, teacher independence."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,3 +203,20 @@ def test_a_loaded_sd_run_is_the_model_trained_at_its_own_image_size(image_folder
     margin = logits.max(-1).values - logits[torch.arange(len(items)), [it["label"] for it in items]]
     assert any(it["margin"] > 1 for it in items)
     assert torch.allclose(margin, torch.tensor([it["margin"] for it in items]), atol=1e-3)
+    # benchmarks/inference.py times that copy (named as such, not as the config's registry student) beside the
+    # teacher it was distilled from (--teacher), in one run
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_inference", Path(__file__).parents[1] / "benchmarks" / "inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out, threads = tmp_path / "bench.json", torch.get_num_threads()
+    try:
+        assert bench.main(["--run", str(run), "--teacher", "tiny-resize-test", "--no-conse", "--no-openclip",
+                           "--sizes", "16",
+                           "--batches", "2", "--min-time", "0.01", "--threads", "1", "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the benchmark sets the process's threads
+    res = json.loads(out.read_text())["results"]
+    assert [r["model"] for r in res] == ["teacher: tiny-resize-test", "student: PyTorch 16px", "student: ONNX 16px"]
+    assert all(r["ratio_to"]["teacher: tiny-resize-test"] > 0 for r in res)
